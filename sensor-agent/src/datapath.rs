@@ -1,0 +1,172 @@
+//! Loading the kernel datapath and reading what it counted.
+//!
+//! This module owns the eBPF object (built from `sensor-ebpf` by the build script and
+//! embedded), keeps aya-log's logger alive for as long as the programs are loaded (dropping it
+//! closes the log map the programs write to), and exposes the maps as plain Rust values.
+//! It never interprets flows: that is the flow table's and the detectors' job.
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use sensor_common::{counter, FlowKey, FlowStats};
+
+/// The sensor's eBPF object (XDP ingress + TC egress programs and their maps).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SENSOR_EBPF_OBJECT"));
+
+/// Benchmark-only programs: `bench_noop` and `bench_ref`.
+#[cfg(feature = "bench-programs")]
+pub static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SENSOR_EBPF_BENCH_OBJECT"));
+
+/// Name of the XDP (ingress) program in [`OBJECT`].
+pub const XDP_PROGRAM: &str = "sensor_xdp";
+/// Name of the TC egress program in [`OBJECT`].
+pub const TC_EGRESS_PROGRAM: &str = "sensor_tc_egress";
+/// Name of the flow map in [`OBJECT`].
+pub const FLOW_MAP: &str = "FLOWS";
+/// Name of the per-CPU counter array in [`OBJECT`].
+pub const COUNTER_MAP: &str = "COUNTERS";
+
+/// Default flow map capacity (entries); 64 bytes of value + 40 of key, about 136 B per entry.
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot load the eBPF datapath: {0}{hint}", hint = privilege_hint())]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("cannot load program {name}: {source}{hint}", hint = privilege_hint())]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("program or map {0} is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+fn privilege_hint() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        " (not running as root: loading BPF programs needs root or CAP_BPF + CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
+}
+
+/// Options for [`Datapath::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the flow map.
+    pub max_flows: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_flows: DEFAULT_MAX_FLOWS }
+    }
+}
+
+/// Loaded (not yet attached) datapath programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (the verifier runs here).
+    pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOW_MAP, opts.max_flows)
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        // The programs write to aya-log's map; without a reader the messages are lost, so a
+        // failure here is reported but does not stop the sensor.
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("kernel-side log messages will not be shown: {e}");
+                None
+            }
+        };
+        let mut dp = Datapath { ebpf, logger };
+        dp.xdp()?.load().map_err(|e| DatapathError::Program { name: XDP_PROGRAM, source: Box::new(e) })?;
+        dp.tc_egress()?
+            .load()
+            .map_err(|e| DatapathError::Program { name: TC_EGRESS_PROGRAM, source: Box::new(e) })?;
+        Ok(dp)
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Missing(XDP_PROGRAM))
+    }
+
+    pub fn tc_egress(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(TC_EGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Missing(TC_EGRESS_PROGRAM))
+    }
+
+    /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
+    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
+        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+        let result = self
+            .xdp()?
+            .test_run(opts)
+            .map_err(|e| DatapathError::Program { name: XDP_PROGRAM, source: Box::new(e) })?;
+        Ok(result.return_value)
+    }
+
+    /// The per-CPU counters summed over CPUs, indexed by [`sensor_common::counter`].
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DatapathError> {
+        let map = self.ebpf.map(COUNTER_MAP).ok_or(DatapathError::Missing(COUNTER_MAP))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| map_err(COUNTER_MAP, e))?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = arr.get(&(i as u32), 0).map_err(|e| map_err(COUNTER_MAP, e))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Every flow currently in the kernel map.
+    ///
+    /// Key-by-key iteration: entries inserted or evicted meanwhile may or may not appear.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, DatapathError> {
+        let map = self.ebpf.map(FLOW_MAP).ok_or(DatapathError::Missing(FLOW_MAP))?;
+        let flows: BpfHashMap<&MapData, FlowKey, FlowStats> =
+            BpfHashMap::try_from(map).map_err(|e| map_err(FLOW_MAP, e))?;
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            match entry {
+                Ok(kv) => out.push(kv),
+                // The entry was evicted between reading its key and its value.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(FLOW_MAP, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prints whatever the programs logged since the last call.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+}
+
+fn map_err(name: &'static str, e: aya::maps::MapError) -> DatapathError {
+    DatapathError::Map { name, source: Box::new(e) }
+}

@@ -1,0 +1,133 @@
+//! The agent's own packet parser: the same header walk as the kernel datapath, over a slice.
+//!
+//! It must attribute exactly the packets the kernel attributes, to the same canonical key
+//! (`FlowKey::canonical` from sensor-common), and name the same reason for the rest: the
+//! capture replay uses it to stamp kernel flows with capture time, and tests compare the two.
+//! Every read is bounds-checked by slice access; nothing here can panic on hostile bytes.
+
+use sensor_common::{counter, ipv4_mapped, ipv6_words, Addr, FlowKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+
+/// What one packet contributes to its flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub key: FlowKey,
+    /// Direction index ([`sensor_common::DIR_LO_TO_HI`] or [`sensor_common::DIR_HI_TO_LO`]).
+    pub dir: usize,
+    pub tcp_flags: u8,
+}
+
+/// Why a packet could not be attributed: an index into [`sensor_common::counter::NAMES`].
+pub type Reason = u32;
+
+fn byte(b: &[u8], at: usize) -> Result<u8, Reason> {
+    b.get(at).copied().ok_or(counter::TRUNCATED)
+}
+
+fn be16(b: &[u8], at: usize) -> Result<u16, Reason> {
+    Ok(u16::from_be_bytes([byte(b, at)?, byte(b, at + 1)?]))
+}
+
+fn need(b: &[u8], at: usize, len: usize) -> Result<(), Reason> {
+    if at.checked_add(len).is_some_and(|end| end <= b.len()) {
+        Ok(())
+    } else {
+        Err(counter::TRUNCATED)
+    }
+}
+
+fn array<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], Reason> {
+    need(b, at, N)?;
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[at..at + N]);
+    Ok(out)
+}
+
+/// Parses an Ethernet frame exactly as the kernel datapath does.
+pub fn parse_frame(frame: &[u8]) -> Result<Parsed, Reason> {
+    let mut ethertype = be16(frame, 12)?;
+    let mut off = 14;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        ethertype = be16(frame, off + 2)?;
+        off += 4;
+    }
+    match ethertype {
+        0x0800 => ipv4(frame, off),
+        0x86dd => ipv6(frame, off),
+        0x8100 | 0x88a8 => Err(counter::TOO_MANY_VLAN_TAGS),
+        _ => Err(counter::NOT_IP),
+    }
+}
+
+fn ipv4(b: &[u8], off: usize) -> Result<Parsed, Reason> {
+    need(b, off, 20)?;
+    let ver_ihl = b[off];
+    if ver_ihl >> 4 != 4 || ver_ihl & 0x0f < 5 {
+        return Err(counter::BAD_IP_HEADER);
+    }
+    if be16(b, off + 6)? & 0x1fff != 0 {
+        return Err(counter::LATER_FRAGMENT);
+    }
+    let src = ipv4_mapped(array(b, off + 12)?);
+    let dst = ipv4_mapped(array(b, off + 16)?);
+    l4(b, off + (ver_ihl & 0x0f) as usize * 4, src, dst, b[off + 9], 1)
+}
+
+fn is_ext_header(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140)
+}
+
+fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
+    need(b, off, 40)?;
+    if b[off] >> 4 != 6 {
+        return Err(counter::BAD_IP_HEADER);
+    }
+    let mut next = b[off + 6];
+    let src = ipv6_words(array(b, off + 8)?);
+    let dst = ipv6_words(array(b, off + 24)?);
+    let mut off = off + 40;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if !is_ext_header(next) {
+            break;
+        }
+        let len = match next {
+            51 => (byte(b, off + 1)? as usize + 2) * 4,
+            44 => {
+                if be16(b, off + 2)? & 0xfff8 != 0 {
+                    return Err(counter::LATER_FRAGMENT);
+                }
+                8
+            }
+            _ => (byte(b, off + 1)? as usize + 1) * 8,
+        };
+        need(b, off, 8)?;
+        next = b[off];
+        off += len;
+    }
+    if is_ext_header(next) {
+        return Err(counter::IPV6_EXT_CHAIN_TOO_LONG);
+    }
+    l4(b, off, src, dst, next, 58)
+}
+
+fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result<Parsed, Reason> {
+    let (sport, dport, tcp_flags) = match proto {
+        6 => {
+            need(b, off, 20)?;
+            (be16(b, off)?, be16(b, off + 2)?, b[off + 13])
+        }
+        17 => {
+            need(b, off, 8)?;
+            (be16(b, off)?, be16(b, off + 2)?, 0)
+        }
+        p if p == icmp => {
+            need(b, off, 4)?;
+            (0, 0, 0)
+        }
+        _ => (0, 0, 0),
+    };
+    let (key, dir) = FlowKey::canonical(&src, sport, &dst, dport, proto);
+    Ok(Parsed { key, dir, tcp_flags })
+}

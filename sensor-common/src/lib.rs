@@ -1,0 +1,242 @@
+//! Types shared between the kernel datapath (`sensor-ebpf`) and the agent.
+//!
+//! Everything here is `#![no_std]`, `#[repr(C)]` with explicit padding, and uses integers
+//! instead of `bool`/enums in map values, because the same bytes are written by the kernel
+//! program and read by user space: a layout change on one side only must fail to compile
+//! (see the size assertions), never silently misread a map.
+//!
+//! The pure logic that both sides must agree on exactly (the canonical bidirectional flow key)
+//! also lives here, so the agent's own packet parser and the kernel produce identical keys.
+#![no_std]
+
+/// Maximum number of VLAN tags (802.1Q / 802.1ad) the datapath walks.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Maximum number of IPv6 extension headers the datapath walks before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// IPv4 addresses are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); this is the third
+/// 32-bit word of such an address, in the native representation of the bytes `00 00 ff ff`.
+pub const IPV4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// An address as four 32-bit words holding the network-order bytes as loaded from the packet.
+pub type Addr = [u32; 4];
+
+/// Canonical bidirectional 5-tuple: both directions of a conversation map to the same key.
+///
+/// The endpoint that sorts lower (address words, then port) is `lo`. Ports are in host byte
+/// order; they are zero for protocols without ports and for ICMP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr_lo: Addr,
+    pub addr_hi: Addr,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Direction index of a packet sent by the `lo` endpoint (counters index 0).
+pub const DIR_LO_TO_HI: usize = 0;
+/// Direction index of a packet sent by the `hi` endpoint (counters index 1).
+pub const DIR_HI_TO_LO: usize = 1;
+
+/// `FlowStats::client`: the `lo` endpoint is the client.
+pub const CLIENT_LO: u8 = 0;
+/// `FlowStats::client`: the `hi` endpoint is the client.
+pub const CLIENT_HI: u8 = 1;
+
+/// `FlowStats::client_source`: the client is the sender of the first packet seen.
+pub const CLIENT_BY_FIRST_PACKET: u8 = 0;
+/// `FlowStats::client_source`: the client sent a SYN without ACK.
+pub const CLIENT_BY_SYN: u8 = 1;
+
+/// Per-flow counters, updated in place by the datapath with atomic adds.
+///
+/// Index 0 of each pair counts packets sent by `lo` (see [`DIR_LO_TO_HI`]). Times are
+/// `bpf_jiffies64()` values: seconds-scale detection does not need nanoseconds, and jiffies
+/// cost nothing per packet (TOOLCHAIN.md). The agent converts them to wall time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// TCP flags seen: bits 0-7 from the `lo` sender, bits 8-15 from the `hi` sender. A `u64`
+    /// because BPF atomic OR works on whole 32/64-bit words, and the value stays one 64-byte
+    /// cache line either way.
+    pub tcp_flags: u64,
+    /// [`CLIENT_LO`] or [`CLIENT_HI`].
+    pub client: u8,
+    /// [`CLIENT_BY_FIRST_PACKET`] or [`CLIENT_BY_SYN`].
+    pub client_source: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
+
+/// Indices into the per-CPU `COUNTERS` array.
+///
+/// The first group are the reasons a packet could not be attributed to a flow; every packet
+/// the datapath sees is either added to exactly one flow or counted under exactly one reason.
+/// The second group are events that do not change that balance.
+pub mod counter {
+    /// Ethertype is neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    pub const NOT_IP: u32 = 0;
+    /// A header ended before its fixed part did (L2, IP, extension header or L4).
+    pub const TRUNCATED: u32 = 1;
+    /// More than [`crate::MAX_VLAN_TAGS`] VLAN tags.
+    pub const TOO_MANY_VLAN_TAGS: u32 = 2;
+    /// IP version field disagrees with the ethertype, or IPv4 IHL below 5.
+    pub const BAD_IP_HEADER: u32 = 3;
+    /// More than [`crate::MAX_IPV6_EXT_HEADERS`] IPv6 extension headers.
+    pub const IPV6_EXT_CHAIN_TOO_LONG: u32 = 4;
+    /// A non-first IP fragment: it carries no ports, so it cannot be keyed.
+    pub const LATER_FRAGMENT: u32 = 5;
+    /// The flow map refused a new entry (full, or out of memory).
+    pub const MAP_FULL: u32 = 6;
+    /// Number of unattributed-packet reasons (all indices below this).
+    pub const UNATTRIBUTED_REASONS: u32 = 7;
+
+    /// New flows inserted.
+    pub const FLOWS_CREATED: u32 = 7;
+    /// Another CPU created the same flow between our lookup and insert.
+    pub const CREATE_RACES: u32 = 8;
+    /// Array size.
+    pub const COUNT: u32 = 9;
+
+    /// Stable names, index-aligned with the constants above (used in JSON output and metrics).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "not_ip",
+        "truncated",
+        "too_many_vlan_tags",
+        "bad_ip_header",
+        "ipv6_ext_chain_too_long",
+        "later_fragment",
+        "map_full",
+        "flows_created",
+        "create_races",
+    ];
+}
+
+/// Lexicographic "a sorts before b" on (address words, port). Written out by hand because
+/// array comparison may lower to a `memcmp` call, which BPF programs cannot make.
+#[inline(always)]
+fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    if a[3] != b[3] {
+        return a[3] < b[3];
+    }
+    a_port <= b_port
+}
+
+impl FlowKey {
+    /// The canonical key of a packet from `src:sport` to `dst:dport`, and the direction index
+    /// of that packet ([`DIR_LO_TO_HI`] or [`DIR_HI_TO_LO`]).
+    #[inline(always)]
+    pub fn canonical(src: &Addr, sport: u16, dst: &Addr, dport: u16, proto: u8) -> (Self, usize) {
+        if endpoint_le(src, sport, dst, dport) {
+            (
+                FlowKey {
+                    addr_lo: *src,
+                    addr_hi: *dst,
+                    port_lo: sport,
+                    port_hi: dport,
+                    proto,
+                    _pad: [0; 3],
+                },
+                DIR_LO_TO_HI,
+            )
+        } else {
+            (
+                FlowKey {
+                    addr_lo: *dst,
+                    addr_hi: *src,
+                    port_lo: dport,
+                    port_hi: sport,
+                    proto,
+                    _pad: [0; 3],
+                },
+                DIR_HI_TO_LO,
+            )
+        }
+    }
+}
+
+/// The address words of an IPv4 address given as its four network-order bytes.
+#[inline(always)]
+pub const fn ipv4_mapped(octets: [u8; 4]) -> Addr {
+    [0, 0, IPV4_MAPPED_WORD, u32::from_ne_bytes(octets)]
+}
+
+/// The address words of an IPv6 address given as its sixteen network-order bytes.
+#[inline(always)]
+pub const fn ipv6_words(o: [u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The sixteen network-order bytes of address words.
+#[inline(always)]
+pub const fn addr_octets(a: &Addr) -> [u8; 16] {
+    let w0 = a[0].to_ne_bytes();
+    let w1 = a[1].to_ne_bytes();
+    let w2 = a[2].to_ne_bytes();
+    let w3 = a[3].to_ne_bytes();
+    [
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0],
+        w3[1], w3[2], w3[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both types are repr(C), consist only of integers, and have explicit padding
+    // fields, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let a = ipv4_mapped([10, 0, 0, 1]);
+        let b = ipv4_mapped([10, 0, 0, 2]);
+        let (k1, d1) = FlowKey::canonical(&a, 40000, &b, 443, 6);
+        let (k2, d2) = FlowKey::canonical(&b, 443, &a, 40000, 6);
+        assert_eq!(k1, k2);
+        assert_ne!(d1, d2);
+    }
+
+    #[test]
+    fn same_address_orders_by_port() {
+        let a = ipv6_words([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let (k, d) = FlowKey::canonical(&a, 5000, &a, 80, 17);
+        assert_eq!((k.port_lo, k.port_hi, d), (80, 5000, DIR_HI_TO_LO));
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        let o = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(addr_octets(&ipv6_words(o)), o);
+        let m = addr_octets(&ipv4_mapped([192, 0, 2, 7]));
+        assert_eq!(&m[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&m[12..], &[192, 0, 2, 7]);
+    }
+}

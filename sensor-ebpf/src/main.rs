@@ -1,0 +1,209 @@
+//! The sensor's kernel datapath: per-flow accounting for every packet, never a drop.
+//!
+//! One XDP program (ingress) and one TC classifier (egress, for traffic the host sends itself)
+//! share the same maps. Each packet is either added to exactly one flow in `FLOWS` or counted
+//! under exactly one reason in `COUNTERS`; both programs always let the packet through.
+//!
+//! Per-packet cost is the budget that matters (cargo xtask bench datapath): an existing flow
+//! costs one lookup and in-place atomic adds through the returned pointer. `bpf_map_update_elem`
+//! is only called for new flows, with `BPF_NOEXIST`, because updating an existing LRU key can
+//! evict unrelated entries.
+#![no_std]
+#![no_main]
+// Inline BPF assembly for atomic add/or: core's atomics have no RMW operations on the BPF
+// target.
+#![feature(asm_experimental_arch)]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::{bpf_jiffies64, bpf_xdp_get_buff_len},
+    macros::{classifier, map, xdp},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+    EbpfContext,
+};
+use aya_log_ebpf::warn;
+use sensor_common::{
+    counter, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+    DIR_LO_TO_HI,
+};
+
+use parse::{parse, Reason, IPPROTO_TCP};
+
+/// Default capacity; the agent sizes it at load time (`EbpfLoader::set_max_entries`).
+const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+/// How much of an egress skb to make linear before parsing: enough for Ethernet, two VLAN
+/// tags, IPv6 with a few extension headers and TCP. Headers beyond it count as truncated.
+const TC_PULL_LEN: u32 = 256;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[xdp(frags)]
+pub fn sensor_xdp(ctx: XdpContext) -> u32 {
+    // With multi-buffer (frags) packets data_end covers only the first buffer; the full
+    // frame length is what a flow's byte count must hold.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    account(&ctx, ctx.data(), ctx.data_end(), len);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn sensor_tc_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    // Headers of locally generated skbs may sit in paged fragments; a failed pull leaves the
+    // linear part as it is and the parser then reports truncation.
+    let _ = ctx.pull_data(if len < TC_PULL_LEN { len } else { TC_PULL_LEN });
+    account(&ctx, ctx.data(), ctx.data_end(), len as u64);
+    // UNSPEC: let any later TC program decide, so the sensor never changes what happens.
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn account<C: EbpfContext>(ctx: &C, data: usize, end: usize, len: u64) {
+    match parse(data, end) {
+        Ok(pkt) => {
+            let (key, dir) = FlowKey::canonical(&pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
+            let syn_only = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let flags = (pkt.tcp_flags as u64) << (dir * 8);
+            let hit = Hit {
+                dir,
+                len,
+                flags,
+                syn_only,
+                now: unsafe { bpf_jiffies64() },
+            };
+            if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+                update(stats, &hit);
+            } else {
+                create(ctx, &key, &hit);
+            }
+        }
+        Err(reason) => bump(reason),
+    }
+}
+
+/// One packet's contribution to its flow. A struct because BPF calls take at most five
+/// arguments.
+#[derive(Clone, Copy)]
+struct Hit {
+    dir: usize,
+    len: u64,
+    /// TCP flags already shifted into the sender's byte of `FlowStats::tcp_flags`.
+    flags: u64,
+    /// TCP SYN without ACK: the sender is the client.
+    syn_only: bool,
+    now: u64,
+}
+
+#[inline(always)]
+fn update(stats: *mut FlowStats, hit: &Hit) {
+    let Hit {
+        dir,
+        len,
+        flags,
+        syn_only,
+        now,
+    } = *hit;
+    // `& 1` proves the index in range, so no bounds check (and no panic path) is emitted.
+    let dir = dir & 1;
+    // SAFETY: `stats` comes from a successful lookup in FLOWS; map values stay valid for the
+    // program's run. Fields written concurrently by other CPUs are only touched atomically,
+    // except last_seen and the client, where a lost race still stores a correct value.
+    unsafe {
+        atomic_add(&raw mut (*stats).packets[dir], 1);
+        atomic_add(&raw mut (*stats).bytes[dir], len);
+        if (*stats).last_seen != now {
+            (*stats).last_seen = now;
+        }
+        if (*stats).tcp_flags & flags != flags {
+            atomic_or(&raw mut (*stats).tcp_flags, flags);
+        }
+        // A SYN without ACK names the client even when the flow was first seen mid-stream.
+        if syn_only && (*stats).client_source != CLIENT_BY_SYN {
+            (*stats).client = client_for(dir);
+            (*stats).client_source = CLIENT_BY_SYN;
+        }
+    }
+}
+
+#[inline(never)]
+fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit) {
+    let Hit {
+        dir,
+        len,
+        flags,
+        syn_only,
+        now,
+    } = *hit;
+    let mut stats = FlowStats {
+        first_seen: now,
+        last_seen: now,
+        tcp_flags: flags,
+        client: client_for(dir),
+        client_source: if syn_only { CLIENT_BY_SYN } else { CLIENT_BY_FIRST_PACKET },
+        ..FlowStats::default()
+    };
+    stats.packets[dir & 1] = 1;
+    stats.bytes[dir & 1] = len;
+    match FLOWS.insert(key, &stats, BPF_NOEXIST as u64) {
+        Ok(()) => bump(counter::FLOWS_CREATED),
+        Err(_) => {
+            // Most likely another CPU inserted the same key after our lookup (-EEXIST): add to
+            // its entry. If it is still missing, the map refused the insert.
+            if let Some(existing) = FLOWS.get_ptr_mut(key) {
+                bump(counter::CREATE_RACES);
+                update(existing, hit);
+            } else {
+                bump(counter::MAP_FULL);
+                warn!(ctx, "flow map refused a new entry (proto {})", key.proto);
+            }
+        }
+    }
+}
+
+/// `lock *(u64 *)p += v`: BPF_ATOMIC | BPF_ADD without fetch (kernel >= 5.12 encoding,
+/// identical to the older XADD).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) p, in(reg) v, options(nostack)) };
+}
+
+/// `lock *(u64 *)p |= v`: BPF_ATOMIC | BPF_OR (kernel >= 5.12).
+#[inline(always)]
+unsafe fn atomic_or(p: *mut u64, v: u64) {
+    unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) |= {1}", in(reg) p, in(reg) v, options(nostack)) };
+}
+
+#[inline(always)]
+fn client_for(dir: usize) -> u8 {
+    if dir == DIR_LO_TO_HI {
+        CLIENT_LO
+    } else {
+        CLIENT_HI
+    }
+}
+
+#[inline(always)]
+fn bump(index: Reason) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU slot: no other CPU writes it, so a plain add is exact.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

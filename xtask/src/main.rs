@@ -1,0 +1,265 @@
+//! `cargo xtask`: everything a new user or CI needs, from a fresh Debian 12 machine.
+//!
+//! `setup` installs what is missing (Debian packages, bpf-linker built against LLVM 22) and
+//! is a no-op taking well under a second when nothing is; `build`, `run`, `test` and `bench`
+//! call it first, so the README's two commands are all a user needs. Nothing here downloads
+//! from anywhere but Debian's archive and crates.io.
+
+use std::{
+    env,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need (TOOLCHAIN.md).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Debian's rustc 1.96 with LLVM 22, compiles the eBPF programs"),
+    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    ("llvm-22-dev", "LLVM 22 libraries for building bpf-linker"),
+    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    ("libzstd-dev", "needed to link bpf-linker"),
+    ("zlib1g-dev", "needed to link bpf-linker"),
+    ("tshark", "independent oracle for capture tests"),
+    ("tcpdump", "captures in network-namespace tests"),
+    ("iproute2", "network namespaces and veth pairs for tests and the lab"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project automation for the flow sensor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install whatever the build and the tests need and is missing (idempotent).
+    Setup {
+        /// Only report what is missing; install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the eBPF programs and the agent (release).
+    Build,
+    /// Run every test: formatting, clippy, unit, kernel (BPF_PROG_TEST_RUN) and capture tests.
+    Test {
+        /// Extra arguments for `cargo test` (for example a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (print figures; never pass/fail on time).
+    Bench {
+        /// Which benchmark: `datapath`.
+        which: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup { check } => setup(check),
+        Cmd::Build => {
+            setup(false)?;
+            cargo(&["build", "--release", "--package", "sensor-agent"])
+        }
+        Cmd::Test { args } => {
+            setup(false)?;
+            test(&args)
+        }
+        Cmd::Bench { which, args } => {
+            setup(false)?;
+            bench(&which, &args)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root())
+        .env("PATH", path_with_cargo_bin())
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// PATH with cargo's install directory, where `cargo install` puts bpf-linker.
+fn path_with_cargo_bin() -> String {
+    let path = env::var("PATH").unwrap_or_default();
+    let bin = cargo_bin_dir();
+    if env::split_paths(&path).any(|p| p == bin) {
+        path
+    } else {
+        format!("{}:{path}", bin.display())
+    }
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"));
+    home.join("bin")
+}
+
+fn missing_debian_packages() -> Result<Vec<&'static str>> {
+    let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(n, _)| *n).collect();
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
+        .args(&names)
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run dpkg-query: this is not a Debian system (see TOOLCHAIN.md for what to install)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(names
+        .into_iter()
+        .filter(|n| !text.lines().any(|l| l.split_whitespace().next() == Some(n) && l.contains(" ii")))
+        .collect())
+}
+
+fn bpf_linker_ok() -> bool {
+    let linker = cargo_bin_dir().join("bpf-linker");
+    Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn setup(check_only: bool) -> Result<()> {
+    let missing = missing_debian_packages()?;
+    let linker_ok = bpf_linker_ok();
+    if missing.is_empty() && linker_ok {
+        return Ok(());
+    }
+    let mut report = String::from("missing:\n");
+    for m in &missing {
+        let why = DEBIAN_PACKAGES.iter().find(|(n, _)| n == m).map(|(_, w)| *w).unwrap_or("");
+        report.push_str(&format!("  Debian package {m} ({why})\n"));
+    }
+    if !linker_ok {
+        report.push_str(&format!(
+            "  bpf-linker {BPF_LINKER_VERSION} in {} (built against LLVM 22)\n",
+            cargo_bin_dir().display()
+        ));
+    }
+    let how = format!(
+        "install with:\n  apt-get update && apt-get install -y {}\n  LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker@{BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22",
+        DEBIAN_PACKAGES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" ")
+    );
+    if check_only {
+        bail!("{report}{how}");
+    }
+    if !missing.is_empty() {
+        if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+            bail!("{report}setup needs root on Debian 12 to install packages; {how}");
+        }
+        eprintln!("xtask setup: installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !bpf_linker_ok() {
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)");
+        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features", "--features", "llvm-22"])
+            // Without it the build script finds /usr/bin/llvm-config, which is LLVM 14.
+            .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    }
+    let still = missing_debian_packages()?;
+    if !still.is_empty() || !bpf_linker_ok() {
+        bail!("setup finished but {:?} and bpf-linker ({}) are still not usable", still, bpf_linker_ok());
+    }
+    eprintln!("xtask setup: done");
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs the whole suite, echoing cargo's output and counting the kernel tests (named
+/// `kernel_*`), so a run shows how many really touched the kernel. Any ignored test fails the
+/// run: tests never skip silently.
+fn test(extra: &[String]) -> Result<()> {
+    cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo_bin)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .current_dir(root())
+        .env("PATH", path_with_cargo_bin())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cargo_bin} test"))?;
+    let stdout = child.stdout.take().context("no stdout from cargo test")?;
+    let (mut kernel_passed, mut kernel_failed, mut ignored, mut passed, mut failed) = (0, 0, 0, 0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("read cargo test output")?;
+        println!("{line}");
+        let Some(rest) = line.strip_prefix("test ") else { continue };
+        let kernel = rest.split("::").last().is_some_and(|n| n.starts_with("kernel_"));
+        if rest.ends_with("... ok") {
+            passed += 1;
+            if kernel {
+                kernel_passed += 1;
+            }
+        } else if rest.ends_with("... FAILED") {
+            failed += 1;
+            if kernel {
+                kernel_failed += 1;
+            }
+        } else if rest.contains("... ignored") {
+            ignored += 1;
+        }
+    }
+    let status = child.wait().context("wait for cargo test")?;
+    println!("kernel tests (BPF_PROG_TEST_RUN, network namespaces): {kernel_passed} passed, {kernel_failed} failed");
+    println!("all tests: {passed} passed, {failed} failed, {ignored} ignored");
+    if ignored > 0 {
+        bail!("{ignored} tests were ignored: every test must run");
+    }
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn bench(which: &str, args: &[String]) -> Result<()> {
+    match which {
+        "datapath" => {
+            let mut a = vec!["run", "--release", "--package", "sensor-tests", "--bin", "bench-datapath", "--"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        other => bail!("unknown benchmark {other:?} (known: datapath)"),
+    }
+}
