@@ -14,15 +14,27 @@ use std::{
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("sensor-agent sits in the workspace root").to_path_buf();
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("sensor-agent sits in the workspace root")
+        .to_path_buf();
     let ebpf_dir = root.join("sensor-ebpf");
-    for watched in ["sensor-ebpf/src", "sensor-ebpf/Cargo.toml", "sensor-ebpf/Cargo.lock", "sensor-common/src", "sensor-common/Cargo.toml"] {
+    for watched in [
+        "sensor-ebpf/src",
+        "sensor-ebpf/Cargo.toml",
+        "sensor-ebpf/Cargo.lock",
+        "sensor-common/src",
+        "sensor-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=SENSOR_EBPF_RUSTC");
 
-    let rustc = env::var_os("SENSOR_EBPF_RUSTC").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/rustc"));
+    let rustc = env::var_os("SENSOR_EBPF_RUSTC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/rustc"));
     if !rustc.exists() {
         fail(&format!(
             "the eBPF compiler {} is missing: run `cargo xtask setup` (installs Debian's rustc-web and libstd-rust-web-dev-bpf)",
@@ -46,25 +58,45 @@ fn main() {
         .env("RUSTC", &rustc)
         // The BPF target is tier 3 and the programs use inline BPF assembly for atomics.
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
     // Nothing of the host build may leak into the eBPF build.
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTDOCFLAGS"] {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTDOCFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     for (key, _) in env::vars_os() {
         if let Some(k) = key.to_str() {
-            if k.starts_with("CARGO_FEATURE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_PROFILE_") {
+            if k.starts_with("CARGO_FEATURE_")
+                || k.starts_with("CARGO_CFG_")
+                || k.starts_with("CARGO_PROFILE_")
+            {
                 cmd.env_remove(k);
             }
         }
     }
-    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run cargo for the eBPF build: {e}")));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run cargo for the eBPF build: {e}")));
     if !status.success() {
-        fail(&format!("the eBPF build failed ({status}); see the compiler output above"));
+        fail(&format!(
+            "the eBPF build failed ({status}); see the compiler output above"
+        ));
     }
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (bin, var) in [("sensor", "SENSOR_EBPF_OBJECT"), ("bench-ref", "SENSOR_EBPF_BENCH_OBJECT")] {
+    for (bin, var) in [
+        ("sensor", "SENSOR_EBPF_OBJECT"),
+        ("bench-ref", "SENSOR_EBPF_BENCH_OBJECT"),
+    ] {
         let built = target_dir.join(EBPF_TARGET).join("release").join(bin);
         let copy = out.join(format!("{bin}.bpf.o"));
         copy_file(&built, &copy);
@@ -74,7 +106,11 @@ fn main() {
 
 fn copy_file(from: &Path, to: &Path) {
     if let Err(e) = std::fs::copy(from, to) {
-        fail(&format!("cannot copy {} to {}: {e}", from.display(), to.display()));
+        fail(&format!(
+            "cannot copy {} to {}: {e}",
+            from.display(),
+            to.display()
+        ));
     }
 }
 

@@ -70,7 +70,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { max_flows: DEFAULT_MAX_FLOWS }
+        LoadOptions {
+            max_flows: DEFAULT_MAX_FLOWS,
+        }
     }
 }
 
@@ -97,10 +99,14 @@ impl Datapath {
             }
         };
         let mut dp = Datapath { ebpf, logger };
-        dp.xdp()?.load().map_err(|e| DatapathError::Program { name: XDP_PROGRAM, source: Box::new(e) })?;
-        dp.tc_egress()?
-            .load()
-            .map_err(|e| DatapathError::Program { name: TC_EGRESS_PROGRAM, source: Box::new(e) })?;
+        dp.xdp()?.load().map_err(|e| DatapathError::Program {
+            name: XDP_PROGRAM,
+            source: Box::new(e),
+        })?;
+        dp.tc_egress()?.load().map_err(|e| DatapathError::Program {
+            name: TC_EGRESS_PROGRAM,
+            source: Box::new(e),
+        })?;
         Ok(dp)
     }
 
@@ -120,21 +126,67 @@ impl Datapath {
 
     /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
     pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
-        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
         let result = self
             .xdp()?
             .test_run(opts)
-            .map_err(|e| DatapathError::Program { name: XDP_PROGRAM, source: Box::new(e) })?;
+            .map_err(|e| DatapathError::Program {
+                name: XDP_PROGRAM,
+                source: Box::new(e),
+            })?;
         Ok(result.return_value)
+    }
+
+    /// Runs the TC egress program once on `frame` (an skb) with BPF_PROG_TEST_RUN; returns its
+    /// verdict.
+    pub fn test_run_tc_egress(&mut self, frame: &[u8]) -> Result<i32, DatapathError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        let result = self
+            .tc_egress()?
+            .test_run(opts)
+            .map_err(|e| DatapathError::Program {
+                name: TC_EGRESS_PROGRAM,
+                source: Box::new(e),
+            })?;
+        Ok(result.return_value as i32)
+    }
+
+    /// One flow's counters, if the kernel holds it.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowStats>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(FLOW_MAP)
+            .ok_or(DatapathError::Missing(FLOW_MAP))?;
+        let flows: BpfHashMap<&MapData, FlowKey, FlowStats> =
+            BpfHashMap::try_from(map).map_err(|e| map_err(FLOW_MAP, e))?;
+        match flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(FLOW_MAP, e)),
+        }
     }
 
     /// The per-CPU counters summed over CPUs, indexed by [`sensor_common::counter`].
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DatapathError> {
-        let map = self.ebpf.map(COUNTER_MAP).ok_or(DatapathError::Missing(COUNTER_MAP))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| map_err(COUNTER_MAP, e))?;
+        let map = self
+            .ebpf
+            .map(COUNTER_MAP)
+            .ok_or(DatapathError::Missing(COUNTER_MAP))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_err(COUNTER_MAP, e))?;
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = arr.get(&(i as u32), 0).map_err(|e| map_err(COUNTER_MAP, e))?;
+            let per_cpu = arr
+                .get(&(i as u32), 0)
+                .map_err(|e| map_err(COUNTER_MAP, e))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(out)
@@ -144,7 +196,10 @@ impl Datapath {
     ///
     /// Key-by-key iteration: entries inserted or evicted meanwhile may or may not appear.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, DatapathError> {
-        let map = self.ebpf.map(FLOW_MAP).ok_or(DatapathError::Missing(FLOW_MAP))?;
+        let map = self
+            .ebpf
+            .map(FLOW_MAP)
+            .ok_or(DatapathError::Missing(FLOW_MAP))?;
         let flows: BpfHashMap<&MapData, FlowKey, FlowStats> =
             BpfHashMap::try_from(map).map_err(|e| map_err(FLOW_MAP, e))?;
         let mut out = Vec::new();
@@ -168,5 +223,8 @@ impl Datapath {
 }
 
 fn map_err(name: &'static str, e: aya::maps::MapError) -> DatapathError {
-    DatapathError::Map { name, source: Box::new(e) }
+    DatapathError::Map {
+        name,
+        source: Box::new(e),
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, IsTerminal, Write},
+    io::{self, BufWriter, Write},
     path::PathBuf,
     process::ExitCode,
 };
@@ -17,7 +17,11 @@ use sensor_agent::{
 use sensor_common::counter;
 
 #[derive(Parser)]
-#[command(name = "sensor-agent", version, about = "Flow sensor that finds cryptomining and other covert long-lived traffic")]
+#[command(
+    name = "sensor-agent",
+    version,
+    about = "Flow sensor that finds cryptomining and other covert long-lived traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,18 +77,27 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         EngineArg::User => Engine::User,
         EngineArg::Kernel => Engine::Kernel,
     };
-    let outcome = replay(&args.captures, engine, &LoadOptions { max_flows: args.max_flows })
-        .with_context(|| format!("replay with the {} engine", engine.name()))?;
+    let outcome = replay(
+        &args.captures,
+        engine,
+        &LoadOptions {
+            max_flows: args.max_flows,
+        },
+    )
+    .with_context(|| format!("replay with the {} engine", engine.name()))?;
 
     let mut sink: Box<dyn Write> = match &args.flows {
         None => Box::new(BufWriter::new(io::stdout().lock())),
         Some(p) if p.as_os_str() == "-" => Box::new(BufWriter::new(io::stdout().lock())),
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("cannot create flow file {}", p.display()))?,
-        )),
+        Some(p) => {
+            Box::new(BufWriter::new(File::create(p).with_context(|| {
+                format!("cannot create flow file {}", p.display())
+            })?))
+        }
     };
     for flow in &outcome.flows {
-        serde_json::to_writer(&mut sink, &flow.to_json(engine.name())).context("write flow record")?;
+        serde_json::to_writer(&mut sink, &flow.to_json(engine.name()))
+            .context("write flow record")?;
         sink.write_all(b"\n").context("write flow record")?;
     }
     sink.flush().context("write flow records")?;
@@ -108,21 +121,30 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         summary.push_str(&format!(", unattributed: {}", unattributed.join(", ")));
     }
     if outcome.cut_frames > 0 {
-        summary.push_str(&format!(", {} frames shorter in the capture than on the wire", outcome.cut_frames));
+        summary.push_str(&format!(
+            ", {} frames shorter in the capture than on the wire",
+            outcome.cut_frames
+        ));
     }
     if outcome.evicted_flows > 0 {
-        summary.push_str(&format!(", {} flows evicted from a full map (raise --max-flows)", outcome.evicted_flows));
+        summary.push_str(&format!(
+            ", {} flows evicted from a full map (raise --max-flows)",
+            outcome.evicted_flows
+        ));
     }
     if outcome.unstamped_flows > 0 {
-        summary.push_str(&format!(", {} kernel flows without capture times", outcome.unstamped_flows));
+        summary.push_str(&format!(
+            ", {} kernel flows without capture times",
+            outcome.unstamped_flows
+        ));
     }
-    if io::stderr().is_terminal() || !outcome.errors.is_empty() || std::env::var_os("SENSOR_SUMMARY").is_some() {
-        eprintln!("{summary}");
-    } else {
-        log::info!("{summary}");
-    }
+    eprintln!("{summary}");
     for e in &outcome.errors {
         eprintln!("error: {e}");
     }
-    Ok(if outcome.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if outcome.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

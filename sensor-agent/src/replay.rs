@@ -11,7 +11,9 @@
 
 use std::{collections::HashMap, path::PathBuf};
 
-use sensor_common::{counter, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
+use sensor_common::{
+    counter, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+};
 
 use crate::{
     datapath::{Datapath, DatapathError, LoadOptions},
@@ -79,7 +81,11 @@ struct Times {
 }
 
 /// Reads every capture in order into one flow table.
-pub fn replay(paths: &[PathBuf], engine: Engine, load: &LoadOptions) -> Result<ReplayOutcome, ReplayError> {
+pub fn replay(
+    paths: &[PathBuf],
+    engine: Engine,
+    load: &LoadOptions,
+) -> Result<ReplayOutcome, ReplayError> {
     let mut out = ReplayOutcome::default();
     let mut kernel = match engine {
         Engine::Kernel => Some(Datapath::load(load)?),
@@ -114,11 +120,20 @@ pub fn replay(paths: &[PathBuf], engine: Engine, load: &LoadOptions) -> Result<R
             let parsed = parse_frame(&frame.data);
             match &parsed {
                 Ok(p) => {
-                    let t = times.entry(p.key).or_insert(Times { first: frame.ts_ns, last: frame.ts_ns });
+                    let t = times.entry(p.key).or_insert(Times {
+                        first: frame.ts_ns,
+                        last: frame.ts_ns,
+                    });
                     t.first = t.first.min(frame.ts_ns);
                     t.last = t.last.max(frame.ts_ns);
                     if engine == Engine::User {
-                        add_to_flow(user_flows.entry(p.key).or_default(), p.dir, frame.wire_len as u64, p.tcp_flags, frame.ts_ns);
+                        add_to_flow(
+                            user_flows.entry(p.key).or_default(),
+                            p.dir,
+                            frame.wire_len as u64,
+                            p.tcp_flags,
+                            frame.ts_ns,
+                        );
                     }
                 }
                 Err(reason) => {
@@ -147,16 +162,23 @@ pub fn replay(paths: &[PathBuf], engine: Engine, load: &LoadOptions) -> Result<R
             dp.flush_log();
             let counters = dp.counters()?;
             let kflows = dp.flows()?;
-            out.unattributed.copy_from_slice(&counters[..counter::UNATTRIBUTED_REASONS as usize]);
+            out.unattributed
+                .copy_from_slice(&counters[..counter::UNATTRIBUTED_REASONS as usize]);
             out.unattributed[counter::TRUNCATED as usize] += runts;
-            out.evicted_flows = counters[counter::FLOWS_CREATED as usize].saturating_sub(kflows.len() as u64);
+            out.evicted_flows =
+                counters[counter::FLOWS_CREATED as usize].saturating_sub(kflows.len() as u64);
             for (key, stats) in kflows {
                 out.attributed += stats.packets[0] + stats.packets[1];
                 let t = times.get(&key);
                 if t.is_none() {
                     out.unstamped_flows += 1;
                 }
-                out.flows.push(FlowRecord { key, stats, start_ns: t.map(|t| t.first), end_ns: t.map(|t| t.last) });
+                out.flows.push(FlowRecord {
+                    key,
+                    stats,
+                    start_ns: t.map(|t| t.first),
+                    end_ns: t.map(|t| t.last),
+                });
             }
         }
         None => {
@@ -168,7 +190,12 @@ pub fn replay(paths: &[PathBuf], engine: Engine, load: &LoadOptions) -> Result<R
                 // jiffies; records carry them as start/end instead.
                 stats.first_seen = 0;
                 stats.last_seen = 0;
-                out.flows.push(FlowRecord { key, stats, start_ns: t.map(|t| t.first), end_ns: t.map(|t| t.last) });
+                out.flows.push(FlowRecord {
+                    key,
+                    stats,
+                    start_ns: t.map(|t| t.first),
+                    end_ns: t.map(|t| t.last),
+                });
             }
         }
     }
@@ -185,7 +212,8 @@ fn pad_to_wire(frame: &mut Frame) {
 
 /// The user engine's equivalent of the datapath's per-packet update.
 fn add_to_flow(stats: &mut FlowStats, dir: usize, len: u64, tcp_flags: u8, ts: u64) {
-    let syn_only = tcp_flags & 0x12 == 0x02 && (stats.packets[0] + stats.packets[1] == 0 || stats.client_source != CLIENT_BY_SYN);
+    let syn_only = tcp_flags & 0x12 == 0x02
+        && (stats.packets[0] + stats.packets[1] == 0 || stats.client_source != CLIENT_BY_SYN);
     let client = if dir == 0 { CLIENT_LO } else { CLIENT_HI };
     if stats.packets[0] + stats.packets[1] == 0 {
         stats.first_seen = ts;

@@ -253,6 +253,10 @@ fn parse_l4(
     } else if proto == icmp {
         // Type, code, checksum: ICMP flows are keyed without ports.
         let _ = header::<IcmpHdr>(data, end, off)?;
+    } else {
+        // No transport header to read, but the IP header (options, extension headers) must
+        // still be whole.
+        let _ = header::<[u8; 0]>(data, end, off)?;
     }
     Ok(pkt)
 }

@@ -1,1 +1,6 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: frame builders, capture writers and access to
+//! the real kernel datapath.
+
+pub mod frames;
+pub mod kernel;
+pub mod pcap;

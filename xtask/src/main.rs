@@ -17,15 +17,27 @@ use clap::{Parser, Subcommand};
 
 /// Debian packages the build and the tests need (TOOLCHAIN.md).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "Debian's rustc 1.96 with LLVM 22, compiles the eBPF programs"),
-    ("libstd-rust-web-dev-bpf", "prebuilt core for bpfel-unknown-none"),
+    (
+        "rustc-web",
+        "Debian's rustc 1.96 with LLVM 22, compiles the eBPF programs",
+    ),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core for bpfel-unknown-none",
+    ),
     ("llvm-22-dev", "LLVM 22 libraries for building bpf-linker"),
-    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
     ("libzstd-dev", "needed to link bpf-linker"),
     ("zlib1g-dev", "needed to link bpf-linker"),
     ("tshark", "independent oracle for capture tests"),
     ("tcpdump", "captures in network-namespace tests"),
-    ("iproute2", "network namespaces and veth pairs for tests and the lab"),
+    (
+        "iproute2",
+        "network namespaces and veth pairs for tests and the lab",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -83,7 +95,10 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -114,7 +129,9 @@ fn path_with_cargo_bin() -> String {
 fn cargo_bin_dir() -> PathBuf {
     let home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        });
     home.join("bin")
 }
 
@@ -129,7 +146,11 @@ fn missing_debian_packages() -> Result<Vec<&'static str>> {
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(names
         .into_iter()
-        .filter(|n| !text.lines().any(|l| l.split_whitespace().next() == Some(n) && l.contains(" ii")))
+        .filter(|n| {
+            !text
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(n) && l.contains(" ii"))
+        })
         .collect())
 }
 
@@ -143,7 +164,11 @@ fn bpf_linker_ok() -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn setup(check_only: bool) -> Result<()> {
@@ -154,7 +179,11 @@ fn setup(check_only: bool) -> Result<()> {
     }
     let mut report = String::from("missing:\n");
     for m in &missing {
-        let why = DEBIAN_PACKAGES.iter().find(|(n, _)| n == m).map(|(_, w)| *w).unwrap_or("");
+        let why = DEBIAN_PACKAGES
+            .iter()
+            .find(|(n, _)| n == m)
+            .map(|(_, w)| *w)
+            .unwrap_or("");
         report.push_str(&format!("  Debian package {m} ({why})\n"));
     }
     if !linker_ok {
@@ -174,7 +203,10 @@ fn setup(check_only: bool) -> Result<()> {
         if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
             bail!("{report}setup needs root on Debian 12 to install packages; {how}");
         }
-        eprintln!("xtask setup: installing Debian packages: {}", missing.join(" "));
+        eprintln!(
+            "xtask setup: installing Debian packages: {}",
+            missing.join(" ")
+        );
         run(Command::new("apt-get").args(["update", "-q"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -185,20 +217,33 @@ fn setup(check_only: bool) -> Result<()> {
         eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes)");
         let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(Command::new(cargo)
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             // Without it the build script finds /usr/bin/llvm-config, which is LLVM 14.
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
     let still = missing_debian_packages()?;
     if !still.is_empty() || !bpf_linker_ok() {
-        bail!("setup finished but {:?} and bpf-linker ({}) are still not usable", still, bpf_linker_ok());
+        bail!(
+            "setup finished but {:?} and bpf-linker ({}) are still not usable",
+            still,
+            bpf_linker_ok()
+        );
     }
     eprintln!("xtask setup: done");
     Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -210,7 +255,14 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// run: tests never skip silently.
 fn test(extra: &[String]) -> Result<()> {
     cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(&cargo_bin)
         .args(["test", "--workspace", "--no-fail-fast"])
@@ -221,12 +273,18 @@ fn test(extra: &[String]) -> Result<()> {
         .spawn()
         .with_context(|| format!("cannot run {cargo_bin} test"))?;
     let stdout = child.stdout.take().context("no stdout from cargo test")?;
-    let (mut kernel_passed, mut kernel_failed, mut ignored, mut passed, mut failed) = (0, 0, 0, 0, 0);
+    let (mut kernel_passed, mut kernel_failed, mut ignored, mut passed, mut failed) =
+        (0, 0, 0, 0, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line.context("read cargo test output")?;
         println!("{line}");
-        let Some(rest) = line.strip_prefix("test ") else { continue };
-        let kernel = rest.split("::").last().is_some_and(|n| n.starts_with("kernel_"));
+        let Some(rest) = line.strip_prefix("test ") else {
+            continue;
+        };
+        let kernel = rest
+            .split("::")
+            .last()
+            .is_some_and(|n| n.starts_with("kernel_"));
         if rest.ends_with("... ok") {
             passed += 1;
             if kernel {
@@ -256,7 +314,15 @@ fn test(extra: &[String]) -> Result<()> {
 fn bench(which: &str, args: &[String]) -> Result<()> {
     match which {
         "datapath" => {
-            let mut a = vec!["run", "--release", "--package", "sensor-tests", "--bin", "bench-datapath", "--"];
+            let mut a = vec![
+                "run",
+                "--release",
+                "--package",
+                "sensor-tests",
+                "--bin",
+                "bench-datapath",
+                "--",
+            ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }

@@ -10,8 +10,10 @@ use std::{
 };
 
 use base64::Engine as _;
+use sensor_common::{
+    addr_octets, Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO, IPV4_MAPPED_WORD,
+};
 use serde_json::{json, Value};
-use sensor_common::{addr_octets, Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO, IPV4_MAPPED_WORD};
 use sha1::{Digest, Sha1};
 
 /// A flow with its counters and capture or wall-clock times.
@@ -63,9 +65,21 @@ pub fn transport_name(proto: u8) -> String {
 
 /// TCP flags as letters in tcpdump order (F S R P A U E C), empty when none.
 pub fn tcp_flag_letters(flags: u8) -> String {
-    const LETTERS: [(u8, char); 8] =
-        [(0x01, 'F'), (0x02, 'S'), (0x04, 'R'), (0x08, 'P'), (0x10, 'A'), (0x20, 'U'), (0x40, 'E'), (0x80, 'C')];
-    LETTERS.iter().filter(|(bit, _)| flags & bit != 0).map(|&(_, c)| c).collect()
+    const LETTERS: [(u8, char); 8] = [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, 'A'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'C'),
+    ];
+    LETTERS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|&(_, c)| c)
+        .collect()
 }
 
 fn rfc3339(ns: u64) -> String {
@@ -119,7 +133,10 @@ impl FlowRecord {
         h.update([k.proto, 0]);
         h.update(k.port_lo.to_be_bytes());
         h.update(k.port_hi.to_be_bytes());
-        Some(format!("1:{}", base64::engine::general_purpose::STANDARD.encode(h.finalize())))
+        Some(format!(
+            "1:{}",
+            base64::engine::general_purpose::STANDARD.encode(h.finalize())
+        ))
     }
 
     pub fn to_json(&self, engine: &str) -> Value {
@@ -183,9 +200,23 @@ mod tests {
     #[test]
     fn community_id_matches_the_specification_example() {
         // From the Community ID spec's test vectors: TCP 128.232.110.120:34855 -> 66.35.250.204:80.
-        let (key, _) = FlowKey::canonical(&ipv4_mapped([128, 232, 110, 120]), 34855, &ipv4_mapped([66, 35, 250, 204]), 80, 6);
-        let r = FlowRecord { key, stats: FlowStats::default(), start_ns: None, end_ns: None };
-        assert_eq!(r.community_id().as_deref(), Some("1:LQU9qZlK+B5F3KDmev6m5PMibrg="));
+        let (key, _) = FlowKey::canonical(
+            &ipv4_mapped([128, 232, 110, 120]),
+            34855,
+            &ipv4_mapped([66, 35, 250, 204]),
+            80,
+            6,
+        );
+        let r = FlowRecord {
+            key,
+            stats: FlowStats::default(),
+            start_ns: None,
+            end_ns: None,
+        };
+        assert_eq!(
+            r.community_id().as_deref(),
+            Some("1:LQU9qZlK+B5F3KDmev6m5PMibrg=")
+        );
     }
 
     #[test]

@@ -51,7 +51,11 @@ pub enum CaptureError {
         offset: u64,
     },
     #[error("{path}: malformed capture at byte {offset}: {problem}")]
-    Malformed { path: PathBuf, offset: u64, problem: String },
+    Malformed {
+        path: PathBuf,
+        offset: u64,
+        problem: String,
+    },
     #[error("{path}: read error at byte {offset}: {source}")]
     Read {
         path: PathBuf,
@@ -83,7 +87,11 @@ fn link_of(linktype: u32) -> Option<Link> {
 }
 
 enum Format {
-    Pcap { big_endian: bool, nanos: bool, link: Link },
+    Pcap {
+        big_endian: bool,
+        nanos: bool,
+        link: Link,
+    },
     PcapNg(PcapNgState),
 }
 
@@ -105,7 +113,10 @@ pub struct CaptureReader {
 
 impl CaptureReader {
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let file = File::open(path).map_err(|source| CaptureError::Open { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| CaptureError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut r = CaptureReader {
             path: path.to_path_buf(),
             input: BufReader::with_capacity(1 << 16, file),
@@ -131,14 +142,25 @@ impl CaptureReader {
                 // The link-type field's upper bits carry FCS information; the type is the low 16.
                 let raw_link = read_u32(&rest[16..20], big_endian);
                 let linktype = raw_link & 0xffff;
-                let link = link_of(linktype)
-                    .ok_or_else(|| CaptureError::UnknownLinkType { path: r.path.clone(), linktype })?;
-                r.format = Format::Pcap { big_endian, nanos, link };
+                let link = link_of(linktype).ok_or_else(|| CaptureError::UnknownLinkType {
+                    path: r.path.clone(),
+                    linktype,
+                })?;
+                r.format = Format::Pcap {
+                    big_endian,
+                    nanos,
+                    link,
+                };
             }
             0x0a0d_0d0a => {
                 r.read_section_header()?;
             }
-            _ => return Err(CaptureError::NotACapture { path: r.path.clone(), magic: u32::from_be_bytes(magic) }),
+            _ => {
+                return Err(CaptureError::NotACapture {
+                    path: r.path.clone(),
+                    magic: u32::from_be_bytes(magic),
+                })
+            }
         }
         Ok(r)
     }
@@ -150,12 +172,21 @@ impl CaptureReader {
     /// The next frame, `Ok(None)` at a clean end of file.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
         match self.format {
-            Format::Pcap { big_endian, nanos, link } => self.next_pcap(big_endian, nanos, link),
+            Format::Pcap {
+                big_endian,
+                nanos,
+                link,
+            } => self.next_pcap(big_endian, nanos, link),
             Format::PcapNg(_) => self.next_pcapng(),
         }
     }
 
-    fn next_pcap(&mut self, be: bool, nanos: bool, link: Link) -> Result<Option<Frame>, CaptureError> {
+    fn next_pcap(
+        &mut self,
+        be: bool,
+        nanos: bool,
+        link: Link,
+    ) -> Result<Option<Frame>, CaptureError> {
         let mut hdr = [0u8; 16];
         let index = self.index + 1;
         if !self.read_exact_or_eof(&mut hdr, "record", index)? {
@@ -167,7 +198,9 @@ impl CaptureReader {
         let incl = read_u32(&hdr[8..12], be);
         let orig = read_u32(&hdr[12..16], be);
         if incl > MAX_RECORD {
-            return Err(self.malformed(format!("record {index} claims {incl} bytes (limit {MAX_RECORD})")));
+            return Err(self.malformed(format!(
+                "record {index} claims {incl} bytes (limit {MAX_RECORD})"
+            )));
         }
         let mut data = vec![0u8; incl as usize];
         self.read_exact_required(&mut data, "record", index)?;
@@ -183,14 +216,19 @@ impl CaptureReader {
         let big_endian = match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
             0x1a2b_3c4d => false,
             0x4d3c_2b1a => true,
-            other => return Err(self.malformed(format!("section header byte-order magic {other:#010x}"))),
+            other => {
+                return Err(self.malformed(format!("section header byte-order magic {other:#010x}")))
+            }
         };
         let total = read_u32(&head[0..4], big_endian);
         self.check_block_len(total, 28)?;
         let mut rest = vec![0u8; total as usize - 12];
         self.read_exact_required(&mut rest, "section header", self.index)?;
         self.check_trailer(&rest, total, big_endian, start)?;
-        self.format = Format::PcapNg(PcapNgState { big_endian, interfaces: Vec::new() });
+        self.format = Format::PcapNg(PcapNgState {
+            big_endian,
+            interfaces: Vec::new(),
+        });
         Ok(())
     }
 
@@ -234,9 +272,17 @@ impl CaptureReader {
         }
     }
 
-    fn interface_description(&mut self, body: &[u8], be: bool, start: u64) -> Result<(), CaptureError> {
+    fn interface_description(
+        &mut self,
+        body: &[u8],
+        be: bool,
+        start: u64,
+    ) -> Result<(), CaptureError> {
         if body.len() < 8 {
-            return Err(self.malformed_at(start, "interface description block shorter than 8 bytes".into()));
+            return Err(self.malformed_at(
+                start,
+                "interface description block shorter than 8 bytes".into(),
+            ));
         }
         let linktype = read_u16(&body[0..2], be) as u32;
         let mut units: u64 = 1_000_000;
@@ -259,7 +305,10 @@ impl CaptureReader {
                     10u64.checked_pow(exp).unwrap_or(0)
                 };
                 if units == 0 {
-                    return Err(self.malformed_at(start, format!("interface timestamp resolution {v:#04x} out of range")));
+                    return Err(self.malformed_at(
+                        start,
+                        format!("interface timestamp resolution {v:#04x} out of range"),
+                    ));
                 }
             }
             opts = &opts[4 + padded..];
@@ -274,24 +323,42 @@ impl CaptureReader {
         let Format::PcapNg(s) = &self.format else {
             unreachable!("pcapng block in a pcap file")
         };
-        let &(linktype, units) = s
-            .interfaces
-            .get(id as usize)
-            .ok_or_else(|| self.malformed_at(start, format!("packet names interface {id}, which was never described")))?;
-        let link = link_of(linktype).ok_or_else(|| CaptureError::UnknownLinkType { path: self.path.clone(), linktype })?;
+        let &(linktype, units) = s.interfaces.get(id as usize).ok_or_else(|| {
+            self.malformed_at(
+                start,
+                format!("packet names interface {id}, which was never described"),
+            )
+        })?;
+        let link = link_of(linktype).ok_or_else(|| CaptureError::UnknownLinkType {
+            path: self.path.clone(),
+            linktype,
+        })?;
         Ok((link, units))
     }
 
-    fn enhanced_packet(&mut self, body: &[u8], be: bool, start: u64) -> Result<Frame, CaptureError> {
+    fn enhanced_packet(
+        &mut self,
+        body: &[u8],
+        be: bool,
+        start: u64,
+    ) -> Result<Frame, CaptureError> {
         if body.len() < 20 {
-            return Err(self.malformed_at(start, "enhanced packet block shorter than 20 bytes".into()));
+            return Err(
+                self.malformed_at(start, "enhanced packet block shorter than 20 bytes".into())
+            );
         }
         let (link, units) = self.interface(read_u32(&body[0..4], be), start)?;
         let ts = ((read_u32(&body[4..8], be) as u64) << 32) | read_u32(&body[8..12], be) as u64;
         let caplen = read_u32(&body[12..16], be) as usize;
         let orig = read_u32(&body[16..20], be);
         if caplen > body.len() - 20 {
-            return Err(self.malformed_at(start, format!("packet claims {caplen} captured bytes in a block of {}", body.len())));
+            return Err(self.malformed_at(
+                start,
+                format!(
+                    "packet claims {caplen} captured bytes in a block of {}",
+                    body.len()
+                ),
+            ));
         }
         let ts_ns = (ts as u128 * 1_000_000_000 / units as u128).min(u64::MAX as u128) as u64;
         let data = body[20..20 + caplen].to_vec();
@@ -311,15 +378,26 @@ impl CaptureReader {
 
     fn check_block_len(&self, total: u32, min: u32) -> Result<(), CaptureError> {
         if total < min || total % 4 != 0 || total > MAX_RECORD {
-            return Err(self.malformed(format!("block length {total} (must be a multiple of 4 between {min} and {MAX_RECORD})")));
+            return Err(self.malformed(format!(
+                "block length {total} (must be a multiple of 4 between {min} and {MAX_RECORD})"
+            )));
         }
         Ok(())
     }
 
-    fn check_trailer(&self, body: &[u8], total: u32, be: bool, start: u64) -> Result<(), CaptureError> {
+    fn check_trailer(
+        &self,
+        body: &[u8],
+        total: u32,
+        be: bool,
+        start: u64,
+    ) -> Result<(), CaptureError> {
         let trailer = read_u32(&body[body.len() - 4..], be);
         if trailer != total {
-            return Err(self.malformed_at(start, format!("block length {total} disagrees with its trailing copy {trailer}")));
+            return Err(self.malformed_at(
+                start,
+                format!("block length {total} disagrees with its trailing copy {trailer}"),
+            ));
         }
         Ok(())
     }
@@ -329,11 +407,20 @@ impl CaptureReader {
     }
 
     fn malformed_at(&self, offset: u64, problem: String) -> CaptureError {
-        CaptureError::Malformed { path: self.path.clone(), offset, problem }
+        CaptureError::Malformed {
+            path: self.path.clone(),
+            offset,
+            problem,
+        }
     }
 
     /// Fills `buf`; `Ok(false)` if the file ended exactly before it, an error if part-way.
-    fn read_exact_or_eof(&mut self, buf: &mut [u8], what: &'static str, index: u64) -> Result<bool, CaptureError> {
+    fn read_exact_or_eof(
+        &mut self,
+        buf: &mut [u8],
+        what: &'static str,
+        index: u64,
+    ) -> Result<bool, CaptureError> {
         let mut filled = 0;
         while filled < buf.len() {
             match self.input.read(&mut buf[filled..]) {
@@ -341,7 +428,11 @@ impl CaptureReader {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
-                    return Err(CaptureError::Read { path: self.path.clone(), offset: self.offset + filled as u64, source })
+                    return Err(CaptureError::Read {
+                        path: self.path.clone(),
+                        offset: self.offset + filled as u64,
+                        source,
+                    })
                 }
             }
         }
@@ -350,16 +441,31 @@ impl CaptureReader {
             return Ok(false);
         }
         if filled < buf.len() {
-            return Err(CaptureError::Truncated { path: self.path.clone(), what, index, offset: self.offset });
+            return Err(CaptureError::Truncated {
+                path: self.path.clone(),
+                what,
+                index,
+                offset: self.offset,
+            });
         }
         Ok(true)
     }
 
-    fn read_exact_required(&mut self, buf: &mut [u8], what: &'static str, index: u64) -> Result<(), CaptureError> {
+    fn read_exact_required(
+        &mut self,
+        buf: &mut [u8],
+        what: &'static str,
+        index: u64,
+    ) -> Result<(), CaptureError> {
         if buf.is_empty() || self.read_exact_or_eof(buf, what, index)? {
             Ok(())
         } else {
-            Err(CaptureError::Truncated { path: self.path.clone(), what, index, offset: self.offset })
+            Err(CaptureError::Truncated {
+                path: self.path.clone(),
+                what,
+                index,
+                offset: self.offset,
+            })
         }
     }
 }
@@ -393,7 +499,13 @@ fn read_u16(b: &[u8], be: bool) -> u16 {
 /// Rewrites a frame of any supported link type as an Ethernet frame.
 fn normalise(link: Link, ts_ns: u64, data: Vec<u8>, orig_len: u32) -> Frame {
     let (l2_len, ethertype, src_mac): (usize, Option<u16>, [u8; 6]) = match link {
-        Link::Ethernet => return Frame { ts_ns, wire_len: orig_len, data },
+        Link::Ethernet => {
+            return Frame {
+                ts_ns,
+                wire_len: orig_len,
+                data,
+            }
+        }
         // SLL: packet type(2) ARPHRD(2) address length(2) address(8) protocol(2).
         Link::LinuxSll => (16, field16(&data, 14), mac(&data, 6)),
         // SLL2: protocol(2) reserved(2) ifindex(4) ARPHRD(2) packet type(1) addr len(1) addr(8).
@@ -418,11 +530,16 @@ fn normalise(link: Link, ts_ns: u64, data: Vec<u8>, orig_len: u32) -> Frame {
     out.extend_from_slice(&ethertype.to_be_bytes());
     out.extend_from_slice(payload);
     let wire_len = (orig_len as usize).saturating_sub(l2_len) + ETH_HLEN;
-    Frame { ts_ns, data: out, wire_len: wire_len as u32 }
+    Frame {
+        ts_ns,
+        data: out,
+        wire_len: wire_len as u32,
+    }
 }
 
 fn field16(data: &[u8], at: usize) -> Option<u16> {
-    data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    data.get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
 }
 
 fn mac(data: &[u8], at: usize) -> [u8; 6] {

@@ -5,7 +5,9 @@
 //! capture replay uses it to stamp kernel flows with capture time, and tests compare the two.
 //! Every read is bounds-checked by slice access; nothing here can panic on hostile bytes.
 
-use sensor_common::{counter, ipv4_mapped, ipv6_words, Addr, FlowKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+use sensor_common::{
+    counter, ipv4_mapped, ipv6_words, Addr, FlowKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+};
 
 /// What one packet contributes to its flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +74,14 @@ fn ipv4(b: &[u8], off: usize) -> Result<Parsed, Reason> {
     }
     let src = ipv4_mapped(array(b, off + 12)?);
     let dst = ipv4_mapped(array(b, off + 16)?);
-    l4(b, off + (ver_ihl & 0x0f) as usize * 4, src, dst, b[off + 9], 1)
+    l4(
+        b,
+        off + (ver_ihl & 0x0f) as usize * 4,
+        src,
+        dst,
+        b[off + 9],
+        1,
+    )
 }
 
 fn is_ext_header(next: u8) -> bool {
@@ -126,8 +135,16 @@ fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result
             need(b, off, 4)?;
             (0, 0, 0)
         }
-        _ => (0, 0, 0),
+        // No transport header to read, but the IP header must still be whole.
+        _ => {
+            need(b, off, 0)?;
+            (0, 0, 0)
+        }
     };
     let (key, dir) = FlowKey::canonical(&src, sport, &dst, dport, proto);
-    Ok(Parsed { key, dir, tcp_flags })
+    Ok(Parsed {
+        key,
+        dir,
+        tcp_flags,
+    })
 }
