@@ -25,6 +25,19 @@ pub fn require_bpf() {
     );
 }
 
+/// Whether BPF_PROG_TEST_RUN accepts `frame` as an skb for a TC program. Since Linux 6.x the
+/// kernel refuses (EINVAL) an IPv4 ethertype with less than a 20-byte IP header after the
+/// Ethernet header, and IPv6 with less than 40; such skbs never reach TC egress from the stack
+/// either.
+pub fn tc_test_run_accepts(frame: &[u8]) -> bool {
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    match ethertype {
+        0x0800 => frame.len() >= 14 + 20,
+        0x86dd => frame.len() >= 14 + 40,
+        _ => frame.len() >= 14,
+    }
+}
+
 /// The loaded datapath.
 pub struct Kernel {
     pub dp: Datapath,
@@ -51,7 +64,12 @@ impl Kernel {
     }
 
     /// Runs the TC egress program on `frame`; panics unless it leaves the verdict to others.
+    /// `frame` must pass [`tc_test_run_accepts`].
     pub fn tc(&mut self, frame: &[u8]) {
+        assert!(
+            tc_test_run_accepts(frame),
+            "the kernel's skb test run refuses this frame; filter with tc_test_run_accepts"
+        );
         let verdict = self
             .dp
             .test_run_tc_egress(frame)
@@ -87,5 +105,65 @@ impl Kernel {
             .iter()
             .map(|(_, s)| s.packets[0] + s.packets[1])
             .sum()
+    }
+}
+
+/// `struct bpf_attr` for BPF_PROG_TEST_RUN (the `test` member), padded like the union.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: [u32; 11],
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// BPF_PROG_TEST_RUN on a raw program fd, usable from several threads at once (aya's API needs
+/// `&mut` to the program). Returns the program's verdict.
+pub fn test_run_fd(prog_fd: std::os::fd::RawFd, frame: &[u8]) -> std::io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix of the size passed; data_in points to
+    // frame.len() readable bytes for the duration of the call; no output buffers are given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.retval)
+}
+
+/// Pins the calling thread to one CPU, so threads really run concurrently.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0) affects only this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

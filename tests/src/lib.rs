@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: frame builders, capture writers and access to
 //! the real kernel datapath.
 
+pub mod agent;
 pub mod frames;
 pub mod kernel;
 pub mod pcap;
+pub mod rng;

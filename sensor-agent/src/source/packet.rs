@@ -101,6 +101,8 @@ fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
         if !is_ext_header(next) {
             break;
         }
+        // The fixed 8 bytes must be present before anything in them is believed.
+        need(b, off, 8)?;
         let len = match next {
             51 => (byte(b, off + 1)? as usize + 2) * 4,
             44 => {
@@ -111,7 +113,6 @@ fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
             }
             _ => (byte(b, off + 1)? as usize + 1) * 8,
         };
-        need(b, off, 8)?;
         next = b[off];
         off += len;
     }

@@ -1,0 +1,208 @@
+//! Running the `sensor-agent` binary from integration tests: finding it, running `replay`,
+//! reading its flow records, and private temporary directories that are removed even when a
+//! test fails.
+//!
+//! The binary belongs to another package, so Cargo does not hand its path to this crate's
+//! tests (`CARGO_BIN_EXE_*` exists only inside the binary's own package). It is found next to
+//! the test executable instead: tests run from `<target>/<profile>/deps/`, the binary is
+//! `<target>/<profile>/sensor-agent`. `cargo test --workspace` (what `cargo xtask test` runs)
+//! builds it; a lone `cargo test -p sensor-tests` does not, and then the lookup fails saying
+//! so. `SENSOR_AGENT_BIN` overrides the lookup.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
+};
+
+use serde_json::Value;
+
+const BIN_NAME: &str = "sensor-agent";
+
+/// The command that builds the binary where these tests look for it.
+pub const BUILD_HINT: &str =
+    "build it with `cargo build -p sensor-agent -p sensor-tests` (same CARGO_TARGET_DIR and profile as the tests), or run `cargo test --workspace` / `cargo xtask test`";
+
+/// Path of the `sensor-agent` binary built alongside this test executable.
+///
+/// Panics with instructions when it is missing, or when agent sources are newer than it (a
+/// stale binary would make every test here check old code).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SENSOR_AGENT_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "SENSOR_AGENT_BIN={} is not a file",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("path of the running test executable");
+    let mut looked = Vec::new();
+    for dir in exe.ancestors().skip(1).take(4) {
+        let candidate = dir.join(BIN_NAME);
+        if candidate.is_file() {
+            check_fresh(&candidate);
+            return candidate;
+        }
+        looked.push(candidate.display().to_string());
+    }
+    panic!(
+        "the {BIN_NAME} binary is missing (looked at: {}); {BUILD_HINT}",
+        looked.join(", ")
+    );
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Newest modification time of the files under `dir` (recursively).
+fn newest_under(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(t) = mtime(&p) {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, p));
+                }
+            }
+        }
+    }
+    newest
+}
+
+fn check_fresh(bin: &Path) {
+    let Some(built) = mtime(bin) else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for src in ["sensor-agent/src", "sensor-common/src", "sensor-ebpf/src"] {
+        if let Some((t, p)) = newest_under(&root.join(src)) {
+            assert!(
+                t <= built,
+                "the {BIN_NAME} binary at {} is older than {}: it does not contain the current sources; {BUILD_HINT}",
+                bin.display(),
+                p.display()
+            );
+        }
+    }
+}
+
+/// A command line for the agent binary.
+pub fn command() -> Command {
+    let mut c = Command::new(agent_bin());
+    // Keep the agent's own logging out of the stderr the tests parse.
+    c.env("RUST_LOG", "error");
+    c
+}
+
+/// Result of one agent run, with the output decoded.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Run {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Lines of stderr that report an error.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect()
+    }
+
+    /// Flow records printed on stdout.
+    pub fn stdout_flows(&self) -> Vec<Value> {
+        parse_flows(&self.stdout, "stdout")
+    }
+}
+
+/// `sensor-agent replay --engine ENGINE [--flows FLOWS] CAPTURES...`.
+pub fn replay(engine: &str, flows: Option<&Path>, captures: &[&Path]) -> Run {
+    let mut c = command();
+    c.args(["replay", "--engine", engine]);
+    if let Some(f) = flows {
+        c.arg("--flows").arg(f);
+    }
+    c.args(captures);
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
+    Run::from(out)
+}
+
+/// Parses JSON lines of flow records.
+pub fn parse_flows(text: &str, what: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{what}: flow record is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Reads a `--flows` file.
+pub fn read_flows(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read flow file {}: {e}", path.display()));
+    parse_flows(&text, &path.display().to_string())
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// A private directory under the system temp dir, removed with everything in it on drop
+/// (also when the test panics). Names are unique per process and call.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("sensor-tests-{tag}-{}-{n}", std::process::id()));
+        // A leftover from a killed run with a recycled pid must not leak into this one.
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `bytes` to `name` in the directory and returns the file's path.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path.join(name);
+        fs::write(&p, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
