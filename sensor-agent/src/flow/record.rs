@@ -125,14 +125,18 @@ impl FlowRecord {
                 IpAddr::V6(v6) => v6.octets().to_vec(),
             }
         };
-        // The key is already ordered (address, then port), which is Community ID's order.
+        // Community ID orders endpoints by network-order address bytes, then port; the key's
+        // own order compares native words, which differs on little-endian machines.
+        let a = (ip_bytes(&k.addr_lo), k.port_lo);
+        let b = (ip_bytes(&k.addr_hi), k.port_hi);
+        let (first, second) = if a <= b { (a, b) } else { (b, a) };
         let mut h = Sha1::new();
         h.update(0u16.to_be_bytes());
-        h.update(ip_bytes(&k.addr_lo));
-        h.update(ip_bytes(&k.addr_hi));
+        h.update(&first.0);
+        h.update(&second.0);
         h.update([k.proto, 0]);
-        h.update(k.port_lo.to_be_bytes());
-        h.update(k.port_hi.to_be_bytes());
+        h.update(first.1.to_be_bytes());
+        h.update(second.1.to_be_bytes());
         Some(format!(
             "1:{}",
             base64::engine::general_purpose::STANDARD.encode(h.finalize())
