@@ -3,7 +3,12 @@
 //! Detectors never know which source fed them: every source turns what it reads (the kernel
 //! maps, a capture file) into the same flow records with explicit timestamps.
 
+pub mod alarm;
+pub mod config;
 pub mod datapath;
+pub mod detect;
+pub mod engine;
 pub mod flow;
 pub mod replay;
+pub mod sink;
 pub mod source;

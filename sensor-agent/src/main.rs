@@ -3,16 +3,20 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
-    path::PathBuf,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sensor_agent::{
-    datapath::{LoadOptions, DEFAULT_MAX_FLOWS},
-    replay::{replay, Engine},
+    alarm::{AlarmEvent, Observer},
+    config::{self, Config},
+    datapath::LoadOptions,
+    engine::Engine,
+    replay::{replay, EngineKind, ReplayOptions},
+    sink::JsonLines,
 };
 use sensor_common::counter;
 
@@ -20,7 +24,8 @@ use sensor_common::counter;
 #[command(
     name = "sensor-agent",
     version,
-    about = "Flow sensor that finds cryptomining and other covert long-lived traffic"
+    about = "Flow sensor that finds cryptomining and other covert long-lived traffic",
+    long_about = "Flow sensor that finds cryptomining and other covert long-lived traffic.\n\nThe kernel datapath (XDP ingress, TC egress) counts every flow; the agent ages flows, chains reconnects into conversations and raises alarms as JSON lines (ECS fields)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,29 +34,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay capture files (pcap or pcapng) through a flow engine with their own timestamps.
+    /// Replay capture files (pcap or pcapng) through the detection engine with their own timestamps.
     Replay(ReplayArgs),
+    /// Check a configuration file (and --set overrides) without running anything.
+    Validate(ConfigArgs),
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set detect.long_flow.after=1h (durations: 90s, 15m, 9h, 3d). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum EngineArg {
-    /// The agent's own parser in user space.
+    /// The agent's own parser in user space; the engine is ticked every poll interval of capture time.
     User,
-    /// The kernel XDP program, one BPF_PROG_TEST_RUN per frame (needs root or CAP_BPF).
+    /// The kernel XDP program, one BPF_PROG_TEST_RUN per frame (needs root or CAP_BPF); evaluated at the end.
     Kernel,
 }
 
-#[derive(clap::Args)]
+#[derive(Args)]
 struct ReplayArgs {
     /// Flow engine that counts the frames.
     #[arg(long, value_enum, default_value = "user")]
     engine: EngineArg,
-    /// Write the resulting flow table as JSON lines to FILE ("-" for stdout; stdout if omitted).
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Write alarms as JSON lines to FILE ("-" for stdout, the default; overrides output.alarms).
+    #[arg(long, value_name = "FILE")]
+    alarms: Option<PathBuf>,
+    /// Also write the flow table (totals per 5-tuple over the whole input) as JSON lines to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     flows: Option<PathBuf>,
-    /// Capacity of the kernel flow map for `--engine kernel`.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS)]
-    max_flows: u32,
+    /// Capacity of the kernel flow map for `--engine kernel` (default: sensor.max_kernel_flows).
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u32>,
+    /// Do not show the progress bar (it only shows on a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
     /// Capture files, read in order into one flow table.
     #[arg(value_name = "CAPTURE", required = true)]
     captures: Vec<PathBuf>,
@@ -62,6 +87,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => cmd_replay(args),
+        Command::Validate(args) => cmd_validate(&args),
     };
     match result {
         Ok(code) => code,
@@ -72,41 +98,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
-    let engine = match args.engine {
-        EngineArg::User => Engine::User,
-        EngineArg::Kernel => Engine::Kernel,
-    };
-    let outcome = replay(
-        &args.captures,
-        engine,
-        &LoadOptions {
-            max_flows: args.max_flows,
-        },
-    )
-    .with_context(|| format!("replay with the {} engine", engine.name()))?;
+fn load_config(args: &ConfigArgs) -> Result<Config> {
+    Ok(config::load(args.config.as_deref(), &args.sets)?)
+}
 
-    let mut sink: Box<dyn Write> = match &args.flows {
-        None => Box::new(BufWriter::new(io::stdout().lock())),
-        Some(p) if p.as_os_str() == "-" => Box::new(BufWriter::new(io::stdout().lock())),
+fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
+    let cfg = load_config(args)?;
+    let origin = args
+        .config
+        .as_deref()
+        .map_or("defaults".to_string(), |p| p.display().to_string());
+    println!(
+        "{origin}: valid (long_flow after {}, quiet_long_flow after {} at <= {} B/s, tcp idle {}, udp idle {})",
+        cfg.detect.long_flow.after,
+        cfg.detect.quiet_long_flow.after,
+        cfg.detect.quiet_long_flow.max_bytes_per_sec,
+        cfg.flow.tcp_idle_timeout,
+        cfg.flow.udp_idle_timeout
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn alarm_sink(cli: Option<&Path>, cfg: &Config) -> Result<JsonLines> {
+    match cli.or(cfg.output.alarms.as_deref()) {
+        None => Ok(JsonLines::stdout()),
         Some(p) => {
-            Box::new(BufWriter::new(File::create(p).with_context(|| {
-                format!("cannot create flow file {}", p.display())
-            })?))
+            JsonLines::open(p).with_context(|| format!("cannot open alarm output {}", p.display()))
         }
-    };
-    for flow in &outcome.flows {
-        serde_json::to_writer(&mut sink, &flow.to_json(engine.name()))
-            .context("write flow record")?;
-        sink.write_all(b"\n").context("write flow record")?;
     }
-    sink.flush().context("write flow records")?;
-    drop(sink);
+}
+
+fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
+    let cfg = load_config(&args.config)?;
+    let kind = match args.engine {
+        EngineArg::User => EngineKind::User,
+        EngineArg::Kernel => EngineKind::Kernel,
+    };
+    let mut sink = alarm_sink(args.alarms.as_deref(), &cfg)?;
+    let mut engine = Engine::new(&cfg, Observer::local(None));
+    let mut on_alarm = |e: &AlarmEvent| sink.emit(&e.json);
+    let mut opts = ReplayOptions {
+        engine: kind,
+        load: LoadOptions {
+            max_flows: args.max_flows.unwrap_or(cfg.sensor.max_kernel_flows),
+        },
+        poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
+        progress: !args.no_progress,
+        on_alarm: &mut on_alarm,
+    };
+    let outcome = replay(&args.captures, &mut engine, &mut opts)
+        .with_context(|| format!("replay with the {} engine", kind.name()))?;
+
+    if let Some(path) = &args.flows {
+        let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
+            Box::new(BufWriter::new(std::io::stdout().lock()))
+        } else {
+            Box::new(BufWriter::new(File::create(path).with_context(|| {
+                format!("cannot create flow file {}", path.display())
+            })?))
+        };
+        for flow in &outcome.flows {
+            serde_json::to_writer(&mut w, &flow.to_json(kind.name()))
+                .context("write flow record")?;
+            w.write_all(b"\n").context("write flow record")?;
+        }
+        w.flush().context("write flow records")?;
+    }
 
     let mut summary = format!(
         "replayed {} frames with the {} engine: {} flows, {} packets attributed",
         outcome.frames,
-        engine.name(),
+        kind.name(),
         outcome.flows.len(),
         outcome.attributed
     );
@@ -120,22 +182,54 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     if !unattributed.is_empty() {
         summary.push_str(&format!(", unattributed: {}", unattributed.join(", ")));
     }
+    let alarms: Vec<String> = engine
+        .alarms
+        .opened_by_rule
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    summary.push_str(&format!(
+        "; alarms: {}",
+        if alarms.is_empty() {
+            "none".to_string()
+        } else {
+            alarms.join(", ")
+        }
+    ));
+    if engine.alarms.open_count() > 0 {
+        summary.push_str(&format!(
+            " ({} still open at the end of the input)",
+            engine.alarms.open_count()
+        ));
+    }
     if outcome.cut_frames > 0 {
         summary.push_str(&format!(
-            ", {} frames shorter in the capture than on the wire",
+            "; {} frames shorter in the capture than on the wire",
             outcome.cut_frames
+        ));
+    }
+    if outcome.time_jumps_back > 0 {
+        summary.push_str(&format!(
+            "; {} frames earlier than the replay clock (merged captures)",
+            outcome.time_jumps_back
         ));
     }
     if outcome.evicted_flows > 0 {
         summary.push_str(&format!(
-            ", {} flows evicted from a full map (raise --max-flows)",
+            "; {} flows evicted from a full kernel map (raise --max-flows)",
             outcome.evicted_flows
         ));
     }
     if outcome.unstamped_flows > 0 {
         summary.push_str(&format!(
-            ", {} kernel flows without capture times",
+            "; {} kernel flows without capture times",
             outcome.unstamped_flows
+        ));
+    }
+    let dropped = engine.table.counters.flows_dropped + engine.table.counters.conversations_dropped;
+    if dropped > 0 {
+        summary.push_str(&format!(
+            "; {dropped} flows dropped by a full flow table (raise flow.max_flows)"
         ));
     }
     eprintln!("{summary}");

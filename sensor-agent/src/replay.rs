@@ -1,23 +1,35 @@
 //! Replaying capture files through a flow engine with the captures' own timestamps.
 //!
-//! Two engines produce the same flow table: `kernel` pushes every frame through the loaded
-//! XDP program with BPF_PROG_TEST_RUN (so anyone can check the datapath against any capture),
-//! `user` runs the agent's own parser. The kernel cannot be given capture time, so kernel
-//! flows are stamped with the first and last capture timestamp of their key as computed by the
-//! agent's parser, which shares the canonical key with the kernel.
+//! Two engines count the frames: `kernel` pushes every frame through the loaded XDP program
+//! with BPF_PROG_TEST_RUN (so anyone can check the datapath against any capture), `user` runs
+//! the agent's own parser. Either way the detection engine sees the same flows:
+//! - `user` feeds it packet by packet and ticks it every poll interval of capture time, exactly
+//!   as the live sensor polls, so alarms carry the capture time at which they would have fired;
+//! - `kernel` cannot be given capture time, so its flows are stamped with the first and last
+//!   capture timestamp of their key (computed by the agent's parser, which shares the canonical
+//!   key with the kernel) and the engine evaluates them once, at the end of the input.
+//!
+//! The replay clock never runs backwards: merged captures whose times jump back are counted
+//! with their own timestamps but do not rewind aging, and a jump forward ages once, not once
+//! per skipped interval.
 //!
 //! A damaged capture stops being read at the damage; everything read before it is still
 //! counted and reported, and the error is returned alongside the result.
 
-use std::{collections::HashMap, path::PathBuf};
-
-use sensor_common::{
-    counter, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+use std::{
+    collections::HashMap,
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    time::Instant,
 };
 
+use sensor_common::{counter, FlowKey, FlowStats};
+
 use crate::{
+    alarm::AlarmEvent,
     datapath::{Datapath, DatapathError, LoadOptions},
-    flow::record::FlowRecord,
+    engine::Engine,
+    flow::{record::FlowRecord, table::FlowTable},
     source::{
         capture::{CaptureError, CaptureReader, Frame},
         packet::parse_frame,
@@ -32,16 +44,16 @@ pub const MAX_TEST_RUN_FRAME: usize = 65_535;
 const ETH_HLEN: usize = 14;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
+pub enum EngineKind {
     Kernel,
     User,
 }
 
-impl Engine {
+impl EngineKind {
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Kernel => "kernel",
-            Engine::User => "user",
+            EngineKind::Kernel => "kernel",
+            EngineKind::User => "user",
         }
     }
 }
@@ -49,6 +61,7 @@ impl Engine {
 /// What a replay read and counted.
 #[derive(Debug, Default)]
 pub struct ReplayOutcome {
+    /// Per 5-tuple totals over the whole input (`--flows`).
     pub flows: Vec<FlowRecord>,
     /// Frames read from all captures.
     pub frames: u64,
@@ -64,6 +77,8 @@ pub struct ReplayOutcome {
     pub evicted_flows: u64,
     /// Frames whose captured part was shorter than on the wire.
     pub cut_frames: u64,
+    /// Frames whose timestamp was earlier than the replay clock (merged captures).
+    pub time_jumps_back: u64,
     /// Errors, one per capture that could not be read to its end.
     pub errors: Vec<CaptureError>,
 }
@@ -72,6 +87,8 @@ pub struct ReplayOutcome {
 pub enum ReplayError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("cannot write an alarm: {0}")]
+    Sink(#[source] std::io::Error),
 }
 
 #[derive(Clone, Copy)]
@@ -80,21 +97,83 @@ struct Times {
     last: u64,
 }
 
-/// Reads every capture in order into one flow table.
+/// How often (capture time) the engine is ticked, and where alarm events go.
+pub struct ReplayOptions<'a> {
+    pub engine: EngineKind,
+    pub load: LoadOptions,
+    pub poll_interval_ns: u64,
+    pub progress: bool,
+    pub on_alarm: &'a mut dyn FnMut(&AlarmEvent) -> std::io::Result<()>,
+}
+
+struct Progress {
+    enabled: bool,
+    total: u64,
+    done_before: u64,
+    last: Instant,
+}
+
+impl Progress {
+    fn show(&mut self, reader_offset: u64, frames: u64) {
+        if !self.enabled || self.last.elapsed().as_millis() < 200 {
+            return;
+        }
+        self.last = Instant::now();
+        let done = self.done_before + reader_offset;
+        let pct = if self.total > 0 {
+            done * 100 / self.total
+        } else {
+            100
+        };
+        let width = 30;
+        let filled = (pct as usize * width / 100).min(width);
+        eprint!(
+            "\r[{}{}] {pct:3}% {frames} frames",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            eprint!("\r{}\r", " ".repeat(60));
+        }
+    }
+}
+
+/// Reads every capture in order into one flow table and one detection engine.
 pub fn replay(
     paths: &[PathBuf],
-    engine: Engine,
-    load: &LoadOptions,
+    engine: &mut Engine,
+    opts: &mut ReplayOptions,
 ) -> Result<ReplayOutcome, ReplayError> {
     let mut out = ReplayOutcome::default();
-    let mut kernel = match engine {
-        Engine::Kernel => Some(Datapath::load(load)?),
-        Engine::User => None,
+    let mut kernel = match opts.engine {
+        EngineKind::Kernel => Some(Datapath::load(&opts.load)?),
+        EngineKind::User => None,
     };
     let mut times: HashMap<FlowKey, Times> = HashMap::new();
-    let mut user_flows: HashMap<FlowKey, FlowStats> = HashMap::new();
+    // Whole-input totals per 5-tuple for `--flows`, independent of the engine's aging.
+    let mut totals = FlowTable::new(crate::config::FlowConfig {
+        max_flows: usize::MAX,
+        max_conversations: usize::MAX,
+        ..Default::default()
+    });
     let mut user_unattributed = [0u64; counter::UNATTRIBUTED_REASONS as usize];
     let mut runts = 0u64;
+    let mut clock: Option<u64> = None;
+    let mut next_tick = 0u64;
+    let mut progress = Progress {
+        enabled: opts.progress && std::io::stderr().is_terminal(),
+        total: paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum(),
+        done_before: 0,
+        last: Instant::now(),
+    };
 
     for path in paths {
         let mut reader = match CaptureReader::open(path) {
@@ -114,30 +193,40 @@ pub fn replay(
                 }
             };
             out.frames += 1;
+            progress.show(reader.offset(), out.frames);
             if (frame.data.len() as u64) < frame.wire_len as u64 {
                 out.cut_frames += 1;
+            }
+            // The replay clock: ticks happen at the first frame at or past each poll boundary.
+            let ts = frame.ts_ns;
+            match clock {
+                Some(now) if ts < now => out.time_jumps_back += 1,
+                _ => {
+                    clock = Some(ts);
+                    if opts.engine == EngineKind::User && ts >= next_tick {
+                        if next_tick != 0 {
+                            emit_tick(engine, ts, opts)?;
+                        }
+                        next_tick = ts.saturating_add(opts.poll_interval_ns);
+                    }
+                }
             }
             let parsed = parse_frame(&frame.data);
             match &parsed {
                 Ok(p) => {
                     let t = times.entry(p.key).or_insert(Times {
-                        first: frame.ts_ns,
-                        last: frame.ts_ns,
+                        first: ts,
+                        last: ts,
                     });
-                    t.first = t.first.min(frame.ts_ns);
-                    t.last = t.last.max(frame.ts_ns);
-                    if engine == Engine::User {
-                        add_to_flow(
-                            user_flows.entry(p.key).or_default(),
-                            p.dir,
-                            frame.wire_len as u64,
-                            p.tcp_flags,
-                            frame.ts_ns,
-                        );
+                    t.first = t.first.min(ts);
+                    t.last = t.last.max(ts);
+                    if opts.engine == EngineKind::User {
+                        totals.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
+                        engine.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
                     }
                 }
                 Err(reason) => {
-                    if engine == Engine::User {
+                    if opts.engine == EngineKind::User {
                         user_unattributed[*reason as usize] += 1;
                     }
                 }
@@ -155,8 +244,11 @@ pub fn replay(
                 dp.test_run_xdp(&frame.data)?;
             }
         }
+        progress.done_before += reader.offset();
     }
+    progress.finish();
 
+    let end = clock.unwrap_or(0);
     match kernel.as_mut() {
         Some(dp) => {
             dp.flush_log();
@@ -170,9 +262,15 @@ pub fn replay(
             for (key, stats) in kflows {
                 out.attributed += stats.packets[0] + stats.packets[1];
                 let t = times.get(&key);
-                if t.is_none() {
-                    out.unstamped_flows += 1;
+                match t {
+                    Some(t) => engine.update_flow(&key, &stats, t.first, t.last),
+                    None => out.unstamped_flows += 1,
                 }
+                let stats = FlowStats {
+                    first_seen: 0,
+                    last_seen: 0,
+                    ..stats
+                };
                 out.flows.push(FlowRecord {
                     key,
                     stats,
@@ -183,24 +281,38 @@ pub fn replay(
         }
         None => {
             out.unattributed = user_unattributed;
-            for (key, mut stats) in user_flows {
+            for (key, stats, first, last) in totals.flows() {
                 out.attributed += stats.packets[0] + stats.packets[1];
-                let t = times.get(&key);
-                // The user engine keeps capture time in the same fields the kernel fills with
-                // jiffies; records carry them as start/end instead.
-                stats.first_seen = 0;
-                stats.last_seen = 0;
+                let stats = FlowStats {
+                    first_seen: 0,
+                    last_seen: 0,
+                    ..*stats
+                };
                 out.flows.push(FlowRecord {
-                    key,
+                    key: *key,
                     stats,
-                    start_ns: t.map(|t| t.first),
-                    end_ns: t.map(|t| t.last),
+                    start_ns: Some(first),
+                    end_ns: Some(last),
                 });
             }
         }
     }
+    if clock.is_some() {
+        emit_tick(engine, end, opts)?;
+        for e in &engine.finish(end) {
+            (opts.on_alarm)(e).map_err(ReplayError::Sink)?;
+        }
+    }
     out.flows.sort_by_key(|f| (f.start_ns, f.key));
     Ok(out)
+}
+
+fn emit_tick(engine: &mut Engine, now: u64, opts: &mut ReplayOptions) -> Result<(), ReplayError> {
+    let (events, _ended) = engine.tick(now);
+    for e in &events {
+        (opts.on_alarm)(e).map_err(ReplayError::Sink)?;
+    }
+    Ok(())
 }
 
 fn pad_to_wire(frame: &mut Frame) {
@@ -208,24 +320,4 @@ fn pad_to_wire(frame: &mut Frame) {
     if frame.data.len() < wire {
         frame.data.resize(wire, 0);
     }
-}
-
-/// The user engine's equivalent of the datapath's per-packet update.
-fn add_to_flow(stats: &mut FlowStats, dir: usize, len: u64, tcp_flags: u8, ts: u64) {
-    let syn_only = tcp_flags & 0x12 == 0x02
-        && (stats.packets[0] + stats.packets[1] == 0 || stats.client_source != CLIENT_BY_SYN);
-    let client = if dir == 0 { CLIENT_LO } else { CLIENT_HI };
-    if stats.packets[0] + stats.packets[1] == 0 {
-        stats.first_seen = ts;
-        stats.client = client;
-        stats.client_source = CLIENT_BY_FIRST_PACKET;
-    }
-    if syn_only {
-        stats.client = client;
-        stats.client_source = CLIENT_BY_SYN;
-    }
-    stats.packets[dir] += 1;
-    stats.bytes[dir] += len;
-    stats.last_seen = ts;
-    stats.tcp_flags |= (tcp_flags as u64) << (dir * 8);
 }

@@ -1,3 +1,4 @@
-//! Flows as the agent sees them: keyed counters with wall-clock times, rendered as records.
+//! Flows as the agent sees them: the flow table with conversations, and flow records.
 
 pub mod record;
+pub mod table;

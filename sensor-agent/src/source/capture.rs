@@ -169,6 +169,11 @@ impl CaptureReader {
         &self.path
     }
 
+    /// Bytes of the file consumed so far (for progress).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The next frame, `Ok(None)` at a clean end of file.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
         match self.format {

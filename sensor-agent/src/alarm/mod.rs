@@ -1,0 +1,322 @@
+//! Alarms: turning detector findings into a lifecycle the SIEM can follow.
+//!
+//! One alarm per (rule, conversation): `opened` when the rule first holds, `updated` when its
+//! severity rises or, at most once per suppression window, while it keeps holding (with a hit
+//! count), `closed` when the rule stops holding or the conversation ends. The id is stable
+//! (derived from the rule, the endpoints and the conversation's start), so a replay of the
+//! same capture yields the same ids. Allowlisted conversations never raise alarms.
+//!
+//! Rendering follows the alarm contract in DESIGN.md (ECS field names). Strings taken from
+//! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde_json::{json, Value};
+use sha1::{Digest, Sha1};
+
+use crate::{
+    config::AlarmConfig,
+    detect::Finding,
+    flow::{
+        record::{ip_of, transport_name, FlowRecord},
+        table::{ConvKey, Conversation},
+    },
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Opened,
+    Updated,
+    Closed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Opened => "opened",
+            Action::Updated => "updated",
+            Action::Closed => "closed",
+        }
+    }
+}
+
+/// Who observed: goes to `observer.*`.
+#[derive(Clone, Debug, Default)]
+pub struct Observer {
+    pub hostname: String,
+    /// Set when the sensor watches exactly one interface.
+    pub interface: Option<String>,
+}
+
+impl Observer {
+    pub fn local(interface: Option<String>) -> Self {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is writable for its length; gethostname NUL-terminates on success.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let hostname = if rc == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        Observer {
+            hostname,
+            interface,
+        }
+    }
+}
+
+struct OpenAlarm {
+    id: String,
+    rule_name: &'static str,
+    severity: u8,
+    hits: u64,
+    last_sent_ns: u64,
+    finding: Finding,
+}
+
+/// One alarm event, rendered.
+#[derive(Clone, Debug)]
+pub struct AlarmEvent {
+    pub rule: &'static str,
+    pub action: Action,
+    pub id: String,
+    pub json: Value,
+}
+
+pub struct AlarmManager {
+    cfg: AlarmConfig,
+    observer: Observer,
+    open: HashMap<(&'static str, ConvKey), OpenAlarm>,
+    /// Alarms opened, by rule.
+    pub opened_by_rule: BTreeMap<&'static str, u64>,
+    /// Findings dropped by the allowlist.
+    pub allowlisted: u64,
+}
+
+impl AlarmManager {
+    pub fn new(cfg: AlarmConfig, observer: Observer) -> Self {
+        AlarmManager {
+            cfg,
+            observer,
+            open: HashMap::new(),
+            opened_by_rule: BTreeMap::new(),
+            allowlisted: 0,
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether `rule` has an open alarm on `conv`.
+    pub fn is_open(&self, rule: &'static str, conv: &ConvKey) -> bool {
+        self.open.contains_key(&(rule, *conv))
+    }
+
+    fn allowlisted_conv(&self, rule: &str, conv: &Conversation) -> bool {
+        let (client, server) = (ip_of(&conv.key.client), ip_of(&conv.key.server));
+        self.cfg.allow.iter().any(|a| {
+            (a.rules.is_empty() || a.rules.iter().any(|r| r == rule))
+                && a.port.is_none_or(|p| p == conv.key.server_port)
+                && a.cidr
+                    .is_none_or(|c| c.contains(client) || c.contains(server))
+        })
+    }
+
+    /// Applies one detector's verdict on one conversation at `now`. `final_word` forces an
+    /// `updated` event for an open alarm (end of input: the SIEM gets the last state).
+    pub fn observe(
+        &mut self,
+        rule: &'static str,
+        rule_name: &'static str,
+        conv: &Conversation,
+        finding: Option<Finding>,
+        now: u64,
+        final_word: bool,
+    ) -> Option<AlarmEvent> {
+        let slot = (rule, conv.key);
+        let Some(finding) = finding else {
+            // The rule no longer holds (a quiet conversation got loud): close.
+            let alarm = self.open.remove(&slot)?;
+            return Some(self.render(
+                rule,
+                Action::Closed,
+                &alarm,
+                conv,
+                now,
+                Some("rule no longer holds"),
+            ));
+        };
+        if !self.open.contains_key(&slot) && self.allowlisted_conv(rule, conv) {
+            self.allowlisted += 1;
+            return None;
+        }
+        let window = self.cfg.suppression_window.as_nanos();
+        match self.open.get_mut(&slot) {
+            None => {
+                let alarm = OpenAlarm {
+                    id: alarm_id(rule, conv),
+                    rule_name,
+                    severity: finding.severity,
+                    hits: 1,
+                    last_sent_ns: now,
+                    finding,
+                };
+                *self.opened_by_rule.entry(rule).or_default() += 1;
+                let event = self.render(rule, Action::Opened, &alarm, conv, now, None);
+                self.open.insert(slot, alarm);
+                Some(event)
+            }
+            Some(alarm) => {
+                alarm.hits += 1;
+                let rose = finding.severity > alarm.severity;
+                alarm.finding = finding;
+                alarm.severity = alarm.severity.max(alarm.finding.severity);
+                if rose
+                    || (final_word && now > alarm.last_sent_ns)
+                    || now.saturating_sub(alarm.last_sent_ns) >= window
+                {
+                    alarm.last_sent_ns = now;
+                    let alarm = &self.open[&slot];
+                    Some(self.render(
+                        rule,
+                        Action::Updated,
+                        alarm,
+                        conv,
+                        now,
+                        final_word.then_some("end of input"),
+                    ))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Closes every alarm of a conversation that ended.
+    pub fn conversation_ended(&mut self, conv: &Conversation, now: u64) -> Vec<AlarmEvent> {
+        let rules: Vec<&'static str> = self
+            .open
+            .keys()
+            .filter(|(_, k)| *k == conv.key)
+            .map(|(r, _)| *r)
+            .collect();
+        let mut out = Vec::new();
+        for rule in rules {
+            if let Some(alarm) = self.open.remove(&(rule, conv.key)) {
+                out.push(self.render(
+                    rule,
+                    Action::Closed,
+                    &alarm,
+                    conv,
+                    now,
+                    Some("conversation ended"),
+                ));
+            }
+        }
+        out
+    }
+
+    fn render(
+        &self,
+        rule: &'static str,
+        action: Action,
+        alarm: &OpenAlarm,
+        conv: &Conversation,
+        now: u64,
+        reason: Option<&str>,
+    ) -> AlarmEvent {
+        let mut event = json!({
+            "kind": "alert",
+            "category": ["network", "intrusion_detection"],
+            "type": ["connection", "indicator"],
+            "id": alarm.id,
+            "action": action.as_str(),
+            "start": rfc3339(conv.start_ns),
+            "end": rfc3339(conv.last_ns),
+            "duration": conv.duration_ns(),
+            "severity": alarm.severity,
+        });
+        if let Some(r) = reason {
+            event["reason"] = json!(r);
+        }
+        let flow = FlowRecord {
+            key: conv.last_flow,
+            stats: Default::default(),
+            start_ns: None,
+            end_ns: None,
+        };
+        let mut network = json!({
+            "transport": transport_name(conv.key.proto),
+            "iana_number": conv.key.proto.to_string(),
+            "bytes": conv.total_bytes(),
+            "packets": conv.client_packets + conv.server_packets,
+        });
+        if let Some(id) = flow.community_id() {
+            network["community_id"] = json!(id);
+        }
+        let mut observer = json!({ "hostname": self.observer.hostname });
+        if let Some(iface) = &self.observer.interface {
+            observer["ingress"] = json!({ "interface": { "name": iface } });
+        }
+        let json = json!({
+            "@timestamp": rfc3339(now),
+            "event": event,
+            "rule": { "id": rule, "name": alarm.rule_name },
+            "source": {
+                "ip": ip_of(&conv.key.client).to_string(),
+                "port": conv.client_port,
+                "bytes": conv.client_bytes,
+                "packets": conv.client_packets,
+            },
+            "destination": {
+                "ip": ip_of(&conv.key.server).to_string(),
+                "port": conv.key.server_port,
+                "bytes": conv.server_bytes,
+                "packets": conv.server_packets,
+            },
+            "network": network,
+            "observer": observer,
+            "threat": {
+                "framework": "MITRE ATT&CK",
+                "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
+            },
+            "sensor": {
+                "evidence": Value::Object(alarm.finding.evidence.clone()),
+                "hits": alarm.hits,
+                "conversation": { "flows": conv.flows_seen, "open_flows": conv.open_flows },
+            },
+        });
+        AlarmEvent {
+            rule,
+            action,
+            id: alarm.id.clone(),
+            json,
+        }
+    }
+}
+
+fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+/// Stable id: the same rule on the same conversation (endpoints, server port, transport,
+/// start) always gets the same id.
+fn alarm_id(rule: &str, conv: &Conversation) -> String {
+    let mut h = Sha1::new();
+    h.update(rule.as_bytes());
+    for w in conv.key.client.iter().chain(conv.key.server.iter()) {
+        h.update(w.to_ne_bytes());
+    }
+    h.update(conv.key.server_port.to_be_bytes());
+    h.update([conv.key.proto]);
+    h.update(conv.start_ns.to_be_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,613 @@
+//! Configuration: a TOML file, `--set key=value` overrides, and validation.
+//!
+//! Every tunable of the agent lives here with its documented default, so `validate` can check
+//! a file before a deployment and every error names where it came from: the file and line (or
+//! the `--set` argument), the key, and what would have been accepted. Unknown keys are errors,
+//! never silently ignored: a misspelt threshold must not leave the default in force.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{de, Deserialize, Deserializer};
+
+/// A duration written for humans: `90s`, `15m`, `9h`, `3d`, `1h 30m`, or a number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+
+    pub fn as_nanos(self) -> u64 {
+        self.0.as_nanos().min(u64::MAX as u128) as u64
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+const DURATION_HINT: &str = "a duration such as 90s, 15m, 9h or 3d";
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(DURATION_HINT)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
+                u64::try_from(v).map(HumanDuration::secs).map_err(|_| {
+                    E::custom(format!("negative duration {v}: expected {DURATION_HINT}"))
+                })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration::secs(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(v.trim())
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration {v:?} ({e}): expected {DURATION_HINT}"
+                        ))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or a bare address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.0/8, 2001:db8::/32)")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn bits(ip: IpAddr) -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v4) => (u32::from(v4) as u128, 32),
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => (u32::from(v4) as u128, 32),
+                    None => (u128::from(v6), 128),
+                },
+            }
+        }
+        let (net, width) = bits(self.addr);
+        let (ip, ip_width) = bits(ip);
+        if width != ip_width {
+            return false;
+        }
+        let shift = width - self.prefix;
+        shift >= width || (net >> shift) == (ip >> shift)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// The agent's whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sensor: SensorConfig,
+    pub flow: FlowConfig,
+    pub detect: DetectConfig,
+    pub alarm: AlarmConfig,
+    pub output: OutputConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// Interfaces to attach to; empty means the interface of the default route.
+    pub interfaces: Vec<String>,
+    /// Also count traffic the host sends itself (TC egress).
+    pub egress: bool,
+    /// How often the kernel flow table is read and the detectors run.
+    pub poll_interval: HumanDuration,
+    /// Capacity of the kernel flow map.
+    pub max_kernel_flows: u32,
+    /// How often the status line is refreshed on a terminal.
+    pub status_interval: HumanDuration,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            interfaces: Vec::new(),
+            egress: false,
+            poll_interval: HumanDuration::secs(10),
+            max_kernel_flows: crate::datapath::DEFAULT_MAX_FLOWS,
+            status_interval: HumanDuration::secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Idle time after which an established TCP flow ends (Zeek uses 5 min, Suricata 10 min;
+    /// real pool sessions go quiet for 195 s).
+    pub tcp_idle_timeout: HumanDuration,
+    /// Time a TCP flow is kept after FIN from both sides or RST, for late packets.
+    pub tcp_closed_grace: HumanDuration,
+    /// Idle time after which a TCP flow that never completed its handshake ends.
+    pub tcp_unestablished_timeout: HumanDuration,
+    pub udp_idle_timeout: HumanDuration,
+    /// Idle timeout for ICMP and every other protocol.
+    pub other_idle_timeout: HumanDuration,
+    /// A new flow continues a conversation (same client, server, server port, transport)
+    /// that ended at most this long ago: reconnects do not restart the clock.
+    pub conversation_gap: HumanDuration,
+    /// Flows tracked at most; new flows beyond it are dropped and counted.
+    pub max_flows: usize,
+    /// Conversations tracked at most; flows of new conversations beyond it are dropped and
+    /// counted.
+    pub max_conversations: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            tcp_idle_timeout: HumanDuration::secs(15 * 60),
+            tcp_closed_grace: HumanDuration::secs(30),
+            tcp_unestablished_timeout: HumanDuration::secs(60),
+            udp_idle_timeout: HumanDuration::secs(180),
+            other_idle_timeout: HumanDuration::secs(180),
+            conversation_gap: HumanDuration::secs(10 * 60),
+            max_flows: 1_000_000,
+            max_conversations: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub long_flow: LongFlowConfig,
+    pub quiet_long_flow: QuietLongFlowConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongFlowConfig {
+    pub enabled: bool,
+    /// A conversation observed this long raises the alarm (Cisco Secure Network Analytics: 9h).
+    pub after: HumanDuration,
+    /// Later rungs: each one reached raises the same alarm's severity by one (Zeek's
+    /// long-connections ladder goes 10m, 30m, 1h, 12h, 24h, 3d). Rungs at or below `after`
+    /// are ignored.
+    pub ladder: Vec<HumanDuration>,
+    /// Severity (0-10) at the first rung.
+    pub severity: u8,
+}
+
+impl Default for LongFlowConfig {
+    fn default() -> Self {
+        LongFlowConfig {
+            enabled: true,
+            after: HumanDuration::secs(9 * 3600),
+            ladder: vec![
+                HumanDuration::secs(12 * 3600),
+                HumanDuration::secs(24 * 3600),
+                HumanDuration::secs(72 * 3600),
+            ],
+            severity: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuietLongFlowConfig {
+    pub enabled: bool,
+    pub after: HumanDuration,
+    /// Average over the conversation, both directions (real pool sessions: 5-140 B/s).
+    pub max_bytes_per_sec: f64,
+    pub severity: u8,
+}
+
+impl Default for QuietLongFlowConfig {
+    fn default() -> Self {
+        QuietLongFlowConfig {
+            enabled: true,
+            after: HumanDuration::secs(9 * 3600),
+            max_bytes_per_sec: 200.0,
+            severity: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmConfig {
+    /// An open alarm whose severity did not change is re-sent (`updated`) at most this often.
+    pub suppression_window: HumanDuration,
+    /// Conversations that never raise alarms.
+    pub allow: Vec<AllowRule>,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        AlarmConfig {
+            suppression_window: HumanDuration::secs(3600),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// An allowlist entry: matches when either endpoint is in `cidr` (if given) and the server
+/// port is `port` (if given), for `rules` (all rules if empty).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub cidr: Option<Cidr>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Where alarms go as JSON lines: a file path, or stdout when unset or "-".
+    pub alarms: Option<PathBuf>,
+}
+
+/// The rule ids an allowlist entry may name.
+pub const RULE_IDS: &[&str] = &["long_flow", "quiet_long_flow"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sensor: SensorConfig::default(),
+            flow: FlowConfig::default(),
+            detect: DetectConfig::default(),
+            alarm: AlarmConfig::default(),
+            output: OutputConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, already located.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    /// `FILE:LINE`, `FILE`, or `--set ARG`.
+    pub origin: String,
+    /// Dotted key, when known.
+    pub key: String,
+    pub message: String,
+}
+
+/// Loads `file` (if any), applies `--set` overrides in order, and validates the result.
+pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
+    let (text, origin) = match file {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| ConfigError {
+                origin: p.display().to_string(),
+                key: String::new(),
+                message: e.to_string(),
+            })?,
+            p.display().to_string(),
+        ),
+        None => (String::new(), "defaults".to_string()),
+    };
+    // First the file alone, from its text: errors then carry line numbers.
+    let de = toml::Deserializer::new(&text);
+    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| located(&origin, &text, e))?;
+
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| located_toml(&origin, &text, &e, String::new()))?;
+    for set in sets {
+        let set_origin = format!("--set {set}");
+        let (key, value) = set.split_once('=').ok_or_else(|| ConfigError {
+            origin: set_origin.clone(),
+            key: String::new(),
+            message: "expected KEY=VALUE, for example detect.long_flow.after=1h".into(),
+        })?;
+        let key = key.trim();
+        insert(&mut table, key, parse_value(value.trim())).map_err(|message| ConfigError {
+            origin: set_origin.clone(),
+            key: key.to_string(),
+            message,
+        })?;
+        let cfg = serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone()))
+            .map_err(|e| ConfigError {
+                origin: set_origin.clone(),
+                key: e.path().to_string(),
+                message: e.into_inner().message().to_string(),
+            });
+        cfg?;
+    }
+    let cfg: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            key: e.path().to_string(),
+            message: e.into_inner().message().to_string(),
+        })?;
+    validate(&cfg).map_err(|(key, message)| {
+        let origin = match sets
+            .iter()
+            .rev()
+            .find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        {
+            Some(s) => format!("--set {s}"),
+            None => match line_of(&text, &key) {
+                Some(line) => format!("{origin}:{line}"),
+                None => origin.clone(),
+            },
+        };
+        ConfigError {
+            origin,
+            key,
+            message,
+        }
+    })?;
+    Ok(cfg)
+}
+
+/// A `--set` value: TOML if it parses as one (numbers, booleans, arrays, quoted strings),
+/// otherwise the bare text as a string (`1h`, `eth0`).
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("empty key segment".into());
+    }
+    let mut t = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{part} is not a table"))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn located(
+    origin: &str,
+    text: &str,
+    e: serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let key = e.path().to_string();
+    let key = if key == "." { String::new() } else { key };
+    located_toml(origin, text, e.inner(), key)
+}
+
+fn located_toml(origin: &str, text: &str, e: &toml::de::Error, key: String) -> ConfigError {
+    let origin = match e.span() {
+        Some(span) => format!(
+            "{origin}:{}",
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        ),
+        None => origin.to_string(),
+    };
+    ConfigError {
+        origin,
+        key,
+        message: e.message().replace('\n', " "),
+    }
+}
+
+/// The line defining `section.key` in a TOML text, by scanning `[section]` headers.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = h.trim_matches(['[', ']']).trim().to_string();
+            continue;
+        }
+        if current == section && l.split('=').next().is_some_and(|k| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Checks what types alone cannot; returns (key, problem).
+fn validate(c: &Config) -> Result<(), (String, String)> {
+    let positive = [
+        ("sensor.poll_interval", c.sensor.poll_interval),
+        ("sensor.status_interval", c.sensor.status_interval),
+        ("flow.tcp_idle_timeout", c.flow.tcp_idle_timeout),
+        ("flow.udp_idle_timeout", c.flow.udp_idle_timeout),
+        ("flow.other_idle_timeout", c.flow.other_idle_timeout),
+        (
+            "flow.tcp_unestablished_timeout",
+            c.flow.tcp_unestablished_timeout,
+        ),
+        ("detect.long_flow.after", c.detect.long_flow.after),
+        (
+            "detect.quiet_long_flow.after",
+            c.detect.quiet_long_flow.after,
+        ),
+    ];
+    for (key, d) in positive {
+        if d.0.is_zero() {
+            return Err((
+                key.into(),
+                format!("must be longer than 0 ({DURATION_HINT})"),
+            ));
+        }
+    }
+    if !(c.detect.quiet_long_flow.max_bytes_per_sec.is_finite()
+        && c.detect.quiet_long_flow.max_bytes_per_sec >= 0.0)
+    {
+        return Err((
+            "detect.quiet_long_flow.max_bytes_per_sec".into(),
+            "must be a number of bytes per second >= 0".into(),
+        ));
+    }
+    for (key, sev) in [
+        ("detect.long_flow.severity", c.detect.long_flow.severity),
+        (
+            "detect.quiet_long_flow.severity",
+            c.detect.quiet_long_flow.severity,
+        ),
+    ] {
+        if sev > 10 {
+            return Err((
+                key.into(),
+                format!("{sev} is out of range: severity is 0-10"),
+            ));
+        }
+    }
+    if c.sensor.max_kernel_flows == 0 || c.flow.max_flows == 0 || c.flow.max_conversations == 0 {
+        return Err((
+            "flow.max_flows".into(),
+            "flow capacities must be at least 1".into(),
+        ));
+    }
+    for rule in &c.alarm.allow {
+        if rule.cidr.is_none() && rule.port.is_none() {
+            return Err((
+                "alarm.allow".into(),
+                "an allow entry needs a cidr, a port, or both".into(),
+            ));
+        }
+        for r in &rule.rules {
+            if !RULE_IDS.contains(&r.as_str()) {
+                return Err((
+                    "alarm.allow.rules".into(),
+                    format!("unknown rule {r:?}; accepted: {}", RULE_IDS.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("cfg-unit-{}-{name}.toml", std::process::id()));
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = load(None, &[]).expect("defaults");
+        assert_eq!(c.detect.long_flow.after, HumanDuration::secs(9 * 3600));
+        assert_eq!(
+            c.detect.quiet_long_flow.after,
+            HumanDuration::secs(9 * 3600)
+        );
+        assert_eq!(c.detect.quiet_long_flow.max_bytes_per_sec, 200.0);
+        assert_eq!(c.flow.tcp_idle_timeout, HumanDuration::secs(900));
+    }
+
+    #[test]
+    fn set_overrides_take_human_durations() {
+        let c = load(
+            None,
+            &[
+                "detect.long_flow.after=90s".into(),
+                "flow.udp_idle_timeout=15m".into(),
+                "detect.quiet_long_flow.max_bytes_per_sec=50".into(),
+            ],
+        )
+        .expect("overrides");
+        assert_eq!(c.detect.long_flow.after, HumanDuration::secs(90));
+        assert_eq!(c.flow.udp_idle_timeout, HumanDuration::secs(900));
+        assert_eq!(c.detect.quiet_long_flow.max_bytes_per_sec, 50.0);
+    }
+
+    #[test]
+    fn bad_file_names_file_line_key_and_accepted_values() {
+        let p = write(
+            "bad-key",
+            "[detect.long_flow]\nenabled = true\naftr = \"1h\"\n",
+        );
+        let e = load(Some(&p), &[]).expect_err("unknown key").to_string();
+        assert!(e.contains(&format!("{}:3", p.display())), "{e}");
+        assert!(e.contains("aftr") && e.contains("after"), "{e}");
+        let p = write("bad-duration", "[flow]\ntcp_idle_timeout = \"15x\"\n");
+        let e = load(Some(&p), &[]).expect_err("bad duration").to_string();
+        assert!(
+            e.contains(":2") && e.contains("flow.tcp_idle_timeout") && e.contains("90s"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn bad_set_names_the_argument() {
+        let e = load(None, &["detect.long_flow.after=soon".into()])
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            e.starts_with("--set detect.long_flow.after=soon: detect.long_flow.after"),
+            "{e}"
+        );
+        let e = load(None, &["detect.nope=1".into()])
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("nope") && e.contains("long_flow"), "{e}");
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let c = Cidr::parse("192.168.2.0/24").expect("cidr");
+        assert!(c.contains("192.168.2.21".parse().expect("ip")));
+        assert!(!c.contains("192.168.3.1".parse().expect("ip")));
+        assert!(c.contains("::ffff:192.168.2.9".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("any")
+            .contains("8.8.8.8".parse().expect("ip")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+    }
+}

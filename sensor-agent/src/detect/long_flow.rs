@@ -1,0 +1,68 @@
+//! Suspect Long Flow: a conversation observed for at least `after` (default 9h, the Cisco
+//! Secure Network Analytics default), evaluated while it is still open. Later rungs of the
+//! ladder raise the severity of the same alarm instead of opening new ones.
+
+use serde_json::json;
+
+use super::{secs, Detector, Finding};
+use crate::{config::LongFlowConfig, flow::table::Conversation};
+
+pub struct LongFlow {
+    after_ns: u64,
+    /// Rung thresholds in ns, ascending, the first being `after`.
+    rungs: Vec<u64>,
+    severity: u8,
+}
+
+impl LongFlow {
+    pub fn new(cfg: &LongFlowConfig) -> Self {
+        let after_ns = cfg.after.as_nanos();
+        let mut rungs = vec![after_ns];
+        let mut later: Vec<u64> = cfg
+            .ladder
+            .iter()
+            .map(|d| d.as_nanos())
+            .filter(|r| *r > after_ns)
+            .collect();
+        later.sort_unstable();
+        later.dedup();
+        rungs.extend(later);
+        LongFlow {
+            after_ns,
+            rungs,
+            severity: cfg.severity,
+        }
+    }
+}
+
+impl Detector for LongFlow {
+    fn rule_id(&self) -> &'static str {
+        "long_flow"
+    }
+
+    fn rule_name(&self) -> &'static str {
+        "Suspect Long Flow"
+    }
+
+    fn evaluate(&self, conv: &Conversation, _now: u64) -> Option<Finding> {
+        let duration = conv.duration_ns();
+        if duration < self.after_ns {
+            return None;
+        }
+        let rung = self.rungs.iter().filter(|r| duration >= **r).count();
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("duration_s".into(), json!(secs(duration).round()));
+        evidence.insert("threshold_s".into(), json!(secs(self.after_ns).round()));
+        evidence.insert("rung".into(), json!(rung));
+        evidence.insert(
+            "rung_threshold_s".into(),
+            json!(secs(self.rungs[rung - 1]).round()),
+        );
+        evidence.insert("flows".into(), json!(conv.flows_seen));
+        evidence.insert("still_open".into(), json!(conv.open_flows > 0));
+        Some(Finding {
+            severity: (self.severity as usize + rung - 1).min(10) as u8,
+            evidence,
+        })
+    }
+}

@@ -1,0 +1,39 @@
+//! Sinks: where alarms and flow records go. For now JSON lines to stdout or a file, flushed
+//! per event so a reader (or a test) sees each alarm as soon as it is raised.
+
+use std::{
+    fs::OpenOptions,
+    io::{self, BufWriter, Write},
+    path::Path,
+};
+
+use serde_json::Value;
+
+pub struct JsonLines {
+    out: Box<dyn Write + Send>,
+}
+
+impl JsonLines {
+    pub fn stdout() -> Self {
+        JsonLines {
+            out: Box::new(io::stdout()),
+        }
+    }
+
+    /// Appends to `path` (created if missing); "-" means stdout.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if path.as_os_str() == "-" {
+            return Ok(Self::stdout());
+        }
+        let f = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(JsonLines {
+            out: Box::new(BufWriter::new(f)),
+        })
+    }
+
+    pub fn emit(&mut self, v: &Value) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
