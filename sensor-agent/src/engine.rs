@@ -8,7 +8,7 @@ use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
     config::Config,
     detect::{self, Detector},
-    flow::table::FlowTable,
+    flow::{record::FlowRecord, table::FlowTable},
 };
 use sensor_common::{FlowKey, FlowStats};
 
@@ -35,9 +35,9 @@ impl Engine {
         self.table.update(key, stats, first_ns, last_ns);
     }
 
-    /// Ages the table and evaluates every conversation at `now`. Returns the alarm events
-    /// and the flows that ended (for the source to forget).
-    pub fn tick(&mut self, now: u64) -> (Vec<AlarmEvent>, Vec<FlowKey>) {
+    /// Evaluates every conversation at `now`, then ages the table. Returns the alarm events
+    /// and the flows that ended (for the source to forget, and for `--flows`).
+    pub fn tick(&mut self, now: u64) -> (Vec<AlarmEvent>, Vec<FlowRecord>) {
         let mut events = Vec::new();
         for conv in self.table.conversations() {
             for d in &self.detectors {

@@ -3,9 +3,11 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Write},
+    io::{BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -17,6 +19,7 @@ use sensor_agent::{
     engine::Engine,
     replay::{replay, EngineKind, ReplayOptions},
     sink::JsonLines,
+    source::live::{default_route_interface, LiveSource},
 };
 use sensor_common::counter;
 
@@ -34,6 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Attach the datapath to network interfaces and raise alarms on live traffic (needs root or CAP_BPF + CAP_NET_ADMIN).
+    Run(RunArgs),
     /// Replay capture files (pcap or pcapng) through the detection engine with their own timestamps.
     Replay(ReplayArgs),
     /// Check a configuration file (and --set overrides) without running anything.
@@ -48,6 +53,27 @@ struct ConfigArgs {
     /// Override one key, e.g. --set detect.long_flow.after=1h (durations: 90s, 15m, 9h, 3d). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Interface to watch (repeatable; default: sensor.interfaces, else the interface of the default route).
+    #[arg(long = "iface", value_name = "IF")]
+    ifaces: Vec<String>,
+    /// Also count traffic this host sends (TC egress), not only what it receives.
+    #[arg(long)]
+    egress: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Write alarms as JSON lines to FILE ("-" for stdout, the default; overrides output.alarms).
+    #[arg(long, value_name = "FILE")]
+    alarms: Option<PathBuf>,
+    /// Write a flow record (JSON line) for every flow when it ends, to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    flows: Option<PathBuf>,
+    /// Stop after this long (e.g. 90s); runs until Ctrl-C or SIGTERM otherwise.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +112,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => cmd_run(args),
         Command::Replay(args) => cmd_replay(args),
         Command::Validate(args) => cmd_validate(&args),
     };
@@ -241,4 +268,170 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Sleeps until `deadline` in short steps, returning early when a stop was requested.
+fn sleep_until(deadline: Instant) {
+    while !STOP.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+    }
+}
+
+fn cmd_run(args: RunArgs) -> Result<ExitCode> {
+    let cfg = load_config(&args.config)?;
+    let ifaces = if !args.ifaces.is_empty() {
+        args.ifaces.clone()
+    } else if !cfg.sensor.interfaces.is_empty() {
+        cfg.sensor.interfaces.clone()
+    } else {
+        vec![default_route_interface()?]
+    };
+    let egress = args.egress || cfg.sensor.egress;
+    let mut sink = alarm_sink(args.alarms.as_deref(), &cfg)?;
+    let mut flow_out = match &args.flows {
+        Some(p) => Some(
+            JsonLines::open(p)
+                .with_context(|| format!("cannot open flow output {}", p.display()))?,
+        ),
+        None => None,
+    };
+    install_signal_handlers();
+    let mut live = LiveSource::start(
+        &ifaces,
+        egress,
+        &LoadOptions {
+            max_flows: cfg.sensor.max_kernel_flows,
+        },
+    )?;
+    let attached: Vec<String> = live
+        .attachments
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({} XDP{})",
+                a.iface,
+                a.mode,
+                if a.egress { " + TC egress" } else { "" }
+            )
+        })
+        .collect();
+    eprintln!(
+        "sensor-agent: watching {}; polling every {}; kernel HZ {}",
+        attached.join(", "),
+        cfg.sensor.poll_interval,
+        live.clock.hz
+    );
+    let single_iface = if ifaces.len() == 1 {
+        Some(ifaces[0].clone())
+    } else {
+        None
+    };
+    let mut engine = Engine::new(&cfg, Observer::local(single_iface));
+    let poll = cfg.sensor.poll_interval.0;
+    let status_every = cfg.sensor.status_interval.0;
+    let show_status = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut next_poll = Instant::now();
+    let mut next_status = Instant::now() + status_every;
+    let mut kernel_flows = 0usize;
+    while !STOP.load(Ordering::SeqCst) {
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if Instant::now() >= next_poll {
+            let (now, flows) = live.poll()?;
+            kernel_flows = flows.len();
+            for (key, stats, first, last) in &flows {
+                engine.update_flow(key, stats, *first, *last);
+            }
+            let (events, ended) = engine.tick(now);
+            for e in &events {
+                sink.emit(&e.json).context("write alarm")?;
+            }
+            if !ended.is_empty() {
+                let keys: Vec<_> = ended.iter().map(|f| f.key).collect();
+                live.dp.delete_flows(&keys)?;
+                if let Some(out) = flow_out.as_mut() {
+                    for f in &ended {
+                        out.emit(&f.to_json("kernel"))
+                            .context("write flow record")?;
+                    }
+                }
+            }
+            live.dp.flush_log();
+            next_poll += poll;
+            if next_poll < Instant::now() {
+                next_poll = Instant::now() + poll;
+            }
+        }
+        if show_status && Instant::now() >= next_status {
+            let counters = live.dp.counters()?;
+            let unattributed: u64 = counters[..counter::UNATTRIBUTED_REASONS as usize]
+                .iter()
+                .sum();
+            let alarms: Vec<String> = engine
+                .alarms
+                .opened_by_rule
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            eprint!(
+                "\r\x1b[K{} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | alarms: {}",
+                ifaces.join(","),
+                engine.table.flow_count(),
+                kernel_flows,
+                engine.table.conversation_count(),
+                counters[counter::FLOWS_CREATED as usize],
+                unattributed,
+                if alarms.is_empty() { "none".to_string() } else { alarms.join(", ") }
+            );
+            next_status += status_every;
+        }
+        let wake = if args.duration.is_some() {
+            next_poll.min(started + args.duration.unwrap_or_default())
+        } else {
+            next_poll
+        };
+        sleep_until(if show_status {
+            wake.min(next_status)
+        } else {
+            wake
+        });
+    }
+    if show_status {
+        eprintln!();
+    }
+    let alarms: Vec<String> = engine
+        .alarms
+        .opened_by_rule
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    eprintln!(
+        "sensor-agent: detached from {}; alarms: {}",
+        ifaces.join(", "),
+        if alarms.is_empty() {
+            "none".to_string()
+        } else {
+            alarms.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }

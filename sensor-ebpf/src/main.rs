@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{bpf_jiffies64, bpf_xdp_get_buff_len},
     macros::{classifier, map, xdp},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -48,6 +48,20 @@ static FLOWS: LruHashMap<FlowKey, FlowStats> =
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The kernel's jiffies as last read by `sensor_clock`.
+#[map]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Never attached: the agent runs it with BPF_PROG_TEST_RUN to read `bpf_jiffies64()`, the
+/// clock of `first_seen`/`last_seen`, which user space has no syscall for.
+#[xdp]
+pub fn sensor_clock(_ctx: XdpContext) -> u32 {
+    if let Some(slot) = CLOCK.get_ptr_mut(0) {
+        unsafe { *slot = bpf_jiffies64() };
+    }
+    xdp_action::XDP_PASS
+}
 
 #[xdp(frags)]
 pub fn sensor_xdp(ctx: XdpContext) -> u32 {

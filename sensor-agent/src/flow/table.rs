@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
 
-use crate::config::FlowConfig;
+use crate::{config::FlowConfig, flow::record::FlowRecord};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -92,8 +92,9 @@ pub struct TableCounters {
 /// What a tick ended.
 #[derive(Debug, Default)]
 pub struct Ended {
-    /// Flows removed from the table; the source deletes them from its own store.
-    pub flows: Vec<FlowKey>,
+    /// Flows removed from the table, with their final counters; the source deletes them from
+    /// its own store.
+    pub flows: Vec<FlowRecord>,
     /// Conversations removed after their gap tolerance ran out.
     pub conversations: Vec<Conversation>,
 }
@@ -361,7 +362,12 @@ impl FlowTable {
                         c.idle_since_ns = Some(c.last_ns);
                     }
                 }
-                ended.flows.push(key);
+                ended.flows.push(FlowRecord {
+                    key,
+                    stats: f.stats,
+                    start_ns: Some(f.first_ns),
+                    end_ns: Some(f.last_ns),
+                });
             }
         }
         let gap = self.cfg.conversation_gap.as_nanos();

@@ -2,4 +2,5 @@
 //! flow records with explicit timestamps and never decides anything about them.
 
 pub mod capture;
+pub mod live;
 pub mod packet;

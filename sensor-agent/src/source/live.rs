@@ -1,0 +1,237 @@
+//! The live source: the datapath attached to network interfaces, read periodically.
+//!
+//! It attaches XDP to each interface (native mode, falling back to generic with the reason
+//! logged) and optionally the TC egress program, reads the kernel flow map with batched
+//! lookups, converts kernel jiffies to wall-clock time, and deletes the flows the agent has
+//! ended. Dropping it detaches everything (aya's links detach on drop).
+
+use std::{
+    ffi::CString,
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::programs::{tc, xdp::XdpMode, TcAttachType};
+use sensor_common::{FlowKey, FlowStats};
+
+use crate::datapath::{Datapath, DatapathError, LoadOptions};
+
+/// Converts `bpf_jiffies64()` values to nanoseconds since the epoch.
+///
+/// The kernel's HZ is not visible to user space, so it is measured once (jiffies against
+/// CLOCK_MONOTONIC over a quarter second, rounded to the nearest configurable HZ); the
+/// anchor (a jiffies reading and the wall time at that moment) is renewed at every poll, so
+/// wall-clock steps and drift never accumulate. Resolution is one jiffy (4 ms at HZ=250).
+#[derive(Clone, Copy, Debug)]
+pub struct JiffiesClock {
+    pub hz: u64,
+    anchor_jiffies: u64,
+    anchor_wall_ns: u64,
+}
+
+impl JiffiesClock {
+    pub fn calibrate(dp: &mut Datapath) -> Result<Self, DatapathError> {
+        let t0 = monotonic_ns();
+        let j0 = dp.jiffies()?;
+        thread::sleep(Duration::from_millis(250));
+        let t1 = monotonic_ns();
+        let j1 = dp.jiffies()?;
+        let measured = (j1 - j0) as f64 * 1e9 / (t1 - t0).max(1) as f64;
+        let hz = [100u64, 250, 300, 1000]
+            .into_iter()
+            .min_by(|a, b| {
+                (*a as f64 - measured)
+                    .abs()
+                    .total_cmp(&(*b as f64 - measured).abs())
+            })
+            .unwrap_or(250);
+        log::info!("kernel HZ measured {measured:.0}, using {hz}");
+        Ok(JiffiesClock {
+            hz,
+            anchor_jiffies: j1,
+            anchor_wall_ns: wall_ns(),
+        })
+    }
+
+    pub fn reanchor(&mut self, dp: &mut Datapath) -> Result<(), DatapathError> {
+        self.anchor_jiffies = dp.jiffies()?;
+        self.anchor_wall_ns = wall_ns();
+        Ok(())
+    }
+
+    pub fn to_wall_ns(&self, jiffies: u64) -> u64 {
+        let per_jiffy = 1_000_000_000 / self.hz;
+        if jiffies >= self.anchor_jiffies {
+            self.anchor_wall_ns + (jiffies - self.anchor_jiffies) * per_jiffy
+        } else {
+            self.anchor_wall_ns
+                .saturating_sub((self.anchor_jiffies - jiffies) * per_jiffy)
+        }
+    }
+
+    pub fn anchor_wall_ns(&self) -> u64 {
+        self.anchor_wall_ns
+    }
+}
+
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("interface {0:?} does not exist")]
+    NoSuchInterface(String),
+    #[error("cannot attach XDP to {iface}: native mode failed ({native}), generic mode failed ({generic})")]
+    AttachXdp {
+        iface: String,
+        native: String,
+        generic: String,
+    },
+    #[error("cannot attach the TC egress program to {iface}: {reason}")]
+    AttachTc { iface: String, reason: String },
+    #[error("no default route: name an interface with --iface")]
+    NoDefaultRoute,
+}
+
+/// How XDP ended up attached to an interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub mode: &'static str,
+    pub egress: bool,
+}
+
+pub struct LiveSource {
+    pub dp: Datapath,
+    pub clock: JiffiesClock,
+    pub attachments: Vec<Attachment>,
+    scratch: Vec<(FlowKey, FlowStats)>,
+}
+
+fn check_iface(iface: &str) -> Result<(), LiveError> {
+    let c = CString::new(iface).map_err(|_| LiveError::NoSuchInterface(iface.to_string()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    if iface.len() >= 16 || unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(LiveError::NoSuchInterface(iface.to_string()));
+    }
+    Ok(())
+}
+
+impl LiveSource {
+    pub fn start(ifaces: &[String], egress: bool, load: &LoadOptions) -> Result<Self, LiveError> {
+        let mut dp = Datapath::load(load)?;
+        let mut attachments = Vec::new();
+        for iface in ifaces {
+            check_iface(iface)?;
+            let xdp = dp.xdp()?;
+            let mode = match xdp.attach(iface, XdpMode::Driver) {
+                Ok(_) => "native",
+                Err(native) => {
+                    // Not every driver has native XDP (lo, many virtual NICs): generic mode
+                    // sees the same packets a little later in the stack.
+                    let native = native.to_string();
+                    xdp.attach(iface, XdpMode::Skb)
+                        .map_err(|g| LiveError::AttachXdp {
+                            iface: iface.clone(),
+                            native: native.clone(),
+                            generic: g.to_string(),
+                        })?;
+                    log::warn!("{iface}: native XDP unavailable ({native}); attached in generic (skb) mode");
+                    "generic"
+                }
+            };
+            if egress {
+                // Kernels >= 6.6 attach through TCX links, which need no qdisc and vanish with
+                // the program. Older kernels need clsact; an existing one is fine (it is left
+                // in place on exit, as other tools may share it).
+                if !tcx_available() {
+                    let _ = tc::qdisc_add_clsact(iface);
+                }
+                dp.tc_egress()?
+                    .attach(iface, TcAttachType::Egress)
+                    .map_err(|e| LiveError::AttachTc {
+                        iface: iface.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            attachments.push(Attachment {
+                iface: iface.clone(),
+                mode,
+                egress,
+            });
+        }
+        let clock = JiffiesClock::calibrate(&mut dp)?;
+        Ok(LiveSource {
+            dp,
+            clock,
+            attachments,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Reads every kernel flow, with times converted to wall-clock ns: (key, stats, first, last).
+    pub fn poll(&mut self) -> Result<(u64, Vec<(FlowKey, FlowStats, u64, u64)>), LiveError> {
+        self.clock.reanchor(&mut self.dp)?;
+        self.dp.flows_batched(&mut self.scratch)?;
+        let clock = self.clock;
+        let flows = self
+            .scratch
+            .iter()
+            .map(|(k, s)| {
+                (
+                    *k,
+                    *s,
+                    clock.to_wall_ns(s.first_seen),
+                    clock.to_wall_ns(s.last_seen),
+                )
+            })
+            .collect();
+        Ok((clock.anchor_wall_ns(), flows))
+    }
+}
+
+/// Whether aya attaches TC programs through TCX (Linux >= 6.6), as `SchedClassifier::attach`
+/// does for ingress and egress.
+fn tcx_available() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+/// The interface of the IPv4 default route (then IPv6), from /proc.
+pub fn default_route_interface() -> Result<String, LiveError> {
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+                return Ok(f[0].to_string());
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 10
+                && f[0] == "00000000000000000000000000000000"
+                && f[1] == "00"
+                && f[9] != "lo"
+            {
+                return Ok(f[9].to_string());
+            }
+        }
+    }
+    Err(LiveError::NoDefaultRoute)
+}
