@@ -198,11 +198,24 @@ impl Default for FlowConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
+    /// Do not evaluate conversations whose server is a multicast or broadcast address
+    /// (neighbour discovery, mDNS, SSDP): long-lived by design, never a session.
+    pub skip_multicast: bool,
     pub long_flow: LongFlowConfig,
     pub quiet_long_flow: QuietLongFlowConfig,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            skip_multicast: true,
+            long_flow: LongFlowConfig::default(),
+            quiet_long_flow: QuietLongFlowConfig::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

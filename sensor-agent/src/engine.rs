@@ -8,14 +8,27 @@ use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
     config::Config,
     detect::{self, Detector},
-    flow::{record::FlowRecord, table::FlowTable},
+    flow::{
+        record::{ip_of, FlowRecord},
+        table::{Conversation, FlowTable},
+    },
 };
 use sensor_common::{FlowKey, FlowStats};
+use std::net::IpAddr;
 
 pub struct Engine {
     pub table: FlowTable,
     detectors: Vec<Box<dyn Detector + Send>>,
     pub alarms: AlarmManager,
+    skip_multicast: bool,
+}
+
+/// Multicast (224.0.0.0/4, ff00::/8) or limited broadcast.
+fn is_group_address(conv: &Conversation) -> bool {
+    match ip_of(&conv.key.server) {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
+    }
 }
 
 impl Engine {
@@ -24,6 +37,7 @@ impl Engine {
             table: FlowTable::new(cfg.flow.clone()),
             detectors: detect::from_config(&cfg.detect),
             alarms: AlarmManager::new(cfg.alarm.clone(), observer),
+            skip_multicast: cfg.detect.skip_multicast,
         }
     }
 
@@ -40,6 +54,9 @@ impl Engine {
     pub fn tick(&mut self, now: u64) -> (Vec<AlarmEvent>, Vec<FlowRecord>) {
         let mut events = Vec::new();
         for conv in self.table.conversations() {
+            if self.skip_multicast && is_group_address(conv) {
+                continue;
+            }
             for d in &self.detectors {
                 let finding = d.evaluate(conv, now);
                 if let Some(e) =

@@ -4,5 +4,7 @@
 pub mod agent;
 pub mod frames;
 pub mod kernel;
+pub mod lab;
+pub mod netns;
 pub mod pcap;
 pub mod rng;
