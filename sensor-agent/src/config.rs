@@ -123,7 +123,7 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 /// The agent's whole configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sensor: SensorConfig,
@@ -306,18 +306,6 @@ pub struct OutputConfig {
 
 /// The rule ids an allowlist entry may name.
 pub const RULE_IDS: &[&str] = &["long_flow", "quiet_long_flow"];
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sensor: SensorConfig::default(),
-            flow: FlowConfig::default(),
-            detect: DetectConfig::default(),
-            alarm: AlarmConfig::default(),
-            output: OutputConfig::default(),
-        }
-    }
-}
 
 /// A configuration error, already located.
 #[derive(Debug, thiserror::Error)]

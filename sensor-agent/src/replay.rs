@@ -120,11 +120,7 @@ impl Progress {
         }
         self.last = Instant::now();
         let done = self.done_before + reader_offset;
-        let pct = if self.total > 0 {
-            done * 100 / self.total
-        } else {
-            100
-        };
+        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
         let width = 30;
         let filled = (pct as usize * width / 100).min(width);
         eprint!(

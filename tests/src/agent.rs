@@ -6,8 +6,9 @@
 //! tests (`CARGO_BIN_EXE_*` exists only inside the binary's own package). It is found next to
 //! the test executable instead: tests run from `<target>/<profile>/deps/`, the binary is
 //! `<target>/<profile>/sensor-agent`. `cargo test --workspace` (what `cargo xtask test` runs)
-//! builds it; a lone `cargo test -p sensor-tests` does not, and then the lookup fails saying
-//! so. `SENSOR_AGENT_BIN` overrides the lookup.
+//! builds it; a lone `cargo test -p sensor-tests` does not (it rebuilds only the agent
+//! library), and then the lookup fails saying so, also when the binary exists but is older
+//! than its sources. `SENSOR_AGENT_BIN` overrides the lookup (no freshness check).
 
 use std::{
     fs,
@@ -27,8 +28,9 @@ pub const BUILD_HINT: &str =
 
 /// Path of the `sensor-agent` binary built alongside this test executable.
 ///
-/// Panics with instructions when it is missing, or when agent sources are newer than it (a
-/// stale binary would make every test here check old code).
+/// Panics with instructions when it is missing, or when a file it was built from (as listed
+/// in Cargo's dep-info file beside it) changed after it was built: a stale binary would make
+/// every test here check old code.
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SENSOR_AGENT_BIN") {
         let p = PathBuf::from(p);
@@ -59,38 +61,54 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// Newest modification time of the files under `dir` (recursively).
-fn newest_under(dir: &Path) -> Option<(SystemTime, PathBuf)> {
-    let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(t) = mtime(&p) {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                    newest = Some((t, p));
+/// Files the binary was built from, from the dep-info file Cargo writes beside it
+/// (`<bin>.d`: `target: dep dep ...`, spaces in paths escaped with a backslash).
+fn build_inputs(bin: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string(bin.with_extension("d")) else {
+        return Vec::new();
+    };
+    let Some((_, deps)) = text.split_once(": ") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
                 }
             }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            c => cur.push(c),
         }
     }
-    newest
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
 }
 
+/// Panics when a file the binary was built from (per Cargo's dep-info) changed after it was
+/// built: `cargo test -p sensor-tests` rebuilds the agent library this crate links, but not
+/// the agent binary, and a stale binary would make every test here check old code.
 fn check_fresh(bin: &Path) {
     let Some(built) = mtime(bin) else { return };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for src in ["sensor-agent/src", "sensor-common/src", "sensor-ebpf/src"] {
-        if let Some((t, p)) = newest_under(&root.join(src)) {
+    for input in build_inputs(bin) {
+        if !input.is_file() {
+            continue;
+        }
+        if let Some(t) = mtime(&input) {
             assert!(
                 t <= built,
-                "the {BIN_NAME} binary at {} is older than {}: it does not contain the current sources; {BUILD_HINT}",
+                "the {BIN_NAME} binary at {} is older than {}, which it is built from; {BUILD_HINT}",
                 bin.display(),
-                p.display()
+                input.display()
             );
         }
     }
@@ -131,9 +149,13 @@ impl Run {
             .collect()
     }
 
-    /// Flow records printed on stdout.
+    /// Flow records printed on stdout (`--flows -`). Alarms, which share stdout by default,
+    /// are left out: flow records have `event.kind` "event", alarms "alert".
     pub fn stdout_flows(&self) -> Vec<Value> {
         parse_flows(&self.stdout, "stdout")
+            .into_iter()
+            .filter(|v| v["event"]["kind"] == "event")
+            .collect()
     }
 }
 

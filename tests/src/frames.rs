@@ -113,7 +113,7 @@ pub fn ipv4(
     payload: &[u8],
 ) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let ihl = 5 + opts.len() / 4;
@@ -184,15 +184,21 @@ impl Ext {
                 b.resize(total, 0);
                 b
             }
+            Ext::Routing(units) => {
+                // Routing type 0 with no segments left: the packet is at its final hop.
+                let mut b = vec![next, units, 0, 0];
+                b.resize((units as usize + 1) * 8, 0);
+                b
+            }
             Ext::HopByHop(units)
-            | Ext::Routing(units)
             | Ext::DestOpts(units)
             | Ext::Mobility(units)
             | Ext::Hip(units)
             | Ext::Shim6(units) => {
                 let total = (units as usize + 1) * 8;
                 let mut b = vec![next, units];
-                // PadN option filling the rest, so the header is well formed.
+                // PadN option filling the rest, so an options header is well formed; the
+                // other types only need their length right for the datapath and tshark.
                 b.push(1);
                 b.push((total - 4) as u8);
                 b.resize(total, 0);

@@ -47,7 +47,7 @@ pub fn pcap(linktype: u32, records: &[Record]) -> Vec<u8> {
 
 fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
     let mut padded = body.to_vec();
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push(0);
     }
     let total = (12 + padded.len()) as u32;

@@ -60,6 +60,14 @@ enum Cmd {
     },
     /// Build the eBPF programs and the agent (release).
     Build,
+    /// Build, attach the sensor to the default interface (or --iface) and print alarms.
+    /// Arguments after `--` go to `sensor-agent run` (see `sensor-agent run --help`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Demo: two network namespaces, real traffic, the live sensor and its alarms (< 2 min).
+    Lab,
     /// Run every test: formatting, clippy, unit, kernel (BPF_PROG_TEST_RUN) and capture tests.
     Test {
         /// Extra arguments for `cargo test` (for example a test name filter).
@@ -82,6 +90,29 @@ fn main() -> Result<()> {
         Cmd::Build => {
             setup(false)?;
             cargo(&["build", "--release", "--package", "sensor-agent"])
+        }
+        Cmd::Run { args } => {
+            setup(false)?;
+            cargo(&["build", "--release", "--package", "sensor-agent"])?;
+            let mut cmd = Command::new(root().join("target/release/sensor-agent"));
+            cmd.arg("run").args(&args);
+            exec_status(&mut cmd)
+        }
+        Cmd::Lab => {
+            setup(false)?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "sensor-agent",
+                "--package",
+                "sensor-tests",
+                "--bin",
+                "sensor-agent",
+                "--bin",
+                "lab",
+            ])?;
+            exec_status(&mut Command::new(root().join("target/release/lab")))
         }
         Cmd::Test { args } => {
             setup(false)?;
@@ -240,6 +271,17 @@ fn setup(check_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command in the foreground and fails if it does (Ctrl-C reaches it directly).
+fn exec_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{} failed ({status})", cmd.get_program().to_string_lossy());
+    }
+    Ok(())
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
@@ -263,6 +305,9 @@ fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Integration tests run the sensor-agent and lab binaries; `cargo test` only builds the
+    // binaries of a package that has integration tests of its own, so build them first.
+    cargo(&["build", "--workspace", "--bins"])?;
     let cargo_bin = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(&cargo_bin)
         .args(["test", "--workspace", "--no-fail-fast"])

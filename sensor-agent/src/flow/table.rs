@@ -425,7 +425,7 @@ mod tests {
         t.add_packet(&k1, 1 - d1, 100, SYN | ACK, S);
         t.add_packet(&k1, d1, 60, RST, 10 * S);
         assert!(
-            t.expire(50 * S).flows.contains(&k1),
+            t.expire(50 * S).flows.iter().any(|f| f.key == k1),
             "reset flow ends after the grace"
         );
         let (k2, d2) = key(40001);

@@ -125,12 +125,20 @@ impl CaptureReader {
             format: Format::PcapNg(PcapNgState::default()),
         };
         let mut magic = [0u8; 4];
-        if !r.read_exact_or_eof(&mut magic, "file header", 0)? {
-            return Err(CaptureError::Malformed {
-                path: r.path.clone(),
-                offset: 0,
-                problem: "empty file".into(),
-            });
+        match r.read_exact_or_eof(&mut magic, "file header", 0) {
+            Ok(true) => {}
+            Ok(false) | Err(CaptureError::Truncated { .. }) => {
+                return Err(CaptureError::Malformed {
+                    path: r.path.clone(),
+                    offset: 0,
+                    problem: if r.offset == 0 {
+                        "empty file".to_string()
+                    } else {
+                        format!("not a pcap or pcapng file (only {} bytes)", r.offset)
+                    },
+                })
+            }
+            Err(e) => return Err(e),
         }
         let m = u32::from_le_bytes(magic);
         match m {
@@ -382,7 +390,7 @@ impl CaptureReader {
     }
 
     fn check_block_len(&self, total: u32, min: u32) -> Result<(), CaptureError> {
-        if total < min || total % 4 != 0 || total > MAX_RECORD {
+        if total < min || !total.is_multiple_of(4) || total > MAX_RECORD {
             return Err(self.malformed(format!(
                 "block length {total} (must be a multiple of 4 between {min} and {MAX_RECORD})"
             )));

@@ -116,6 +116,9 @@ pub struct Attachment {
     pub egress: bool,
 }
 
+/// A kernel flow with its first and last packet as wall-clock ns.
+pub type TimedFlow = (FlowKey, FlowStats, u64, u64);
+
 pub struct LiveSource {
     pub dp: Datapath,
     pub clock: JiffiesClock,
@@ -185,7 +188,7 @@ impl LiveSource {
     }
 
     /// Reads every kernel flow, with times converted to wall-clock ns: (key, stats, first, last).
-    pub fn poll(&mut self) -> Result<(u64, Vec<(FlowKey, FlowStats, u64, u64)>), LiveError> {
+    pub fn poll(&mut self) -> Result<(u64, Vec<TimedFlow>), LiveError> {
         self.clock.reanchor(&mut self.dp)?;
         self.dp.flows_batched(&mut self.scratch)?;
         let clock = self.clock;

@@ -36,6 +36,13 @@ const MAX_DISTINCT_FLOWS: u32 = 1 << 24;
 const HOT_TARGET: f64 = 1.15;
 const MANY_TARGET: f64 = 1.25;
 const MANY_FLOWS: u32 = 1_000_000;
+/// Hot flow: alternating calls per program per round.
+const HOT_CALLS: usize = 4;
+/// N flows: a round makes at least this many calls per program (several passes when N is
+/// small), so that a few disturbed calls do not decide a small case.
+const MIN_PACKETS_PER_ROUND: u32 = 100_000;
+/// N flows: programs alternate after at most this many frames.
+const SLICE_FRAMES: usize = 16_384;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -271,10 +278,8 @@ impl Programs {
     }
 }
 
-/// One BPF_PROG_TEST_RUN call; returns the kernel's mean duration per run (whole ns) and the
-/// wall time of the call (ns).
-fn test_run(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<(u64, u64)> {
-    let start = Instant::now();
+/// One BPF_PROG_TEST_RUN call; returns the kernel's mean duration per run (whole ns).
+fn test_run(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<u64> {
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -282,7 +287,6 @@ fn test_run(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<(u64, 
             ..Default::default()
         })
         .with_context(|| format!("BPF_PROG_TEST_RUN of {}", p.label()))?;
-    let wall = start.elapsed().as_nanos() as u64;
     if r.return_value != XDP_PASS {
         bail!(
             "{} returned verdict {} instead of XDP_PASS on a {}-byte frame {:02x?}",
@@ -292,25 +296,20 @@ fn test_run(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<(u64, 
             frame
         );
     }
-    Ok((r.duration.as_nanos() as u64, wall))
+    Ok(r.duration.as_nanos() as u64)
 }
 
-/// Hot flow: mean ns per run of one call with `repeat` runs. The kernel reports the mean
-/// truncated to whole ns; the fraction comes from the call's wall time, clamped to the
-/// kernel's [n, n + 1) so that preemption (which the kernel's timer excludes) cannot inflate
-/// it.
-fn hot_sample(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<f64> {
-    let (kernel, wall) = test_run(prog, p, frame, repeat)?;
-    let kernel = kernel as f64;
-    let frac = (wall as f64 / f64::from(repeat) - kernel).clamp(0.0, 0.999);
-    Ok(kernel + frac)
+/// Hot flow: one call with `repeat` runs; the kernel's mean ns per run (it truncates to whole
+/// ns).
+fn hot_call(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<f64> {
+    Ok(test_run(prog, p, frame, repeat)? as f64)
 }
 
 /// One pass over `order` with one run per frame: mean of the kernel-reported durations.
 fn pass(prog: &mut Xdp, p: Prog, set: &FrameSet, order: &[u32]) -> Result<f64> {
     let mut total = 0u64;
     for &i in order {
-        total += test_run(prog, p, set.get(i), 1)?.0;
+        total += test_run(prog, p, set.get(i), 1)?;
     }
     Ok(total as f64 / order.len() as f64)
 }
@@ -351,6 +350,27 @@ fn progress(started: Instant, msg: &str) {
     eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
 }
 
+/// Runs `slices` alternating slices of one round: in each slice every program runs once,
+/// starting with a different program each time. `run` measures one program on one slice and
+/// returns (total ns, packets); the round's value for a program is its ns per packet.
+fn round(
+    progs: &mut Programs,
+    round: usize,
+    slices: usize,
+    mut run: impl FnMut(&mut Xdp, Prog, usize) -> Result<(f64, f64)>,
+) -> Result<[f64; 3]> {
+    let mut totals = [(0.0, 0.0); 3];
+    for slice in 0..slices {
+        for k in 0..PROGS.len() {
+            let p = PROGS[(round * slices + slice + k) % PROGS.len()];
+            let (ns, packets) = run(progs.prog(p)?, p, slice)?;
+            totals[p.index()].0 += ns;
+            totals[p.index()].1 += packets;
+        }
+    }
+    Ok(totals.map(|(ns, packets)| ns / packets))
+}
+
 fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<Case> {
     let capacity = flows.capacity();
     let mut progs = Programs::load(capacity)?;
@@ -363,29 +383,24 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
         measured_inserts: 0,
     };
     let name = format!("{} {}", kind.label(), flows.label());
-    match flows {
+    let created = match flows {
         Flows::Hot => {
             let frame = kind.frame(0);
             // Warm-up: inserts the flow, warms caches and the JIT images.
             for p in PROGS {
-                let prog = progs.prog(p)?;
-                hot_sample(prog, p, &frame, cfg.hot_repeat.min(100_000))?;
+                hot_call(progs.prog(p)?, p, &frame, cfg.hot_repeat.min(100_000))?;
             }
-            let (created, unattributed) = progs.sensor_counts()?;
-            ensure!(
-                created == 1 && unattributed == 0,
-                "{name}: the sensor created {created} flows and left {unattributed} packets unattributed during warm-up; expected 1 and 0"
-            );
-            for round in 0..cfg.rounds {
-                for k in 0..PROGS.len() {
-                    let p = PROGS[(round + k) % PROGS.len()];
-                    let v = hot_sample(progs.prog(p)?, p, &frame, cfg.hot_repeat)?;
-                    case.samples[p.index()].push(v);
+            let created = check_warm_up(&progs, &name, 1)?;
+            for r in 0..cfg.rounds {
+                let v = round(&mut progs, r, HOT_CALLS, |prog, p, _| {
+                    Ok((hot_call(prog, p, &frame, cfg.hot_repeat)?, 1.0))
+                })?;
+                for (samples, v) in case.samples.iter_mut().zip(v) {
+                    samples.push(v);
                 }
             }
             progress(started, &format!("{name}: {} rounds done", cfg.rounds));
-            let (after, _) = progs.sensor_counts()?;
-            case.measured_inserts = after - created;
+            created
         }
         Flows::Distinct(n) => {
             progress(started, &format!("{name}: building {n} frames"));
@@ -398,39 +413,59 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             let ref_insert = pass(progs.prog(Prog::Ref)?, Prog::Ref, &set, &in_order)?;
             let sensor_insert = pass(progs.prog(Prog::Sensor)?, Prog::Sensor, &set, &in_order)?;
             case.insert = Some((ref_insert, sensor_insert));
-            let (created, unattributed) = progs.sensor_counts()?;
-            ensure!(
-                created == u64::from(n) && unattributed == 0,
-                "{name}: the sensor created {created} flows and left {unattributed} packets unattributed during warm-up; expected {n} and 0"
-            );
+            let created = check_warm_up(&progs, &name, n)?;
             progress(
                 started,
                 &format!("{name}: warm-up done (maps hold {n} flows)"),
             );
             // Measured passes visit the flows in a fixed random order, as real traffic would,
             // rather than in the order their entries were allocated.
+            // Large N: programs alternate every SLICE_FRAMES frames rather than every pass,
+            // so a disturbance lasting a second cannot land on one program only.
             let order = shuffled(n);
-            for round in 0..cfg.rounds {
-                for k in 0..PROGS.len() {
-                    let p = PROGS[(round + k) % PROGS.len()];
-                    let v = pass(progs.prog(p)?, p, &set, &order)?;
-                    case.samples[p.index()].push(v);
+            let chunks: Vec<&[u32]> = order.chunks(SLICE_FRAMES).collect();
+            let slices = passes_per_round(n) * chunks.len();
+            for r in 0..cfg.rounds {
+                let v = round(&mut progs, r, slices, |prog, p, slice| {
+                    let chunk = chunks[slice % chunks.len()];
+                    let packets = chunk.len() as f64;
+                    Ok((pass(prog, p, &set, chunk)? * packets, packets))
+                })?;
+                for (samples, v) in case.samples.iter_mut().zip(v) {
+                    samples.push(v);
                 }
                 if n >= 100_000 {
                     progress(
                         started,
-                        &format!("{name}: round {}/{} done", round + 1, cfg.rounds),
+                        &format!("{name}: round {}/{} done", r + 1, cfg.rounds),
                     );
                 }
             }
             if n < 100_000 {
                 progress(started, &format!("{name}: {} rounds done", cfg.rounds));
             }
-            let (after, _) = progs.sensor_counts()?;
-            case.measured_inserts = after - created;
+            created
         }
-    }
+    };
+    let (after, _) = progs.sensor_counts()?;
+    case.measured_inserts = after.saturating_sub(created);
     Ok(case)
+}
+
+/// Checks that the sensor attributed every warm-up packet and created `flows` flows; returns
+/// the number created.
+fn check_warm_up(progs: &Programs, name: &str, flows: u32) -> Result<u64> {
+    let (created, unattributed) = progs.sensor_counts()?;
+    ensure!(
+        created == u64::from(flows) && unattributed == 0,
+        "{name}: the sensor created {created} flows and left {unattributed} packets unattributed during warm-up; expected {flows} and 0"
+    );
+    Ok(created)
+}
+
+/// Passes over all N frames per program per round: enough for [`MIN_PACKETS_PER_ROUND`].
+fn passes_per_round(n: u32) -> usize {
+    MIN_PACKETS_PER_ROUND.div_ceil(n).max(1) as usize
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -487,47 +522,31 @@ fn report(cases: &[Case], cfg: &Config, cpu: usize, quick: bool) -> String {
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w);
-    let _ = writeln!(
+    let _ = write!(
         w,
-        "Datapath benchmark (BPF_PROG_TEST_RUN, XDP, kernel {}, pinned to CPU {cpu})",
-        kernel_release()
+        "\
+Datapath benchmark: BPF_PROG_TEST_RUN on XDP programs, kernel {kernel}, this process pinned to CPU {cpu}.
+Programs: no-op = bench_noop (returns XDP_PASS), REF = bench_ref, sensor = sensor_xdp.
+Every case loads fresh programs; REF's and the sensor's flow maps get the same capacity (map cap).
+Values: ns per packet, median [min-max] over {rounds} rounds. Within a round the three programs
+alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next program.
+  hot:     one frame; a round is {HOT_CALLS} alternating calls per program with repeat={hot_repeat};
+           the value is the kernel's mean per run (it truncates to whole ns). The flow exists
+           before measuring: every run hits one cached entry.
+  N flows: N frames differing in source address and port. A warm-up pass in flow order inserts
+           every flow; a round is then ceil({MIN_PACKETS_PER_ROUND}/N) passes per program over all
+           N frames in a fixed random order (programs alternate every pass, or every
+           {SLICE_FRAMES} frames when N is larger), one call with repeat=1 per frame; the value is
+           the sum of the kernel-reported durations / packets. Every packet hits an existing flow
+           among N entries. Each call starts with caches disturbed by the syscall, so these
+           values include cold-cache costs that the hot case does not.
+           A repeat=1 duration also includes the harness's fixed cost (timer reads, loop); the
+           no-op row measures that floor, hence the net ratio (sensor - no-op) / (REF - no-op).
+",
+        kernel = kernel_release(),
+        rounds = cfg.rounds,
+        hot_repeat = cfg.hot_repeat,
     );
-    let _ = writeln!(
-        w,
-        "Programs: no-op = bench_noop (returns XDP_PASS), REF = bench_ref, sensor = sensor_xdp."
-    );
-    let _ = writeln!(w, "Each case loads fresh programs; REF's and the sensor's flow maps get the same capacity (map cap).");
-    let _ = writeln!(
-        w,
-        "Values are mean ns per packet per round: median [min-max] over {} rounds; each round runs all three",
-        cfg.rounds
-    );
-    let _ = writeln!(
-        w,
-        "programs once, alternating (the starting program rotates from round to round)."
-    );
-    let _ = writeln!(
-        w,
-        "  hot:     one frame, one call with repeat={}; the kernel's mean per run (whole ns), with the",
-        cfg.hot_repeat
-    );
-    let _ = writeln!(
-        w,
-        "           fraction taken from the call's wall time, clamped to the kernel's [n, n+1)."
-    );
-    let _ = writeln!(
-        w,
-        "           The flow exists before measuring, so every run is a hit on one cached entry."
-    );
-    let _ = writeln!(
-        w,
-        "  N flows: N frames that differ in source address and port. A warm-up pass in flow order"
-    );
-    let _ = writeln!(w, "           inserts every flow; then each round is one pass over all N frames in a fixed random");
-    let _ = writeln!(w, "           order, one call with repeat=1 per frame, and the value is the sum of the kernel-reported");
-    let _ = writeln!(w, "           durations / N: every packet hits an existing flow among N entries (cache misses grow with N).");
-    let _ = writeln!(w, "           A repeat=1 duration includes the harness's fixed cost (timer reads, loop) once per packet;");
-    let _ = writeln!(w, "           no-op measures that floor, hence the net ratio (sensor - no-op) / (REF - no-op).");
     if quick {
         let _ = writeln!(
             w,
@@ -653,7 +672,12 @@ fn kernel_release() -> String {
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: cpu_set_t is a plain bit array for which all-zero is a valid (empty) value.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    libc::CPU_SET(cpu, &mut set);
+    ensure!(
+        cpu < 8 * std::mem::size_of_val(&set),
+        "CPU {cpu} is beyond what sched_setaffinity can name"
+    );
+    // SAFETY: `cpu` is within the set, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if rc != 0 {
