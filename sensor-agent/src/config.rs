@@ -601,6 +601,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sensor.example.toml");
+        let c = load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let d = Config::default();
+        assert_eq!(c.detect.long_flow.after, d.detect.long_flow.after);
+        assert_eq!(c.detect.long_flow.ladder, d.detect.long_flow.ladder);
+        assert_eq!(c.flow.conversation_gap, d.flow.conversation_gap);
+        assert_eq!(c.sensor.poll_interval, d.sensor.poll_interval);
+        assert_eq!(c.alarm.suppression_window, d.alarm.suppression_window);
+    }
+
+    #[test]
     fn cidr_matching() {
         let c = Cidr::parse("192.168.2.0/24").expect("cidr");
         assert!(c.contains("192.168.2.21".parse().expect("ip")));

@@ -190,6 +190,17 @@ impl Datapath {
         })
     }
 
+    /// Writes flows into the kernel map with BPF_MAP_UPDATE_BATCH: for benchmarks and tests
+    /// that need a full map without sending millions of packets. Never used on live maps
+    /// (updating an existing LRU key can evict others).
+    pub fn insert_flows(&self, flows: &[(FlowKey, FlowStats)]) -> Result<(), DatapathError> {
+        batch::update(self.flow_map_fd()?, flows).map_err(|source| DatapathError::Syscall {
+            op: "BPF_MAP_UPDATE_BATCH",
+            name: FLOW_MAP,
+            source,
+        })
+    }
+
     /// Deletes flows from the kernel map (flows the agent has ended). Keys already gone are
     /// not an error.
     pub fn delete_flows(&self, keys: &[FlowKey]) -> Result<(), DatapathError> {
@@ -313,6 +324,7 @@ pub mod batch {
 
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     /// Entries per batch call.
     const BATCH: usize = 4096;
 
@@ -393,6 +405,27 @@ pub mod batch {
             token_in = token_out;
             first = false;
         }
+    }
+
+    pub fn update(fd: RawFd, flows: &[(FlowKey, FlowStats)]) -> io::Result<()> {
+        for chunk in flows.chunks(BATCH) {
+            let keys: Vec<FlowKey> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<FlowStats> = chunk.iter().map(|(_, v)| *v).collect();
+            let mut done = 0;
+            while done < keys.len() {
+                let mut attr = BatchAttr {
+                    keys: keys[done..].as_ptr() as u64,
+                    values: values[done..].as_ptr() as u64,
+                    count: (keys.len() - done) as u32,
+                    map_fd: fd as u32,
+                    ..Default::default()
+                };
+                let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+                done += attr.count as usize;
+                result?;
+            }
+        }
+        Ok(())
     }
 
     pub fn delete(fd: RawFd, keys: &[FlowKey]) -> io::Result<()> {

@@ -110,7 +110,25 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, like every other error: clap's own message, then where to look.
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("{} (see sensor-agent --help)", first.trim_end());
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Replay(args) => cmd_replay(args),
@@ -356,26 +374,17 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             break;
         }
         if Instant::now() >= next_poll {
-            let (now, flows) = live.poll()?;
-            kernel_flows = flows.len();
-            for (key, stats, first, last) in &flows {
-                engine.update_flow(key, stats, *first, *last);
-            }
-            let (events, ended) = engine.tick(now);
-            for e in &events {
+            let polled = live.poll_into(&mut engine)?;
+            kernel_flows = polled.kernel_flows;
+            for e in &polled.events {
                 sink.emit(&e.json).context("write alarm")?;
             }
-            if !ended.is_empty() {
-                let keys: Vec<_> = ended.iter().map(|f| f.key).collect();
-                live.dp.delete_flows(&keys)?;
-                if let Some(out) = flow_out.as_mut() {
-                    for f in &ended {
-                        out.emit(&f.to_json("kernel"))
-                            .context("write flow record")?;
-                    }
+            if let Some(out) = flow_out.as_mut() {
+                for f in &polled.ended {
+                    out.emit(&f.to_json("kernel"))
+                        .context("write flow record")?;
                 }
             }
-            live.dp.flush_log();
             next_poll += poll;
             if next_poll < Instant::now() {
                 next_poll = Instant::now() + poll;

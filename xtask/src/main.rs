@@ -76,7 +76,7 @@ enum Cmd {
     },
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
-        /// Which benchmark: `datapath`.
+        /// Which benchmark: `datapath` or `agent`.
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -371,6 +371,19 @@ fn bench(which: &str, args: &[String]) -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown benchmark {other:?} (known: datapath)"),
+        "agent" => {
+            let mut a = vec![
+                "run",
+                "--release",
+                "--package",
+                "sensor-tests",
+                "--bin",
+                "bench-agent",
+                "--",
+            ];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        other => bail!("unknown benchmark {other:?} (known: datapath, agent)"),
     }
 }

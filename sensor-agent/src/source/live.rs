@@ -14,7 +14,12 @@ use std::{
 use aya::programs::{tc, xdp::XdpMode, TcAttachType};
 use sensor_common::{FlowKey, FlowStats};
 
-use crate::datapath::{Datapath, DatapathError, LoadOptions};
+use crate::{
+    alarm::AlarmEvent,
+    datapath::{Datapath, DatapathError, LoadOptions},
+    engine::Engine,
+    flow::record::FlowRecord,
+};
 
 /// Converts `bpf_jiffies64()` values to nanoseconds since the epoch.
 ///
@@ -116,8 +121,13 @@ pub struct Attachment {
     pub egress: bool,
 }
 
-/// A kernel flow with its first and last packet as wall-clock ns.
-pub type TimedFlow = (FlowKey, FlowStats, u64, u64);
+/// What one poll cycle produced.
+pub struct PollResult {
+    /// Flows in the kernel map at this poll.
+    pub kernel_flows: usize,
+    pub events: Vec<AlarmEvent>,
+    pub ended: Vec<FlowRecord>,
+}
 
 pub struct LiveSource {
     pub dp: Datapath,
@@ -136,6 +146,8 @@ fn check_iface(iface: &str) -> Result<(), LiveError> {
 }
 
 impl LiveSource {
+    /// Loads the datapath, attaches it to `ifaces` (none: loaded only, as benchmarks use it)
+    /// and calibrates the clock.
     pub fn start(ifaces: &[String], egress: bool, load: &LoadOptions) -> Result<Self, LiveError> {
         let mut dp = Datapath::load(load)?;
         let mut attachments = Vec::new();
@@ -187,24 +199,32 @@ impl LiveSource {
         })
     }
 
-    /// Reads every kernel flow, with times converted to wall-clock ns: (key, stats, first, last).
-    pub fn poll(&mut self) -> Result<(u64, Vec<TimedFlow>), LiveError> {
+    /// One poll cycle: reads every kernel flow (batched), feeds the engine with wall-clock
+    /// times, evaluates, and deletes from the kernel the flows the engine ended. Returns the
+    /// alarm events and the ended flows.
+    pub fn poll_into(&mut self, engine: &mut Engine) -> Result<PollResult, LiveError> {
         self.clock.reanchor(&mut self.dp)?;
         self.dp.flows_batched(&mut self.scratch)?;
         let clock = self.clock;
-        let flows = self
-            .scratch
-            .iter()
-            .map(|(k, s)| {
-                (
-                    *k,
-                    *s,
-                    clock.to_wall_ns(s.first_seen),
-                    clock.to_wall_ns(s.last_seen),
-                )
-            })
-            .collect();
-        Ok((clock.anchor_wall_ns(), flows))
+        for (key, stats) in &self.scratch {
+            engine.update_flow(
+                key,
+                stats,
+                clock.to_wall_ns(stats.first_seen),
+                clock.to_wall_ns(stats.last_seen),
+            );
+        }
+        let (events, ended) = engine.tick(clock.anchor_wall_ns());
+        if !ended.is_empty() {
+            let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
+            self.dp.delete_flows(&keys)?;
+        }
+        self.dp.flush_log();
+        Ok(PollResult {
+            kernel_flows: self.scratch.len(),
+            events,
+            ended,
+        })
     }
 }
 
