@@ -54,6 +54,11 @@ impl Engine {
     pub fn tick(&mut self, now: u64) -> (Vec<AlarmEvent>, Vec<FlowRecord>) {
         let mut events = Vec::new();
         for conv in self.table.conversations() {
+            // Only what changed can newly satisfy a rule; open alarms are re-evaluated every
+            // tick for their suppression window and to notice a rule that stopped holding.
+            if !conv.dirty && !self.alarms.has_open(&conv.key) {
+                continue;
+            }
             if self.skip_multicast && is_group_address(conv) {
                 continue;
             }
@@ -67,6 +72,7 @@ impl Engine {
                 }
             }
         }
+        self.table.clear_dirty();
         let ended = self.table.expire(now);
         for conv in &ended.conversations {
             events.extend(self.alarms.conversation_ended(conv, now));

@@ -277,19 +277,11 @@ pub fn replay(
         }
         None => {
             out.unattributed = user_unattributed;
-            for (key, stats, first, last) in totals.flows() {
-                out.attributed += stats.packets[0] + stats.packets[1];
-                let stats = FlowStats {
-                    first_seen: 0,
-                    last_seen: 0,
-                    ..*stats
-                };
-                out.flows.push(FlowRecord {
-                    key: *key,
-                    stats,
-                    start_ns: Some(first),
-                    end_ns: Some(last),
-                });
+            for mut record in totals.flows() {
+                out.attributed += record.stats.packets[0] + record.stats.packets[1];
+                record.stats.first_seen = 0;
+                record.stats.last_seen = 0;
+                out.flows.push(record);
             }
         }
     }

@@ -91,6 +91,8 @@ pub struct AlarmManager {
     cfg: AlarmConfig,
     observer: Observer,
     open: HashMap<(&'static str, ConvKey), OpenAlarm>,
+    /// Open alarms per conversation, so conversations without any are skipped cheaply.
+    open_per_conv: HashMap<ConvKey, u32>,
     /// Alarms opened, by rule.
     pub opened_by_rule: BTreeMap<&'static str, u64>,
     /// Findings dropped by the allowlist.
@@ -103,6 +105,7 @@ impl AlarmManager {
             cfg,
             observer,
             open: HashMap::new(),
+            open_per_conv: HashMap::new(),
             opened_by_rule: BTreeMap::new(),
             allowlisted: 0,
         }
@@ -110,6 +113,24 @@ impl AlarmManager {
 
     pub fn open_count(&self) -> usize {
         self.open.len()
+    }
+
+    /// Whether any rule has an open alarm on `conv`.
+    pub fn has_open(&self, conv: &ConvKey) -> bool {
+        !self.open_per_conv.is_empty() && self.open_per_conv.contains_key(conv)
+    }
+
+    fn opened(&mut self, conv: ConvKey) {
+        *self.open_per_conv.entry(conv).or_default() += 1;
+    }
+
+    fn closed(&mut self, conv: ConvKey) {
+        if let Some(n) = self.open_per_conv.get_mut(&conv) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_per_conv.remove(&conv);
+            }
+        }
     }
 
     /// Whether `rule` has an open alarm on `conv`.
@@ -141,7 +162,11 @@ impl AlarmManager {
         let slot = (rule, conv.key);
         let Some(finding) = finding else {
             // The rule no longer holds (a quiet conversation got loud): close.
+            if !self.has_open(&conv.key) {
+                return None;
+            }
             let alarm = self.open.remove(&slot)?;
+            self.closed(conv.key);
             return Some(self.render(
                 rule,
                 Action::Closed,
@@ -169,6 +194,7 @@ impl AlarmManager {
                 *self.opened_by_rule.entry(rule).or_default() += 1;
                 let event = self.render(rule, Action::Opened, &alarm, conv, now, None);
                 self.open.insert(slot, alarm);
+                self.opened(conv.key);
                 Some(event)
             }
             Some(alarm) => {
@@ -208,6 +234,7 @@ impl AlarmManager {
         let mut out = Vec::new();
         for rule in rules {
             if let Some(alarm) = self.open.remove(&(rule, conv.key)) {
+                self.closed(conv.key);
                 out.push(self.render(
                     rule,
                     Action::Closed,
@@ -245,7 +272,7 @@ impl AlarmManager {
             event["reason"] = json!(r);
         }
         let flow = FlowRecord {
-            key: conv.last_flow,
+            key: conv.last_flow_key(),
             stats: Default::default(),
             start_ns: None,
             end_ns: None,

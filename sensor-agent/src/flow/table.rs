@@ -7,10 +7,17 @@
 //! tolerance after their last flow ended. Memory is bounded: beyond the configured maxima new
 //! flows are dropped and counted, never silently.
 //!
+//! Layout, for memory and cache (the agent holds up to millions of flows): flows and
+//! conversations live in slabs (vectors with free lists), found through hash tables that
+//! hold only 4-byte slab indices, hashed with a randomly keyed hasher (the keys come from
+//! hostile traffic, so hash flooding must not be predictable). A flow refers to its
+//! conversation by index. A snapshot that did not change a flow costs one lookup and a
+//! compare, and only changed conversations are re-evaluated (`dirty`).
+//!
 //! It never decides whether anything is suspicious: detectors read conversations from it.
 
-use std::collections::HashMap;
-
+use ahash::RandomState;
+use hashbrown::HashTable;
 use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
 
 use crate::{config::FlowConfig, flow::record::FlowRecord};
@@ -44,15 +51,17 @@ pub struct Conversation {
     pub client_bytes: u64,
     pub server_packets: u64,
     pub server_bytes: u64,
+    /// When the last flow ended; the conversation ends `conversation_gap` later.
+    pub idle_since_ns: Option<u64>,
     /// Flows of this conversation now in the table.
     pub open_flows: u32,
     /// Flows this conversation has had (reconnects + 1).
-    pub flows_seen: u64,
-    /// When the last flow ended; the conversation ends `conversation_gap` later.
-    pub idle_since_ns: Option<u64>,
-    /// The most recent flow (its client port, community id).
-    pub last_flow: FlowKey,
+    pub flows_seen: u32,
+    /// Client port of the most recent flow.
     pub client_port: u16,
+    /// Changed since the detectors last looked (cleared by [`FlowTable::clear_dirty`]).
+    pub dirty: bool,
+    in_use: bool,
 }
 
 impl Conversation {
@@ -63,15 +72,55 @@ impl Conversation {
     pub fn total_bytes(&self) -> u64 {
         self.client_bytes + self.server_bytes
     }
+
+    /// The most recent flow's key (for its Community ID).
+    pub fn last_flow_key(&self) -> FlowKey {
+        FlowKey::canonical(
+            &self.key.client,
+            self.client_port,
+            &self.key.server,
+            self.key.server_port,
+            self.key.proto,
+        )
+        .0
+    }
 }
 
+/// One flow: the counters last applied (kernel snapshot or packet sum), compactly.
 #[derive(Clone, Debug)]
 struct Flow {
-    /// Cumulative counters as last applied (kernel snapshot or packet sum).
-    stats: FlowStats,
+    key: FlowKey,
+    packets: [u64; 2],
+    bytes: [u64; 2],
     first_ns: u64,
     last_ns: u64,
-    conv: ConvKey,
+    tcp_flags: u16,
+    client: u8,
+    client_source: u8,
+    in_use: bool,
+    conv: u32,
+}
+
+impl Flow {
+    fn stats(&self) -> FlowStats {
+        FlowStats {
+            packets: self.packets,
+            bytes: self.bytes,
+            tcp_flags: self.tcp_flags as u64,
+            client: self.client,
+            client_source: self.client_source,
+            ..FlowStats::default()
+        }
+    }
+
+    fn record(&self) -> FlowRecord {
+        FlowRecord {
+            key: self.key,
+            stats: self.stats(),
+            start_ns: Some(self.first_ns),
+            end_ns: Some(self.last_ns),
+        }
+    }
 }
 
 /// What the table counted about itself.
@@ -99,15 +148,50 @@ pub struct Ended {
     pub conversations: Vec<Conversation>,
 }
 
+/// A slab: values addressed by a stable u32 index, with a free list.
+struct Slab<T> {
+    items: Vec<T>,
+    free: Vec<u32>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+
+    fn insert(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i as usize] = value;
+                i
+            }
+            None => {
+                self.items.push(value);
+                (self.items.len() - 1) as u32
+            }
+        }
+    }
+}
+
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Flow>,
-    convs: HashMap<ConvKey, Conversation>,
+    hasher: RandomState,
+    flows: Slab<Flow>,
+    flow_index: HashTable<u32>,
+    convs: Slab<Conversation>,
+    conv_index: HashTable<u32>,
     pub counters: TableCounters,
 }
 
-fn conv_key(key: &FlowKey, stats: &FlowStats) -> ConvKey {
-    if stats.client == CLIENT_LO {
+fn conv_key(key: &FlowKey, client: u8) -> ConvKey {
+    if client == CLIENT_LO {
         ConvKey {
             client: key.addr_lo,
             server: key.addr_hi,
@@ -124,27 +208,21 @@ fn conv_key(key: &FlowKey, stats: &FlowStats) -> ConvKey {
     }
 }
 
-/// (client packets, client bytes, server packets, server bytes) of cumulative counters.
-fn oriented(stats: &FlowStats) -> [u64; 4] {
-    let (c, s) = if stats.client == CLIENT_LO {
-        (0, 1)
-    } else {
-        (1, 0)
-    };
-    [
-        stats.packets[c],
-        stats.bytes[c],
-        stats.packets[s],
-        stats.bytes[s],
-    ]
+/// (client packets, client bytes, server packets, server bytes).
+fn oriented(packets: &[u64; 2], bytes: &[u64; 2], client: u8) -> [u64; 4] {
+    let (c, s) = if client == CLIENT_LO { (0, 1) } else { (1, 0) };
+    [packets[c], bytes[c], packets[s], bytes[s]]
 }
 
 impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
         FlowTable {
             cfg,
-            flows: HashMap::new(),
-            convs: HashMap::new(),
+            hasher: RandomState::new(),
+            flows: Slab::new(),
+            flow_index: HashTable::new(),
+            convs: Slab::new(),
+            conv_index: HashTable::new(),
             counters: TableCounters::default(),
         }
     }
@@ -158,178 +236,269 @@ impl FlowTable {
     }
 
     pub fn conversations(&self) -> impl Iterator<Item = &Conversation> {
-        self.convs.values()
+        self.convs.items.iter().filter(|c| c.in_use)
+    }
+
+    /// Clears every conversation's `dirty` mark (after the detectors looked at them).
+    pub fn clear_dirty(&mut self) {
+        for c in self.convs.items.iter_mut() {
+            c.dirty = false;
+        }
     }
 
     pub fn conversation(&self, key: &ConvKey) -> Option<&Conversation> {
-        self.convs.get(key)
+        self.find_conv(key).map(|i| &self.convs.items[i as usize])
     }
 
     /// Flows with their cumulative counters and times (for `--flows` output).
-    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowStats, u64, u64)> {
+    pub fn flows(&self) -> impl Iterator<Item = FlowRecord> + '_ {
         self.flows
+            .items
             .iter()
-            .map(|(k, f)| (k, &f.stats, f.first_ns, f.last_ns))
+            .filter(|f| f.in_use)
+            .map(Flow::record)
+    }
+
+    fn find_flow(&self, key: &FlowKey) -> Option<u32> {
+        let items = &self.flows.items;
+        self.flow_index
+            .find(self.hasher.hash_one(key), |&i| {
+                items[i as usize].key == *key
+            })
+            .copied()
+    }
+
+    fn find_conv(&self, key: &ConvKey) -> Option<u32> {
+        let items = &self.convs.items;
+        self.conv_index
+            .find(self.hasher.hash_one(key), |&i| {
+                items[i as usize].key == *key
+            })
+            .copied()
     }
 
     /// Adds one packet (replay).
     pub fn add_packet(&mut self, key: &FlowKey, dir: usize, len: u64, tcp_flags: u8, ts: u64) {
         let dir = dir & 1;
-        let mut stats = match self.flows.get(key) {
-            Some(f) => f.stats,
-            None => {
-                let mut s = FlowStats {
-                    client: if dir == 0 { CLIENT_LO } else { CLIENT_HI },
-                    ..FlowStats::default()
-                };
-                s.first_seen = ts;
-                s
+        let sender = if dir == 0 { CLIENT_LO } else { CLIENT_HI };
+        let mut stats = match self.find_flow(key) {
+            Some(i) => {
+                let f = &self.flows.items[i as usize];
+                FlowStats {
+                    first_seen: f.first_ns,
+                    ..f.stats()
+                }
             }
+            None => FlowStats {
+                client: sender,
+                first_seen: ts,
+                ..FlowStats::default()
+            },
         };
         if key.proto == TCP
             && tcp_flags & (SYN | ACK) == SYN
             && stats.client_source != CLIENT_BY_SYN
         {
-            stats.client = if dir == 0 { CLIENT_LO } else { CLIENT_HI };
+            stats.client = sender;
             stats.client_source = CLIENT_BY_SYN;
         }
         stats.packets[dir] += 1;
         stats.bytes[dir] += len;
         stats.tcp_flags |= (tcp_flags as u64) << (dir * 8);
-        let first = self.flows.get(key).map_or(ts, |f| f.first_ns.min(ts));
-        self.update(key, &stats, first, ts);
+        self.update(key, &stats, stats.first_seen.min(ts), ts);
     }
 
     /// Applies cumulative counters for a flow (a kernel snapshot, or a packet sum).
     pub fn update(&mut self, key: &FlowKey, stats: &FlowStats, first_ns: u64, last_ns: u64) {
-        let new_conv = conv_key(key, stats);
-        let (prev, old_conv) = match self.flows.get(key) {
-            Some(f) => (f.stats, Some(f.conv)),
-            None => {
-                if self.flows.len() >= self.cfg.max_flows {
-                    self.counters.flows_dropped += 1;
-                    return;
-                }
-                (FlowStats::default(), None)
-            }
-        };
-        if !self.convs.contains_key(&new_conv) && self.convs.len() >= self.cfg.max_conversations {
-            self.counters.conversations_dropped += 1;
-            if old_conv.is_none() {
+        let found = self.find_flow(key);
+        if let Some(i) = found {
+            let f = &self.flows.items[i as usize];
+            // The common case live: an idle flow whose counters did not move (its converted
+            // times may still jitter by a jiffy as the clock is re-anchored: ignore that).
+            if f.packets == stats.packets
+                && f.client == stats.client
+                && f.tcp_flags as u64 == stats.tcp_flags
+            {
                 return;
             }
+        } else if self.flows.len() >= self.cfg.max_flows {
+            self.counters.flows_dropped += 1;
+            return;
         }
-        let mut delta = {
-            let (now, was) = (oriented(stats), oriented(&prev));
-            let mut d = [0u64; 4];
-            let mut reset = false;
-            for i in 0..4 {
-                if now[i] < was[i] {
-                    reset = true;
-                }
-                d[i] = now[i].wrapping_sub(was[i]);
+        let new_conv_key = conv_key(key, stats.client);
+        let (prev, old_conv) = match found {
+            Some(i) => {
+                let f = &self.flows.items[i as usize];
+                ((f.packets, f.bytes, f.client), Some(f.conv))
             }
-            if reset && stats.client == prev.client {
-                // The kernel entry was evicted and re-created: its counters restarted.
-                self.counters.counter_resets += 1;
-                d = now;
-            }
-            d
+            None => (([0; 2], [0; 2], stats.client), None),
         };
+        let now = oriented(&stats.packets, &stats.bytes, stats.client);
+        let was = oriented(&prev.0, &prev.1, prev.2);
+        let mut delta = [0u64; 4];
+        let mut reset = false;
+        for i in 0..4 {
+            reset |= now[i] < was[i];
+            delta[i] = now[i].wrapping_sub(was[i]);
+        }
+        if reset && stats.client == prev.2 {
+            // The kernel entry was evicted and re-created: its counters restarted.
+            self.counters.counter_resets += 1;
+            delta = now;
+        }
         // The client can be learnt late (a SYN after a first packet from the server): move
         // what this flow already contributed to the right conversation.
-        if let Some(old) = old_conv.filter(|c| *c != new_conv) {
-            let was = oriented(&prev);
-            if let Some(c) = self.convs.get_mut(&old) {
+        let mut conv_idx = old_conv;
+        if let Some(old) = old_conv {
+            if self.convs.items[old as usize].key != new_conv_key {
+                let c = &mut self.convs.items[old as usize];
                 c.client_packets = c.client_packets.saturating_sub(was[0]);
                 c.client_bytes = c.client_bytes.saturating_sub(was[1]);
                 c.server_packets = c.server_packets.saturating_sub(was[2]);
                 c.server_bytes = c.server_bytes.saturating_sub(was[3]);
                 c.open_flows = c.open_flows.saturating_sub(1);
+                c.dirty = true;
                 if c.open_flows == 0 {
                     c.idle_since_ns = Some(c.last_ns);
                 }
+                delta = now;
+                conv_idx = None;
             }
-            delta = oriented(stats);
         }
-        let gap = self.cfg.conversation_gap.as_nanos();
-        let conv = match self.convs.get_mut(&new_conv) {
-            Some(c) => {
-                // A conversation idle for longer than the gap tolerance starts afresh (it will
-                // be ended at the next tick; a new flow must not inherit its clock).
-                if c.idle_since_ns
-                    .is_some_and(|idle| first_ns > idle.saturating_add(gap))
-                    && c.open_flows == 0
-                {
-                    *c = Self::new_conversation(new_conv, key, first_ns);
-                    self.counters.conversations_created += 1;
+        let joined = conv_idx.is_none();
+        let conv_idx = match conv_idx {
+            Some(i) => i,
+            None => match self.join_conversation(new_conv_key, first_ns) {
+                Some(i) => i,
+                None => {
+                    self.counters.conversations_dropped += 1;
+                    if let Some(i) = found {
+                        self.remove_flow(i);
+                    }
+                    return;
                 }
-                c
-            }
-            None => {
-                self.counters.conversations_created += 1;
-                self.convs
-                    .entry(new_conv)
-                    .or_insert_with(|| Self::new_conversation(new_conv, key, first_ns))
-            }
+            },
         };
-        if old_conv != Some(new_conv) {
-            conv.open_flows += 1;
-            conv.flows_seen += 1;
-            conv.idle_since_ns = None;
-        }
-        conv.client_packets += delta[0];
-        conv.client_bytes += delta[1];
-        conv.server_packets += delta[2];
-        conv.server_bytes += delta[3];
-        conv.start_ns = conv.start_ns.min(first_ns);
-        conv.last_ns = conv.last_ns.max(last_ns);
-        conv.last_flow = *key;
-        conv.client_port = if stats.client == CLIENT_LO {
+        let client_port = if stats.client == CLIENT_LO {
             key.port_lo
         } else {
             key.port_hi
         };
-        if old_conv.is_none() {
-            self.counters.flows_created += 1;
+        let c = &mut self.convs.items[conv_idx as usize];
+        if joined {
+            c.open_flows += 1;
+            c.flows_seen += 1;
+            c.idle_since_ns = None;
         }
-        let flow = self.flows.entry(*key).or_insert(Flow {
-            stats: *stats,
+        c.client_packets += delta[0];
+        c.client_bytes += delta[1];
+        c.server_packets += delta[2];
+        c.server_bytes += delta[3];
+        c.start_ns = c.start_ns.min(first_ns);
+        c.last_ns = c.last_ns.max(last_ns);
+        c.client_port = client_port;
+        c.dirty = true;
+
+        let flow = Flow {
+            key: *key,
+            packets: stats.packets,
+            bytes: stats.bytes,
             first_ns,
             last_ns,
-            conv: new_conv,
-        });
-        flow.stats = *stats;
-        flow.first_ns = flow.first_ns.min(first_ns);
-        flow.last_ns = flow.last_ns.max(last_ns);
-        flow.conv = new_conv;
+            tcp_flags: stats.tcp_flags as u16,
+            client: stats.client,
+            client_source: stats.client_source,
+            in_use: true,
+            conv: conv_idx,
+        };
+        match found {
+            Some(i) => {
+                let f = &mut self.flows.items[i as usize];
+                let first = f.first_ns.min(first_ns);
+                let last = f.last_ns.max(last_ns);
+                *f = Flow {
+                    first_ns: first,
+                    last_ns: last,
+                    ..flow
+                };
+            }
+            None => {
+                let i = self.flows.insert(flow);
+                let items = &self.flows.items;
+                let hasher = &self.hasher;
+                self.flow_index
+                    .insert_unique(hasher.hash_one(key), i, |&j| {
+                        hasher.hash_one(items[j as usize].key)
+                    });
+                self.counters.flows_created += 1;
+            }
+        }
     }
 
-    fn new_conversation(key: ConvKey, flow: &FlowKey, start: u64) -> Conversation {
-        Conversation {
-            key,
-            start_ns: start,
-            last_ns: start,
-            client_packets: 0,
-            client_bytes: 0,
-            server_packets: 0,
-            server_bytes: 0,
-            open_flows: 0,
-            flows_seen: 0,
-            idle_since_ns: None,
-            last_flow: *flow,
-            client_port: 0,
+    /// The conversation a new flow starting at `first_ns` joins (created if needed), or
+    /// `None` when the conversation table is full.
+    fn join_conversation(&mut self, key: ConvKey, first_ns: u64) -> Option<u32> {
+        let gap = self.cfg.conversation_gap.as_nanos();
+        if let Some(i) = self.find_conv(&key) {
+            let c = &mut self.convs.items[i as usize];
+            // A conversation idle for longer than the gap tolerance starts afresh (it would
+            // be ended at the next tick; a new flow must not inherit its clock).
+            if c.open_flows == 0
+                && c.idle_since_ns
+                    .is_some_and(|idle| first_ns > idle.saturating_add(gap))
+            {
+                *c = new_conversation(key, first_ns);
+                self.counters.conversations_created += 1;
+            }
+            return Some(i);
         }
+        if self.convs.len() >= self.cfg.max_conversations {
+            return None;
+        }
+        let i = self.convs.insert(new_conversation(key, first_ns));
+        let items = &self.convs.items;
+        let hasher = &self.hasher;
+        self.conv_index
+            .insert_unique(hasher.hash_one(key), i, |&j| {
+                hasher.hash_one(items[j as usize].key)
+            });
+        self.counters.conversations_created += 1;
+        Some(i)
+    }
+
+    fn remove_flow(&mut self, i: u32) -> Flow {
+        let key = self.flows.items[i as usize].key;
+        if let Ok(entry) = self
+            .flow_index
+            .find_entry(self.hasher.hash_one(key), |&j| j == i)
+        {
+            entry.remove();
+        }
+        let f = &mut self.flows.items[i as usize];
+        f.in_use = false;
+        self.flows.free.push(i);
+        f.clone()
+    }
+
+    fn remove_conv(&mut self, i: u32) -> Conversation {
+        let key = self.convs.items[i as usize].key;
+        if let Ok(entry) = self
+            .conv_index
+            .find_entry(self.hasher.hash_one(key), |&j| j == i)
+        {
+            entry.remove();
+        }
+        let c = &mut self.convs.items[i as usize];
+        c.in_use = false;
+        self.convs.free.push(i);
+        c.clone()
     }
 
     /// The idle timeout that applies to a flow now.
-    fn timeout_ns(&self, key: &FlowKey, stats: &FlowStats) -> u64 {
-        match key.proto {
+    fn timeout_ns(&self, f: &Flow) -> u64 {
+        match f.key.proto {
             TCP => {
-                let (lo, hi) = (
-                    (stats.tcp_flags & 0xff) as u8,
-                    ((stats.tcp_flags >> 8) & 0xff) as u8,
-                );
+                let (lo, hi) = ((f.tcp_flags & 0xff) as u8, (f.tcp_flags >> 8) as u8);
                 if (lo | hi) & RST != 0 || (lo & FIN != 0 && hi & FIN != 0) {
                     self.cfg.tcp_closed_grace.as_nanos()
                 } else if (lo | hi) & SYN != 0 && !(lo & ACK != 0 && hi & ACK != 0) {
@@ -347,47 +516,62 @@ impl FlowTable {
     /// Ends flows idle past their timeout and conversations idle past the gap tolerance.
     pub fn expire(&mut self, now: u64) -> Ended {
         let mut ended = Ended::default();
-        let expired: Vec<FlowKey> = self
+        let expired: Vec<u32> = self
             .flows
+            .items
             .iter()
-            .filter(|(k, f)| now.saturating_sub(f.last_ns) >= self.timeout_ns(k, &f.stats))
-            .map(|(k, _)| *k)
+            .enumerate()
+            .filter(|(_, f)| f.in_use && now.saturating_sub(f.last_ns) >= self.timeout_ns(f))
+            .map(|(i, _)| i as u32)
             .collect();
-        for key in expired {
-            if let Some(f) = self.flows.remove(&key) {
-                self.counters.flows_ended += 1;
-                if let Some(c) = self.convs.get_mut(&f.conv) {
-                    c.open_flows = c.open_flows.saturating_sub(1);
-                    if c.open_flows == 0 {
-                        c.idle_since_ns = Some(c.last_ns);
-                    }
-                }
-                ended.flows.push(FlowRecord {
-                    key,
-                    stats: f.stats,
-                    start_ns: Some(f.first_ns),
-                    end_ns: Some(f.last_ns),
-                });
+        for i in expired {
+            let f = self.remove_flow(i);
+            self.counters.flows_ended += 1;
+            let c = &mut self.convs.items[f.conv as usize];
+            c.open_flows = c.open_flows.saturating_sub(1);
+            if c.open_flows == 0 {
+                c.idle_since_ns = Some(c.last_ns);
             }
+            c.dirty = true;
+            ended.flows.push(f.record());
         }
         let gap = self.cfg.conversation_gap.as_nanos();
-        let done: Vec<ConvKey> = self
+        let done: Vec<u32> = self
             .convs
+            .items
             .iter()
+            .enumerate()
             .filter(|(_, c)| {
-                c.open_flows == 0
+                c.in_use
+                    && c.open_flows == 0
                     && c.idle_since_ns
                         .is_some_and(|idle| now.saturating_sub(idle) > gap)
             })
-            .map(|(k, _)| *k)
+            .map(|(i, _)| i as u32)
             .collect();
-        for key in done {
-            if let Some(c) = self.convs.remove(&key) {
-                self.counters.conversations_ended += 1;
-                ended.conversations.push(c);
-            }
+        for i in done {
+            ended.conversations.push(self.remove_conv(i));
+            self.counters.conversations_ended += 1;
         }
         ended
+    }
+}
+
+fn new_conversation(key: ConvKey, start: u64) -> Conversation {
+    Conversation {
+        key,
+        start_ns: start,
+        last_ns: start,
+        client_packets: 0,
+        client_bytes: 0,
+        server_packets: 0,
+        server_bytes: 0,
+        idle_since_ns: None,
+        open_flows: 0,
+        flows_seen: 0,
+        client_port: 0,
+        dirty: true,
+        in_use: true,
     }
 }
 

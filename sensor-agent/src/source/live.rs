@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::programs::{tc, xdp::XdpMode, TcAttachType};
-use sensor_common::{FlowKey, FlowStats};
+use sensor_common::FlowKey;
 
 use crate::{
     alarm::AlarmEvent,
@@ -133,7 +133,6 @@ pub struct LiveSource {
     pub dp: Datapath,
     pub clock: JiffiesClock,
     pub attachments: Vec<Attachment>,
-    scratch: Vec<(FlowKey, FlowStats)>,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -195,7 +194,6 @@ impl LiveSource {
             dp,
             clock,
             attachments,
-            scratch: Vec::new(),
         })
     }
 
@@ -204,16 +202,19 @@ impl LiveSource {
     /// alarm events and the ended flows.
     pub fn poll_into(&mut self, engine: &mut Engine) -> Result<PollResult, LiveError> {
         self.clock.reanchor(&mut self.dp)?;
-        self.dp.flows_batched(&mut self.scratch)?;
         let clock = self.clock;
-        for (key, stats) in &self.scratch {
-            engine.update_flow(
-                key,
-                stats,
-                clock.to_wall_ns(stats.first_seen),
-                clock.to_wall_ns(stats.last_seen),
-            );
-        }
+        let mut kernel_flows = 0;
+        self.dp.for_each_flow_batch(|keys, values| {
+            kernel_flows += keys.len();
+            for (key, stats) in keys.iter().zip(values) {
+                engine.update_flow(
+                    key,
+                    stats,
+                    clock.to_wall_ns(stats.first_seen),
+                    clock.to_wall_ns(stats.last_seen),
+                );
+            }
+        })?;
         let (events, ended) = engine.tick(clock.anchor_wall_ns());
         if !ended.is_empty() {
             let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
@@ -221,7 +222,7 @@ impl LiveSource {
         }
         self.dp.flush_log();
         Ok(PollResult {
-            kernel_flows: self.scratch.len(),
+            kernel_flows,
             events,
             ended,
         })
