@@ -103,3 +103,171 @@ impl Engine {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        alarm::Action,
+        config::{AllowRule, Cidr, HumanDuration},
+    };
+    use sensor_common::ipv4_mapped;
+
+    const S: u64 = 1_000_000_000;
+
+    fn engine(tweak: impl FnOnce(&mut Config)) -> Engine {
+        let mut cfg = Config::default();
+        cfg.detect.long_flow.after = HumanDuration::secs(100);
+        cfg.detect.long_flow.ladder = vec![HumanDuration::secs(200), HumanDuration::secs(400)];
+        cfg.detect.quiet_long_flow.after = HumanDuration::secs(100);
+        cfg.alarm.suppression_window = HumanDuration::secs(1000);
+        tweak(&mut cfg);
+        Engine::new(&cfg, Observer::default())
+    }
+
+    /// A TCP session 10.0.0.1:40000 -> 10.0.0.2:3333 with a 60-byte keepalive every 10 s from
+    /// `from` to `to` seconds, ticking after each.
+    fn session(e: &mut Engine, port: u16, from: u64, to: u64, bytes: u64) -> Vec<AlarmEvent> {
+        let (key, dir) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 0, 1]),
+            port,
+            &ipv4_mapped([10, 0, 0, 2]),
+            3333,
+            6,
+        );
+        let mut events = Vec::new();
+        let mut t = from;
+        while t <= to {
+            let flags = if t == from { 0x02 } else { 0x18 };
+            e.add_packet(&key, dir, bytes, flags, t * S);
+            e.add_packet(&key, 1 - dir, bytes, 0x12, t * S);
+            events.extend(e.tick(t * S).0);
+            t += 10;
+        }
+        events
+    }
+
+    fn actions(events: &[AlarmEvent], rule: &str) -> Vec<(Action, u64)> {
+        events
+            .iter()
+            .filter(|e| e.rule == rule)
+            .map(|e| (e.action, e.json["event"]["severity"].as_u64().unwrap_or(99)))
+            .collect()
+    }
+
+    #[test]
+    fn long_flow_opens_once_and_escalates_on_the_ladder_with_one_id() {
+        let mut e = engine(|_| {});
+        let events = session(&mut e, 40000, 0, 450, 60);
+        let long: Vec<&AlarmEvent> = events.iter().filter(|x| x.rule == "long_flow").collect();
+        assert_eq!(
+            actions(&events, "long_flow"),
+            vec![
+                (Action::Opened, 3),
+                (Action::Updated, 4),
+                (Action::Updated, 5)
+            ]
+        );
+        assert!(
+            long.iter().all(|x| x.id == long[0].id),
+            "one alarm id across the ladder"
+        );
+        assert_eq!(long[0].json["sensor"]["evidence"]["duration_s"], 100.0);
+        assert_eq!(long[1].json["sensor"]["evidence"]["rung"], 2);
+    }
+
+    #[test]
+    fn quiet_long_flow_needs_both_duration_and_a_low_rate_and_closes_when_it_gets_loud() {
+        let mut e = engine(|_| {});
+        let events = session(&mut e, 40000, 0, 150, 60);
+        assert_eq!(
+            actions(&events, "quiet_long_flow"),
+            vec![(Action::Opened, 5)]
+        );
+        // Loud: 100 kB every 10 s pushes the average far above 200 B/s.
+        let events = session(&mut e, 40000, 160, 300, 100_000);
+        assert_eq!(
+            actions(&events, "quiet_long_flow").first().map(|a| a.0),
+            Some(Action::Closed)
+        );
+        let mut loud = engine(|_| {});
+        let events = session(&mut loud, 40000, 0, 300, 100_000);
+        assert!(
+            actions(&events, "quiet_long_flow").is_empty(),
+            "a busy long flow is not quiet"
+        );
+        assert!(!actions(&events, "long_flow").is_empty(), "but it is long");
+    }
+
+    #[test]
+    fn reconnects_keep_the_clock_and_the_end_closes_the_alarm() {
+        let mut e = engine(|c| {
+            c.flow.tcp_idle_timeout = HumanDuration::secs(30);
+            c.flow.conversation_gap = HumanDuration::secs(60);
+        });
+        let mut events = session(&mut e, 40000, 0, 60, 60);
+        // The first connection goes idle and ends; the client reconnects from another port.
+        events.extend(session(&mut e, 40001, 100, 160, 60));
+        let opened: Vec<&AlarmEvent> = events
+            .iter()
+            .filter(|x| x.rule == "long_flow" && x.action == Action::Opened)
+            .collect();
+        assert_eq!(opened.len(), 1, "the conversation spans both connections");
+        assert_eq!(opened[0].json["sensor"]["conversation"]["flows"], 2);
+        assert_eq!(opened[0].json["source"]["port"], 40001);
+        // Silence past idle timeout + gap: the conversation ends and its alarms close.
+        let (closing, _) = e.tick(400 * S);
+        assert!(closing
+            .iter()
+            .any(|x| x.rule == "long_flow" && x.action == Action::Closed && x.id == opened[0].id));
+        assert_eq!(e.alarms.open_count(), 0);
+    }
+
+    #[test]
+    fn suppression_window_limits_updates_and_allowlist_silences() {
+        let mut e = engine(|c| {
+            c.detect.long_flow.ladder = vec![];
+            c.alarm.suppression_window = HumanDuration::secs(50);
+        });
+        let events = session(&mut e, 40000, 0, 260, 60);
+        let updates = actions(&events, "long_flow")
+            .iter()
+            .filter(|a| a.0 == Action::Updated)
+            .count();
+        assert_eq!(
+            updates, 3,
+            "open at 100 s, then one update per 50 s window up to 260 s"
+        );
+        let hits = events
+            .iter()
+            .rev()
+            .find(|x| x.rule == "long_flow")
+            .map(|x| x.json["sensor"]["hits"].as_u64());
+        assert_eq!(
+            hits,
+            Some(Some(16)),
+            "every evaluation that held counts as a hit"
+        );
+
+        let mut allowed = engine(|c| {
+            c.alarm.allow = vec![AllowRule {
+                cidr: Some(Cidr::parse("10.0.0.0/30").expect("cidr")),
+                port: Some(3333),
+                rules: vec![],
+            }]
+        });
+        assert!(session(&mut allowed, 40000, 0, 300, 60).is_empty());
+        assert!(allowed.alarms.allowlisted > 0);
+        let mut other_port = engine(|c| {
+            c.alarm.allow = vec![AllowRule {
+                cidr: None,
+                port: Some(22),
+                rules: vec![],
+            }]
+        });
+        assert!(
+            !session(&mut other_port, 40000, 0, 300, 60).is_empty(),
+            "an allow entry for another port does not apply"
+        );
+    }
+}

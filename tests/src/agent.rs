@@ -159,6 +159,15 @@ impl Run {
     }
 }
 
+/// The agent with any arguments.
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let out = command()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
+    Run::from(out)
+}
+
 /// `sensor-agent replay --engine ENGINE [--flows FLOWS] CAPTURES...`.
 pub fn replay(engine: &str, flows: Option<&Path>, captures: &[&Path]) -> Run {
     let mut c = command();

@@ -563,3 +563,38 @@ fn kernel_random_garbage_matches_the_user_parser_frame_by_frame() {
         check(&mut k, &format!("garbage frame {i}"), &frame, expect, false);
     }
 }
+
+#[test]
+fn kernel_batched_reads_equal_key_by_key_reads_and_deletes_remove_flows() {
+    let mut k = Kernel::load(65536);
+    for i in 0..20_000u32 {
+        let src = [10, 77, (i >> 8) as u8, i as u8];
+        let f = frames::v4_frame(
+            &[],
+            src,
+            V4_B,
+            17,
+            &[],
+            Frag::default(),
+            &frames::udp(1000 + (i % 7) as u16, 53, b"q"),
+        );
+        k.xdp(&f.frame);
+    }
+    let mut batched = Vec::new();
+    k.dp.flows_batched(&mut batched).expect("batched read");
+    let mut keyed = k.flows();
+    batched.sort_by_key(|(key, _)| *key);
+    keyed.sort_by_key(|(key, _)| *key);
+    assert_eq!(batched.len(), 20_000);
+    assert_eq!(
+        batched, keyed,
+        "both read methods see the same flows and counters"
+    );
+    let gone: Vec<FlowKey> = batched.iter().step_by(2).map(|(key, _)| *key).collect();
+    k.dp.delete_flows(&gone).expect("delete");
+    k.dp.delete_flows(&gone)
+        .expect("deleting again is not an error");
+    k.dp.flows_batched(&mut batched).expect("batched read");
+    assert_eq!(batched.len(), 10_000);
+    assert!(batched.iter().all(|(key, _)| !gone.contains(key)));
+}
