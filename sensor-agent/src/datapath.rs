@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
@@ -151,18 +151,7 @@ impl Datapath {
 
     /// The kernel's `jiffies` now (the clock of `FlowStats::first_seen`/`last_seen`).
     pub fn jiffies(&mut self) -> Result<u64, DatapathError> {
-        let frame = [0u8; 64];
-        let opts = TestRunOptions {
-            data_in: Some(&frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        self.clock_program()?
-            .test_run(opts)
-            .map_err(|e| DatapathError::Program {
-                name: CLOCK_PROGRAM,
-                source: Box::new(e),
-            })?;
+        self.test_run(CLOCK_PROGRAM, &[0u8; 64])?;
         let map = self
             .ebpf
             .map(CLOCK_MAP)
@@ -222,39 +211,35 @@ impl Datapath {
         })
     }
 
-    /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
-    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
+    /// Runs program `name` once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
+    fn test_run(&mut self, name: &'static str, frame: &[u8]) -> Result<u32, DatapathError> {
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat: 1,
             ..Default::default()
         };
-        let result = self
-            .xdp()?
-            .test_run(opts)
+        let result = match self.ebpf.program_mut(name) {
+            Some(Program::Xdp(p)) => p.test_run(opts),
+            Some(Program::SchedClassifier(p)) => p.test_run(opts),
+            _ => return Err(DatapathError::Missing(name)),
+        };
+        result
+            .map(|r| r.return_value)
             .map_err(|e| DatapathError::Program {
-                name: XDP_PROGRAM,
+                name,
                 source: Box::new(e),
-            })?;
-        Ok(result.return_value)
+            })
+    }
+
+    /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
+    pub fn test_run_xdp(&mut self, frame: &[u8]) -> Result<u32, DatapathError> {
+        self.test_run(XDP_PROGRAM, frame)
     }
 
     /// Runs the TC egress program once on `frame` (an skb) with BPF_PROG_TEST_RUN; returns its
     /// verdict.
     pub fn test_run_tc_egress(&mut self, frame: &[u8]) -> Result<i32, DatapathError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        let result = self
-            .tc_egress()?
-            .test_run(opts)
-            .map_err(|e| DatapathError::Program {
-                name: TC_EGRESS_PROGRAM,
-                source: Box::new(e),
-            })?;
-        Ok(result.return_value as i32)
+        Ok(self.test_run(TC_EGRESS_PROGRAM, frame)? as i32)
     }
 
     /// One flow's counters, if the kernel holds it.

@@ -247,35 +247,32 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             engine.alarms.open_count()
         ));
     }
-    if outcome.cut_frames > 0 {
-        summary.push_str(&format!(
-            "; {} frames shorter in the capture than on the wire",
-            outcome.cut_frames
-        ));
-    }
-    if outcome.time_jumps_back > 0 {
-        summary.push_str(&format!(
-            "; {} frames earlier than the replay clock (merged captures)",
-            outcome.time_jumps_back
-        ));
-    }
-    if outcome.evicted_flows > 0 {
-        summary.push_str(&format!(
-            "; {} flows evicted from a full kernel map (raise --max-flows)",
-            outcome.evicted_flows
-        ));
-    }
-    if outcome.unstamped_flows > 0 {
-        summary.push_str(&format!(
-            "; {} kernel flows without capture times",
-            outcome.unstamped_flows
-        ));
-    }
-    let dropped = engine.table.counters.flows_dropped + engine.table.counters.conversations_dropped;
-    if dropped > 0 {
-        summary.push_str(&format!(
-            "; {dropped} flows dropped by a full flow table (raise flow.max_flows)"
-        ));
+    let notes = [
+        (
+            outcome.cut_frames,
+            "frames shorter in the capture than on the wire",
+        ),
+        (
+            outcome.time_jumps_back,
+            "frames earlier than the replay clock (merged captures)",
+        ),
+        (
+            outcome.evicted_flows,
+            "flows evicted from a full kernel map (raise --max-flows)",
+        ),
+        (
+            outcome.unstamped_flows,
+            "kernel flows without capture times",
+        ),
+        (
+            engine.table.counters.flows_dropped + engine.table.counters.conversations_dropped,
+            "flows dropped by a full flow table (raise flow.max_flows)",
+        ),
+    ];
+    for (n, what) in notes {
+        if n > 0 {
+            summary.push_str(&format!("; {n} {what}"));
+        }
     }
     eprintln!("{summary}");
     for e in &outcome.errors {
@@ -402,8 +399,9 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
                 .map(|(r, n)| format!("{r} {n}"))
                 .collect();
             eprint!(
-                "\r\x1b[K{} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | alarms: {}",
+                "\r\x1b[K{} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | alarms: {}",
                 ifaces.join(","),
+                engine.table.counters.packets,
                 engine.table.flow_count(),
                 kernel_flows,
                 engine.table.conversation_count(),

@@ -96,7 +96,7 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "--package", "sensor-agent"])?;
             let mut cmd = Command::new(root().join("target/release/sensor-agent"));
             cmd.arg("run").args(&args);
-            exec_status(&mut cmd)
+            run(&mut cmd)
         }
         Cmd::Lab => {
             setup(false)?;
@@ -112,7 +112,7 @@ fn main() -> Result<()> {
                 "--bin",
                 "lab",
             ])?;
-            exec_status(&mut Command::new(root().join("target/release/lab")))
+            run(&mut Command::new(root().join("target/release/lab")))
         }
         Cmd::Test { args } => {
             setup(false)?;
@@ -271,17 +271,7 @@ fn setup(check_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command in the foreground and fails if it does (Ctrl-C reaches it directly).
-fn exec_status(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{} failed ({status})", cmd.get_program().to_string_lossy());
-    }
-    Ok(())
-}
-
+/// Runs a command in the foreground (Ctrl-C reaches it directly) and fails if it does.
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()

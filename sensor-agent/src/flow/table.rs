@@ -136,6 +136,9 @@ pub struct TableCounters {
     pub conversations_dropped: u64,
     /// Kernel counters that went backwards (the kernel entry was evicted and re-created).
     pub counter_resets: u64,
+    /// Packets and bytes the flows have carried since the table started.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// What a tick ended.
@@ -379,6 +382,8 @@ impl FlowTable {
                 }
             },
         };
+        self.counters.packets += delta[0] + delta[2];
+        self.counters.bytes += delta[1] + delta[3];
         let client_port = if stats.client == CLIENT_LO {
             key.port_lo
         } else {
