@@ -127,6 +127,7 @@ impl<'de> Deserialize<'de> for Cidr {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sensor: SensorConfig,
+    pub capture: CaptureConfig,
     pub flow: FlowConfig,
     pub detect: DetectConfig,
     pub alarm: AlarmConfig,
@@ -156,6 +157,31 @@ impl Default for SensorConfig {
             poll_interval: HumanDuration::secs(10),
             max_kernel_flows: crate::datapath::DEFAULT_MAX_FLOWS,
             status_interval: HumanDuration::secs(5),
+        }
+    }
+}
+
+/// What the datapath copies to the agent for the payload classifiers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Payload packets copied per sender of each new TCP/UDP flow (0: none; at most 255).
+    pub payload_packets: u32,
+    /// Bytes copied of each (at most 512).
+    pub payload_bytes: u32,
+    /// Bytes copied of every DNS message, UDP and TCP port 53 (0: off; at most 512).
+    pub dns_bytes: u32,
+    /// Ring buffer between the datapath and the agent, bytes (a power of two).
+    pub ring_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            payload_packets: 4,
+            payload_bytes: 256,
+            dns_bytes: 512,
+            ring_bytes: crate::datapath::DEFAULT_RING_BYTES,
         }
     }
 }
@@ -306,6 +332,22 @@ pub struct OutputConfig {
 
 /// The rule ids an allowlist entry may name.
 pub const RULE_IDS: &[&str] = &["long_flow", "quiet_long_flow"];
+
+impl Config {
+    /// How to load the datapath for this configuration.
+    pub fn load_options(&self) -> crate::datapath::LoadOptions {
+        crate::datapath::LoadOptions {
+            max_flows: self.sensor.max_kernel_flows,
+            settings: sensor_common::DatapathSettings {
+                payload_packets: self.capture.payload_packets,
+                payload_bytes: self.capture.payload_bytes,
+                dns_bytes: self.capture.dns_bytes,
+                _pad: 0,
+            },
+            ring_bytes: self.capture.ring_bytes,
+        }
+    }
+}
 
 /// A configuration error, already located.
 #[derive(Debug, thiserror::Error)]
@@ -481,6 +523,32 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
                 format!("must be longer than 0 ({DURATION_HINT})"),
             ));
         }
+    }
+    for (key, v, max) in [
+        ("capture.payload_packets", c.capture.payload_packets, 255),
+        (
+            "capture.payload_bytes",
+            c.capture.payload_bytes,
+            sensor_common::PAYLOAD_MAX as u32,
+        ),
+        (
+            "capture.dns_bytes",
+            c.capture.dns_bytes,
+            sensor_common::PAYLOAD_MAX as u32,
+        ),
+    ] {
+        if v > max {
+            return Err((key.into(), format!("{v} is out of range: 0-{max}")));
+        }
+    }
+    if !c.capture.ring_bytes.is_power_of_two() || c.capture.ring_bytes < 4096 {
+        return Err((
+            "capture.ring_bytes".into(),
+            format!(
+                "{} must be a power of two of at least 4096",
+                c.capture.ring_bytes
+            ),
+        ));
     }
     if !(c.detect.quiet_long_flow.max_bytes_per_sec.is_finite()
         && c.detect.quiet_long_flow.max_bytes_per_sec >= 0.0)

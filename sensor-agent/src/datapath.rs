@@ -8,12 +8,12 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use sensor_common::{counter, FlowKey, FlowStats};
+use sensor_common::{counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, PAYLOAD_MAX};
 
 /// The sensor's eBPF object (XDP ingress + TC egress programs and their maps).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SENSOR_EBPF_OBJECT"));
@@ -32,6 +32,9 @@ pub const FLOW_MAP: &str = "FLOWS";
 pub const COUNTER_MAP: &str = "COUNTERS";
 /// Name of the jiffies program and its map in [`OBJECT`].
 pub const CLOCK_PROGRAM: &str = "sensor_clock";
+/// Name of the settings array and the payload ring buffer in [`OBJECT`].
+pub const SETTINGS_MAP: &str = "SETTINGS";
+pub const PAYLOAD_MAP: &str = "PAYLOADS";
 pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default flow map capacity (entries); 64 bytes of value + 40 of key, about 136 B per entry.
@@ -78,12 +81,31 @@ fn privilege_hint() -> &'static str {
 pub struct LoadOptions {
     /// Capacity of the flow map.
     pub max_flows: u32,
+    /// What to copy to the agent (all zero: nothing).
+    pub settings: DatapathSettings,
+    /// Size of the payload ring buffer in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
 }
+
+/// Default payload ring: 4 MiB, about 7,000 copies of 568 bytes between two reads.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
+            settings: DatapathSettings::default(),
+            ring_bytes: DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Only a flow map of this size; nothing copied to user space.
+    pub fn flows_only(max_flows: u32) -> Self {
+        LoadOptions {
+            max_flows,
+            ..Default::default()
         }
     }
 }
@@ -92,6 +114,8 @@ impl Default for LoadOptions {
 pub struct Datapath {
     ebpf: Ebpf,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// The payload ring buffer, taken out of `ebpf` once (each RingBuf maps its pages).
+    payloads: Option<RingBuf<MapData>>,
 }
 
 impl Datapath {
@@ -99,6 +123,7 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOW_MAP, opts.max_flows)
+            .map_max_entries(PAYLOAD_MAP, opts.ring_bytes.max(4096).next_power_of_two())
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // The programs write to aya-log's map; without a reader the messages are lost, so a
@@ -110,7 +135,29 @@ impl Datapath {
                 None
             }
         };
-        let mut dp = Datapath { ebpf, logger };
+        {
+            let map = ebpf
+                .map_mut(SETTINGS_MAP)
+                .ok_or(DatapathError::Missing(SETTINGS_MAP))?;
+            let mut settings: Array<&mut MapData, DatapathSettings> =
+                Array::try_from(map).map_err(|e| map_err(SETTINGS_MAP, e))?;
+            let mut s = opts.settings;
+            s.payload_bytes = s.payload_bytes.min(PAYLOAD_MAX as u32);
+            s.dns_bytes = s.dns_bytes.min(PAYLOAD_MAX as u32);
+            s.payload_packets = s.payload_packets.min(255);
+            settings
+                .set(0, s, 0)
+                .map_err(|e| map_err(SETTINGS_MAP, e))?;
+        }
+        let payloads = match ebpf.take_map(PAYLOAD_MAP) {
+            Some(map) => Some(RingBuf::try_from(map).map_err(|e| map_err(PAYLOAD_MAP, e))?),
+            None => return Err(DatapathError::Missing(PAYLOAD_MAP)),
+        };
+        let mut dp = Datapath {
+            ebpf,
+            logger,
+            payloads,
+        };
         dp.xdp()?.load().map_err(|e| DatapathError::Program {
             name: XDP_PROGRAM,
             source: Box::new(e),
@@ -295,6 +342,26 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    /// Hands every payload copy waiting in the ring buffer to `f`, oldest first; returns how
+    /// many there were. Records of an unexpected size (never, unless the ABI broke) are skipped.
+    pub fn drain_payloads(&mut self, mut f: impl FnMut(&PayloadEvent)) -> usize {
+        let Some(ring) = self.payloads.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<PayloadEvent>() {
+                // SAFETY: PayloadEvent is plain data (Pod) and the record holds at least its
+                // size; read_unaligned makes no alignment assumption about the ring's memory.
+                let event =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) };
+                f(&event);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Prints whatever the programs logged since the last call.

@@ -186,6 +186,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         engine: kind,
         load: LoadOptions {
             max_flows: args.max_flows.unwrap_or(cfg.sensor.max_kernel_flows),
+            ..cfg.load_options()
         },
         poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
         progress: !args.no_progress,
@@ -328,13 +329,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         None => None,
     };
     install_signal_handlers();
-    let mut live = LiveSource::start(
-        &ifaces,
-        egress,
-        &LoadOptions {
-            max_flows: cfg.sensor.max_kernel_flows,
-        },
-    )?;
+    let mut live = LiveSource::start(&ifaces, egress, &cfg.load_options())?;
     let attached: Vec<String> = live
         .attachments
         .iter()

@@ -72,9 +72,63 @@ pub struct FlowStats {
     pub client: u8,
     /// [`CLIENT_BY_FIRST_PACKET`] or [`CLIENT_BY_SYN`].
     pub client_source: u8,
-    pub _pad: [u8; 6],
+    /// Payload sampling still to do: [`SAMPLE_LO`] / [`SAMPLE_HI`] while that sender's first
+    /// payload packets are being copied, [`SAMPLE_DNS`] for DNS flows (every message copied).
+    /// Zero once sampling is over: then a packet costs this one byte check.
+    pub sampling: u8,
+    /// Payload packets still to copy, per sender.
+    pub samples_left: [u8; 2],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
+
+/// `FlowStats::sampling` bit: copy payload sent by the `lo` endpoint.
+pub const SAMPLE_LO: u8 = 1;
+/// `FlowStats::sampling` bit: copy payload sent by the `hi` endpoint.
+pub const SAMPLE_HI: u8 = 2;
+/// `FlowStats::sampling` bit: a DNS flow (port 53): copy every message.
+pub const SAMPLE_DNS: u8 = 4;
+
+/// Largest payload copy in one [`PayloadEvent`].
+pub const PAYLOAD_MAX: usize = 512;
+
+/// `PayloadEvent::kind`: the first bytes of one of a flow's first payload packets.
+pub const PAYLOAD_FIRST: u8 = 1;
+/// `PayloadEvent::kind`: a DNS message (UDP or TCP port 53).
+pub const PAYLOAD_DNS: u8 = 2;
+
+/// Payload copied from the datapath to the agent through the `PAYLOADS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadEvent {
+    pub key: FlowKey,
+    /// `bpf_jiffies64()` when the packet was seen.
+    pub jiffies: u64,
+    /// Payload length in the packet.
+    pub payload_len: u32,
+    /// Bytes copied into `data`.
+    pub len: u16,
+    /// Direction index of the sender ([`DIR_LO_TO_HI`] or [`DIR_HI_TO_LO`]).
+    pub dir: u8,
+    /// [`PAYLOAD_FIRST`] or [`PAYLOAD_DNS`].
+    pub kind: u8,
+    pub data: [u8; PAYLOAD_MAX],
+}
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 56 + PAYLOAD_MAX);
+
+/// Datapath settings, written by the agent into `SETTINGS[0]` before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathSettings {
+    /// Payload packets to copy per sender of each new flow (0: none), at most 255.
+    pub payload_packets: u32,
+    /// Bytes to copy of each (at most [`PAYLOAD_MAX`]).
+    pub payload_bytes: u32,
+    /// Bytes to copy of each DNS message (0: DNS capture off), at most [`PAYLOAD_MAX`].
+    pub dns_bytes: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DatapathSettings>() == 16);
 
 /// Indices into the per-CPU `COUNTERS` array.
 ///
@@ -103,8 +157,12 @@ pub mod counter {
     pub const FLOWS_CREATED: u32 = 7;
     /// Another CPU created the same flow between our lookup and insert.
     pub const CREATE_RACES: u32 = 8;
+    /// Payload copies handed to the agent.
+    pub const PAYLOAD_EVENTS: u32 = 9;
+    /// Payload copies lost because the ring buffer was full.
+    pub const PAYLOAD_DROPS: u32 = 10;
     /// Array size.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
 
     /// Stable names, index-aligned with the constants above (used in JSON output and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -117,6 +175,8 @@ pub mod counter {
         "map_full",
         "flows_created",
         "create_races",
+        "payload_events",
+        "payload_drops",
     ];
 }
 
@@ -208,6 +268,8 @@ mod user {
     // fields, so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::PayloadEvent {}
+    unsafe impl aya::Pod for super::DatapathSettings {}
 }
 
 #[cfg(test)]

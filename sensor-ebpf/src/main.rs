@@ -18,19 +18,20 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_jiffies64, bpf_xdp_get_buff_len},
+    helpers::{bpf_jiffies64, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    counter, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
-    DIR_LO_TO_HI,
+    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, CLIENT_BY_FIRST_PACKET,
+    CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS, PAYLOAD_FIRST, PAYLOAD_MAX,
+    SAMPLE_DNS, SAMPLE_HI, SAMPLE_LO,
 };
 
-use parse::{parse, Reason, IPPROTO_TCP};
+use parse::{parse, Reason, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Default capacity; the agent sizes it at load time (`EbpfLoader::set_max_entries`).
 const DEFAULT_MAX_FLOWS: u32 = 262_144;
@@ -48,6 +49,34 @@ static FLOWS: LruHashMap<FlowKey, FlowStats> =
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// What to copy to the agent; written by the agent before attaching. All zero: nothing.
+#[map]
+static SETTINGS: Array<DatapathSettings> = Array::with_max_entries(1, 0);
+
+/// First payload bytes of new flows and DNS messages, for the agent's classifiers. The agent
+/// sizes it at load time.
+#[map]
+static PAYLOADS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// How a program reads packet bytes that may sit beyond the directly addressable part
+/// (multi-buffer XDP, non-linear skbs).
+trait LoadBytes: EbpfContext {
+    /// Copies `len` bytes at `off` into `dst`; `len` is at most [`PAYLOAD_MAX`].
+    fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64;
+}
+
+impl LoadBytes for XdpContext {
+    fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        unsafe { bpf_xdp_load_bytes(self.ctx, off, dst.cast(), len) }
+    }
+}
+
+impl LoadBytes for TcContext {
+    fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, off, dst.cast(), len) }
+    }
+}
 
 /// The kernel's jiffies as last read by `sensor_clock`.
 #[map]
@@ -84,7 +113,7 @@ pub fn sensor_tc_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn account<C: EbpfContext>(ctx: &C, data: usize, end: usize, len: u64) {
+fn account<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
     match parse(data, end) {
         Ok(pkt) => {
             let (key, dir) = FlowKey::canonical(&pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
@@ -97,10 +126,20 @@ fn account<C: EbpfContext>(ctx: &C, data: usize, end: usize, len: u64) {
                 syn_only,
                 now: unsafe { bpf_jiffies64() },
             };
-            if let Some(stats) = FLOWS.get_ptr_mut(&key) {
-                update(stats, &hit);
-            } else {
-                create(ctx, &key, &hit);
+            let payload_off = pkt.payload_off as u64;
+            let stats = match FLOWS.get_ptr_mut(&key) {
+                Some(stats) => {
+                    update(stats, &hit);
+                    stats
+                }
+                None => match create(ctx, &key, &hit, pkt.sport == 53 || pkt.dport == 53) {
+                    Some(stats) => stats,
+                    None => return,
+                },
+            };
+            // Once a flow's sampling is over (almost every packet), this is the only cost.
+            if unsafe { (*stats).sampling } != 0 && payload_off != 0 && len > payload_off {
+                sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
             }
         }
         Err(reason) => bump(reason),
@@ -151,8 +190,65 @@ fn update(stats: *mut FlowStats, hit: &Hit) {
     }
 }
 
+/// Copies the start of this packet's payload to the agent, if the flow still samples this
+/// sender (or is DNS), and retires the sampling when both senders are done.
+/// `payload` is the payload's offset (high 32 bits) and length (low 32 bits), packed because
+/// BPF calls take at most five arguments.
 #[inline(never)]
-fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit) {
+fn sample<C: LoadBytes>(ctx: &C, stats: *mut FlowStats, key: &FlowKey, hit: &Hit, payload: u64) {
+    let dir = hit.dir & 1;
+    let (off, payload_len, now) = ((payload >> 32) as u32, payload as u32, hit.now);
+    let Some(settings) = SETTINGS.get(0) else { return };
+    let sampling = unsafe { (*stats).sampling };
+    let (kind, limit) = if sampling & SAMPLE_DNS != 0 {
+        (PAYLOAD_DNS, settings.dns_bytes)
+    } else {
+        let bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
+        if sampling & bit == 0 {
+            return;
+        }
+        // Races between CPUs may copy one packet too many; never too few or out of bounds.
+        unsafe {
+            let left = (*stats).samples_left[dir];
+            if left <= 1 {
+                (*stats).samples_left[dir] = 0;
+                (*stats).sampling = sampling & !bit;
+            } else {
+                (*stats).samples_left[dir] = left - 1;
+            }
+        }
+        (PAYLOAD_FIRST, settings.payload_bytes)
+    };
+    let want = if payload_len < limit { payload_len } else { limit };
+    // The mask proves the bound to the verifier; PAYLOAD_MAX is a power of two.
+    let n = want & (2 * PAYLOAD_MAX as u32 - 1);
+    if n == 0 || n > PAYLOAD_MAX as u32 {
+        return;
+    }
+    let Some(mut entry) = PAYLOADS.reserve::<PayloadEvent>(0) else {
+        bump(counter::PAYLOAD_DROPS);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        if ctx.load_bytes(off, (&raw mut (*event).data).cast(), n) != 0 {
+            entry.discard(0);
+            return;
+        }
+        (*event).key = *key;
+        (*event).jiffies = now;
+        (*event).payload_len = payload_len;
+        (*event).len = n as u16;
+        (*event).dir = dir as u8;
+        (*event).kind = kind;
+    }
+    entry.submit(0);
+    bump(counter::PAYLOAD_EVENTS);
+}
+
+/// Inserts a new flow; returns its entry (or `None` when the map refused it).
+#[inline(never)]
+fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit, port_53: bool) -> Option<*mut FlowStats> {
     let Hit {
         dir,
         len,
@@ -170,18 +266,38 @@ fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit) {
     };
     stats.packets[dir & 1] = 1;
     stats.bytes[dir & 1] = len;
-    match FLOWS.insert(key, &stats, BPF_NOEXIST as u64) {
-        Ok(()) => bump(counter::FLOWS_CREATED),
-        Err(_) => {
-            // Most likely another CPU inserted the same key after our lookup (-EEXIST): add to
-            // its entry. If it is still missing, the map refused the insert.
-            if let Some(existing) = FLOWS.get_ptr_mut(key) {
+    if let Some(settings) = SETTINGS.get(0) {
+        let transport = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
+        if transport && port_53 && settings.dns_bytes != 0 {
+            stats.sampling = SAMPLE_DNS;
+        } else if transport && settings.payload_packets != 0 {
+            let n = if settings.payload_packets > 255 { 255 } else { settings.payload_packets as u8 };
+            stats.sampling = SAMPLE_LO | SAMPLE_HI;
+            stats.samples_left = [n, n];
+        }
+    }
+    let inserted = FLOWS.insert(key, &stats, BPF_NOEXIST as u64).is_ok();
+    if inserted {
+        bump(counter::FLOWS_CREATED);
+    }
+    // Find the entry: ours, or (insert failed, most likely -EEXIST) the one another CPU
+    // inserted after our lookup, to which this packet is then added.
+    match FLOWS.get_ptr_mut(key) {
+        Some(entry) => {
+            if !inserted {
                 bump(counter::CREATE_RACES);
-                update(existing, hit);
-            } else {
-                bump(counter::MAP_FULL);
-                warn!(ctx, "flow map refused a new entry (proto {})", key.proto);
+                update(entry, hit);
             }
+            Some(entry)
+        }
+        None => {
+            if inserted {
+                // Evicted again before we looked: counted, nothing to sample.
+                return None;
+            }
+            bump(counter::MAP_FULL);
+            warn!(ctx, "flow map refused a new entry (proto {})", key.proto);
+            None
         }
     }
 }

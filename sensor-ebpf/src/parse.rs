@@ -104,6 +104,8 @@ pub struct Packet {
     pub dport: u16,
     pub proto: u8,
     pub tcp_flags: u8,
+    /// Offset of the transport payload from the start of the frame (TCP and UDP; 0 else).
+    pub payload_off: usize,
 }
 
 /// The reason a packet cannot be attributed: an index into `COUNTERS`.
@@ -236,6 +238,7 @@ fn parse_l4(
         dport: 0,
         proto,
         tcp_flags: 0,
+        payload_off: 0,
     };
     if proto == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(data, end, off)?;
@@ -243,6 +246,7 @@ fn parse_l4(
             pkt.sport = u16::from_be((*tcp).sport);
             pkt.dport = u16::from_be((*tcp).dport);
             pkt.tcp_flags = (*tcp).flags;
+            pkt.payload_off = off + (((*tcp).data_off >> 4) as usize) * 4;
         }
     } else if proto == IPPROTO_UDP {
         let udp = header::<UdpHdr>(data, end, off)?;
@@ -250,6 +254,7 @@ fn parse_l4(
             pkt.sport = u16::from_be((*udp).sport);
             pkt.dport = u16::from_be((*udp).dport);
         }
+        pkt.payload_off = off + core::mem::size_of::<UdpHdr>();
     } else if proto == icmp {
         // Type, code, checksum: ICMP flows are keyed without ports.
         let _ = header::<IcmpHdr>(data, end, off)?;

@@ -45,8 +45,12 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn load(max_flows: u32) -> Self {
+        Self::load_with(&LoadOptions::flows_only(max_flows))
+    }
+
+    pub fn load_with(opts: &LoadOptions) -> Self {
         require_bpf();
-        let dp = Datapath::load(&LoadOptions { max_flows })
+        let dp = Datapath::load(opts)
             .unwrap_or_else(|e| panic!("kernel test cannot run: loading the datapath failed: {e}"));
         Kernel { dp }
     }

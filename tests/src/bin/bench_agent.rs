@@ -92,14 +92,8 @@ fn main() -> Result<()> {
     let mut verdicts = Vec::new();
     for spec in &args.flows {
         let n = parse_count(spec)?;
-        let mut live = LiveSource::start(
-            &[],
-            false,
-            &LoadOptions {
-                max_flows: (n + n / 4) as u32,
-            },
-        )
-        .context("load the datapath")?;
+        let mut live = LiveSource::start(&[], false, &LoadOptions::flows_only((n + n / 4) as u32))
+            .context("load the datapath")?;
         let now = live.dp.jiffies()?;
         let flows: Vec<(FlowKey, FlowStats)> = (0..n)
             .map(|i| {

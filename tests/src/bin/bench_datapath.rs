@@ -255,10 +255,8 @@ impl Programs {
                 .load()
                 .with_context(|| format!("cannot load program {name}"))?;
         }
-        let sensor = Datapath::load(&LoadOptions {
-            max_flows: capacity,
-        })
-        .context("cannot load the sensor datapath")?;
+        let sensor = Datapath::load(&LoadOptions::flows_only(capacity))
+            .context("cannot load the sensor datapath")?;
         Ok(Programs { bench, sensor })
     }
 
