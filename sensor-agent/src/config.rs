@@ -130,6 +130,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub flow: FlowConfig,
     pub detect: DetectConfig,
+    pub labels: crate::labels::LabelConfig,
+    pub intel: crate::intel::IntelConfig,
     pub alarm: AlarmConfig,
     pub output: OutputConfig,
 }
@@ -232,6 +234,9 @@ pub struct DetectConfig {
     pub skip_multicast: bool,
     pub long_flow: LongFlowConfig,
     pub quiet_long_flow: QuietLongFlowConfig,
+    pub mining_protocol: RuleConfig,
+    pub blockchain_p2p: RuleConfig,
+    pub mining_infrastructure: RuleConfig,
 }
 
 impl Default for DetectConfig {
@@ -240,6 +245,36 @@ impl Default for DetectConfig {
             skip_multicast: true,
             long_flow: LongFlowConfig::default(),
             quiet_long_flow: QuietLongFlowConfig::default(),
+            mining_protocol: RuleConfig {
+                enabled: true,
+                severity: 8,
+            },
+            blockchain_p2p: RuleConfig {
+                enabled: true,
+                severity: 5,
+            },
+            mining_infrastructure: RuleConfig {
+                enabled: true,
+                severity: 7,
+            },
+        }
+    }
+}
+
+/// A rule with no thresholds of its own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    pub enabled: bool,
+    /// Severity (0-10) of its alarms.
+    pub severity: u8,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        RuleConfig {
+            enabled: true,
+            severity: 5,
         }
     }
 }
@@ -331,7 +366,13 @@ pub struct OutputConfig {
 }
 
 /// The rule ids an allowlist entry may name.
-pub const RULE_IDS: &[&str] = &["long_flow", "quiet_long_flow"];
+pub const RULE_IDS: &[&str] = &[
+    "long_flow",
+    "quiet_long_flow",
+    "mining_protocol",
+    "blockchain_p2p",
+    "mining_infrastructure",
+];
 
 impl Config {
     /// How to load the datapath for this configuration.
@@ -558,11 +599,28 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
             "must be a number of bytes per second >= 0".into(),
         ));
     }
+    if let Err(errors) = c.intel.validate() {
+        let first = errors.into_iter().next().unwrap_or_default();
+        let (key, message) = first.split_once(": ").unwrap_or(("intel", first.as_str()));
+        return Err((key.to_string(), message.to_string()));
+    }
     for (key, sev) in [
         ("detect.long_flow.severity", c.detect.long_flow.severity),
         (
             "detect.quiet_long_flow.severity",
             c.detect.quiet_long_flow.severity,
+        ),
+        (
+            "detect.mining_protocol.severity",
+            c.detect.mining_protocol.severity,
+        ),
+        (
+            "detect.blockchain_p2p.severity",
+            c.detect.blockchain_p2p.severity,
+        ),
+        (
+            "detect.mining_infrastructure.severity",
+            c.detect.mining_infrastructure.severity,
         ),
     ] {
         if sev > 10 {

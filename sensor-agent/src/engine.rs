@@ -12,14 +12,17 @@ use crate::{
         record::{ip_of, FlowRecord},
         table::{Conversation, FlowTable},
     },
+    intel::IntelStore,
+    labels::{Labeler, Payload, SampleLimits},
 };
-use sensor_common::{FlowKey, FlowStats};
+use sensor_common::{FlowKey, FlowStats, DIR_LO_TO_HI};
 use std::net::IpAddr;
 
 pub struct Engine {
     pub table: FlowTable,
     detectors: Vec<Box<dyn Detector + Send>>,
     pub alarms: AlarmManager,
+    pub labels: Labeler,
     skip_multicast: bool,
 }
 
@@ -32,12 +35,44 @@ fn is_group_address(conv: &Conversation) -> bool {
 }
 
 impl Engine {
+    /// An engine without threat-intelligence feeds.
     pub fn new(cfg: &Config, observer: Observer) -> Self {
+        Self::with_intel(cfg, observer, None)
+    }
+
+    /// An engine matching servers against `intel` (see [`crate::labels::intel_store`]).
+    pub fn with_intel(cfg: &Config, observer: Observer, intel: Option<IntelStore>) -> Self {
+        let limits = SampleLimits {
+            packets: cfg.capture.payload_packets,
+            bytes: cfg.capture.payload_bytes,
+            dns_bytes: cfg.capture.dns_bytes,
+        };
         Engine {
             table: FlowTable::new(cfg.flow.clone()),
             detectors: detect::from_config(&cfg.detect),
             alarms: AlarmManager::new(cfg.alarm.clone(), observer),
+            labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
+        }
+    }
+
+    /// A payload copy (the kernel's ring buffer, or a replayed frame's payload) from the
+    /// sender with direction index `dir` of flow `key`. The flow must already be in the table.
+    pub fn payload(&mut self, key: &FlowKey, dir: usize, dns: bool, data: &[u8], ts_ns: u64) {
+        let Some((conv, lo_is_client)) = self.table.orientation(key) else {
+            return;
+        };
+        let from_client = (dir == DIR_LO_TO_HI) == lo_is_client;
+        let p = Payload {
+            key: *key,
+            conv,
+            from_client,
+            dns,
+            data,
+            ts_ns,
+        };
+        if self.labels.payload(&p) {
+            self.table.mark_dirty(&conv);
         }
     }
 
@@ -62,8 +97,10 @@ impl Engine {
             if self.skip_multicast && is_group_address(conv) {
                 continue;
             }
+            self.labels.refresh(&conv.key, conv.start_ns, now);
+            let labels = self.labels.get(&conv.key);
             for d in &self.detectors {
-                let finding = d.evaluate(conv, now);
+                let finding = d.evaluate(conv, labels, now);
                 if let Some(e) =
                     self.alarms
                         .observe(d.rule_id(), d.rule_name(), conv, finding, now, false)
@@ -76,7 +113,12 @@ impl Engine {
         let ended = self.table.expire(now);
         for conv in &ended.conversations {
             events.extend(self.alarms.conversation_ended(conv, now));
+            self.labels.conversation_ended(&conv.key);
         }
+        for f in &ended.flows {
+            self.labels.flow_ended(&f.key);
+        }
+        self.labels.tick(now);
         (events, ended.flows)
     }
 
@@ -88,7 +130,7 @@ impl Engine {
         for conv in self.table.conversations() {
             for d in &self.detectors {
                 if self.alarms.is_open(d.rule_id(), &conv.key) {
-                    let finding = d.evaluate(conv, now);
+                    let finding = d.evaluate(conv, self.labels.get(&conv.key), now);
                     events.extend(self.alarms.observe(
                         d.rule_id(),
                         d.rule_name(),
@@ -268,6 +310,47 @@ mod tests {
         assert!(
             !session(&mut other_port, 40000, 0, 300, 60).is_empty(),
             "an allow entry for another port does not apply"
+        );
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+    use sensor_common::ipv4_mapped;
+
+    #[test]
+    fn a_stratum_subscribe_raises_mining_protocol() {
+        let mut e = Engine::new(&Config::default(), Observer::default());
+        let (key, dir) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 0, 1]),
+            40000,
+            &ipv4_mapped([10, 0, 0, 2]),
+            3333,
+            6,
+        );
+        e.add_packet(&key, dir, 60, 0x02, 1_000);
+        e.add_packet(&key, 1 - dir, 60, 0x12, 2_000);
+        let msg = b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"bfgminer/5.2.0\"]}\n";
+        e.add_packet(&key, dir, 120, 0x18, 3_000);
+        e.payload(&key, dir, false, msg, 3_000);
+        let conv = e.table.orientation(&key).expect("flow").0;
+        assert!(
+            e.labels
+                .get(&conv)
+                .is_some_and(|l| l.identification.is_some()),
+            "labelled: {:?}",
+            e.labels.get(&conv)
+        );
+        assert!(
+            e.table.conversation(&conv).is_some_and(|c| c.dirty),
+            "dirty"
+        );
+        let (events, _) = e.tick(4_000);
+        assert!(
+            events.iter().any(|x| x.rule == "mining_protocol"),
+            "{:?}",
+            events.iter().map(|x| x.rule).collect::<Vec<_>>()
         );
     }
 }

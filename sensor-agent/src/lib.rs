@@ -4,11 +4,14 @@
 //! maps, a capture file) into the same flow records with explicit timestamps.
 
 pub mod alarm;
+pub mod classify;
 pub mod config;
 pub mod datapath;
 pub mod detect;
 pub mod engine;
 pub mod flow;
+pub mod intel;
+pub mod labels;
 pub mod replay;
 pub mod sink;
 pub mod source;

@@ -164,6 +164,25 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The threat-intelligence feeds of the configuration, loaded once now (later refreshes keep
+/// what loaded if a feed fails). `None` when no feed is configured.
+fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::intel::IntelStore>> {
+    let Some(store) =
+        sensor_agent::labels::intel_store(&cfg.intel).map_err(|e| anyhow::anyhow!("intel: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let report = store.reload(sensor_agent::source::live::wall_ns());
+    let summary = report.to_string();
+    let last = summary.lines().last().unwrap_or_default();
+    if report.is_clean() {
+        log::info!("threat intelligence: {last}");
+    } else {
+        eprintln!("warning: threat intelligence: {last}");
+    }
+    Ok(Some(store))
+}
+
 fn alarm_sink(cli: Option<&Path>, cfg: &Config) -> Result<JsonLines> {
     match cli.or(cfg.output.alarms.as_deref()) {
         None => Ok(JsonLines::stdout()),
@@ -180,7 +199,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         EngineArg::Kernel => EngineKind::Kernel,
     };
     let mut sink = alarm_sink(args.alarms.as_deref(), &cfg)?;
-    let mut engine = Engine::new(&cfg, Observer::local(None));
+    let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg)?);
     let mut on_alarm = |e: &AlarmEvent| sink.emit(&e.json);
     let mut opts = ReplayOptions {
         engine: kind,
@@ -248,6 +267,11 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             engine.alarms.open_count()
         ));
     }
+    let lc = &engine.labels.counters;
+    summary.push_str(&format!(
+        "; payload copies {}, DNS messages {}, identified flows {}",
+        lc.payloads, lc.dns_messages, lc.identified_flows
+    ));
     let notes = [
         (
             outcome.cut_frames,
@@ -353,7 +377,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut engine = Engine::new(&cfg, Observer::local(single_iface));
+    let mut engine = Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg)?);
     let poll = cfg.sensor.poll_interval.0;
     let status_every = cfg.sensor.status_interval.0;
     let show_status = std::io::stderr().is_terminal();

@@ -23,7 +23,7 @@ use std::{
     time::Instant,
 };
 
-use sensor_common::{counter, FlowKey, FlowStats};
+use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS};
 
 use crate::{
     alarm::AlarmEvent,
@@ -39,6 +39,14 @@ use crate::{
 /// Largest frame handed to BPF_PROG_TEST_RUN; XDP multi-buffer test runs take up to the
 /// linear page plus 17 fragment pages, and 64 KiB covers every GSO frame.
 pub const MAX_TEST_RUN_FRAME: usize = 65_535;
+
+/// Kernel payload copies buffered until the end of a kernel-engine replay, at most.
+const MAX_BUFFERED_PAYLOADS: usize = 1_000_000;
+
+/// DNS: TCP or UDP with port 53 on either side (the datapath's rule too).
+fn is_dns(key: &FlowKey) -> bool {
+    (key.proto == 6 || key.proto == 17) && (key.port_lo == 53 || key.port_hi == 53)
+}
 
 /// Ethernet header: XDP refuses shorter test frames, and no NIC delivers them.
 const ETH_HLEN: usize = 14;
@@ -79,6 +87,8 @@ pub struct ReplayOutcome {
     pub cut_frames: u64,
     /// Frames whose timestamp was earlier than the replay clock (merged captures).
     pub time_jumps_back: u64,
+    /// Kernel payload copies not kept because too many were buffered (kernel engine).
+    pub payloads_dropped: u64,
     /// Errors, one per capture that could not be read to its end.
     pub errors: Vec<CaptureError>,
 }
@@ -158,6 +168,7 @@ pub fn replay(
     });
     let mut user_unattributed = [0u64; counter::UNATTRIBUTED_REASONS as usize];
     let mut runts = 0u64;
+    let mut kernel_payloads: Vec<(PayloadEvent, u64)> = Vec::new();
     let mut clock: Option<u64> = None;
     let mut next_tick = 0u64;
     let mut progress = Progress {
@@ -219,6 +230,13 @@ pub fn replay(
                     if opts.engine == EngineKind::User {
                         totals.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
                         engine.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
+                        if let Some(payload) = frame
+                            .data
+                            .get(p.payload_off..)
+                            .filter(|d| p.payload_off > 0 && !d.is_empty())
+                        {
+                            engine.payload(&p.key, p.dir, is_dns(&p.key), payload, ts);
+                        }
                     }
                 }
                 Err(reason) => {
@@ -238,6 +256,14 @@ pub fn replay(
                     pad_to_wire(&mut frame);
                 }
                 dp.test_run_xdp(&frame.data)?;
+                // The ring holds this frame's copy, if any: stamp it with the capture time.
+                dp.drain_payloads(|e| {
+                    if kernel_payloads.len() < MAX_BUFFERED_PAYLOADS {
+                        kernel_payloads.push((*e, ts));
+                    } else {
+                        out.payloads_dropped += 1;
+                    }
+                });
             }
         }
         progress.done_before += reader.offset();
@@ -273,6 +299,16 @@ pub fn replay(
                     start_ns: t.map(|t| t.first),
                     end_ns: t.map(|t| t.last),
                 });
+            }
+            for (e, ts) in &kernel_payloads {
+                let len = (e.len as usize).min(e.data.len());
+                engine.payload(
+                    &e.key,
+                    e.dir as usize,
+                    e.kind == PAYLOAD_DNS,
+                    &e.data[..len],
+                    *ts,
+                );
             }
         }
         None => {

@@ -2,13 +2,13 @@
 //!
 //! Namespace `a` is the "client host" where the sensor runs (XDP on its veth for what it
 //! receives, TC egress for what it sends); namespace `b` is the "server". Three kinds of
-//! traffic: a quiet TCP session with small keepalives on a fixed period (what a pool session
-//! looks like), a short bulk transfer, and a UDP request/response exchange. Used by the
-//! end-to-end test and by `cargo xtask lab`.
+//! traffic: a scripted stratum miner and pool (subscribe, authorize, a job, then a small share
+//! submission on a fixed period: what a quiet pool session looks like), a short bulk transfer,
+//! and a UDP request/response exchange. Used by the end-to-end test and by `cargo xtask lab`.
 
 use std::{
     fs,
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Stdio,
@@ -43,8 +43,8 @@ impl Default for LabConfig {
     fn default() -> Self {
         LabConfig {
             quiet_for: Duration::from_secs(30),
-            keepalive: Duration::from_secs(2),
-            threshold: Duration::from_secs(15),
+            keepalive: Duration::from_secs(3),
+            threshold: Duration::from_secs(16),
             poll: Duration::from_secs(1),
             bulk_bytes: 20 << 20,
             capture: None,
@@ -142,10 +142,13 @@ pub fn run(
     let quiet_target: SocketAddr = format!("{server_ip}:{QUIET_PORT}")
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let bulk_target: SocketAddr = format!("{server_ip}:{BULK_PORT}")
+    // Bulk and UDP go to another address of the server namespace: "another host", so the
+    // pool's label (cached per pair of hosts) does not apply to them.
+    let other_ip = pair.alt_b_str();
+    let bulk_target: SocketAddr = format!("{other_ip}:{BULK_PORT}")
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let udp_target: SocketAddr = format!("{server_ip}:{UDP_PORT}")
+    let udp_target: SocketAddr = format!("{other_ip}:{UDP_PORT}")
         .parse()
         .map_err(|e| format!("{e}"))?;
     let (quiet_for, keepalive, bulk_bytes) = (cfg.quiet_for, cfg.keepalive, cfg.bulk_bytes);
@@ -226,17 +229,10 @@ fn serve(timeout: Duration) -> Result<(), String> {
             }
         }
     });
-    let (mut s, _) = quiet.accept().map_err(|e| e.to_string())?;
+    let (s, _) = quiet.accept().map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => s.write_all(&buf[..n]).map_err(|e| e.to_string())?,
-            Err(e) => return Err(format!("quiet session: {e}")),
-        }
-    }
+    pool(s)?;
     bulk_thread
         .join()
         .map_err(|_| "bulk server panicked".to_string())??;
@@ -244,23 +240,78 @@ fn serve(timeout: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// The pool's side of a stratum v1 session: answers subscribe and authorize, sends one job,
+/// then acknowledges every share until the miner hangs up.
+fn pool(s: TcpStream) -> Result<(), String> {
+    let mut out = s.try_clone().map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("pool: {e}")),
+        }
+        let id = line
+            .split("\"id\":")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("0")
+            .trim()
+            .to_string();
+        let reply = if line.contains("mining.subscribe") {
+            format!("{{\"id\":{id},\"result\":[[[\"mining.notify\",\"ae68\"]],\"08000002\",4],\"error\":null}}\n")
+        } else if line.contains("mining.authorize") {
+            format!("{{\"id\":{id},\"result\":true,\"error\":null}}\n{{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"1\",\"00\",\"01\",\"02\",[],\"20000000\",\"1d00ffff\",\"5f5e1000\",true]}}\n")
+        } else {
+            format!("{{\"id\":{id},\"result\":true}}\n")
+        };
+        out.write_all(reply.as_bytes()).map_err(|e| e.to_string())?;
+    }
+}
+
+/// A miner: subscribes and authorizes, then submits a short share every `keepalive`.
 fn quiet_client(target: SocketAddr, duration: Duration, keepalive: Duration) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+    let s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("connect {target}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let mut out = s.try_clone().map_err(|e| e.to_string())?;
+    let mut replies = BufReader::new(s);
+    let mut line = String::new();
+    let mut call = |msg: &str, replies_expected: usize| -> Result<(), String> {
+        out.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+        for _ in 0..replies_expected {
+            line.clear();
+            replies
+                .read_line(&mut line)
+                .map_err(|e| format!("pool reply: {e}"))?;
+        }
+        Ok(())
+    };
+    call(
+        "{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"labminer/1.0\"]}\n",
+        1,
+    )?;
+    call(
+        "{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"lab.worker\",\"x\"]}\n",
+        2,
+    )?;
     let start = Instant::now();
-    let mut tick = 0u32;
-    let mut buf = [0u8; 16];
+    let mut tick = 1u32;
     while start.elapsed() < duration {
         let deadline = start + keepalive * tick;
         if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        s.write_all(b"{\"id\":1,\"ka\":1}")
-            .map_err(|e| e.to_string())?;
-        s.read_exact(&mut buf[..15])
-            .map_err(|e| format!("keepalive reply: {e}"))?;
+        call(
+            &format!(
+                "{{\"id\":{},\"method\":\"mining.submit\",\"params\":[\"w\",\"1\"]}}\n",
+                tick + 2
+            ),
+            1,
+        )?;
         tick += 1;
     }
     Ok(())

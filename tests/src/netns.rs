@@ -21,6 +21,10 @@ pub struct NetnsPair {
     pub veth_b: String,
     pub addr_a: [u8; 4],
     pub addr_b: [u8; 4],
+    /// A second pair of addresses on the same veth (a second subnet): `alt_a` in a, `alt_b`
+    /// in b, so tests can talk to "another host" over the same link.
+    pub alt_a: [u8; 4],
+    pub alt_b: [u8; 4],
     children: Vec<Child>,
 }
 
@@ -53,6 +57,8 @@ impl NetnsPair {
             veth_b: format!("svb{id}"),
             addr_a: [10, 213, subnet, 1],
             addr_b: [10, 213, subnet, 2],
+            alt_a: [10, 214, subnet, 1],
+            alt_b: [10, 214, subnet, 2],
             children: Vec::new(),
         };
         // From here on, drop cleans up whatever was made.
@@ -81,12 +87,24 @@ impl NetnsPair {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        for (ns, dev, addr) in [
+            (&pair.a, &pair.veth_a, pair.alt_a),
+            (&pair.b, &pair.veth_b, pair.alt_b),
+        ] {
+            let cidr = format!("{}.{}.{}.{}/30", addr[0], addr[1], addr[2], addr[3]);
+            ip(&["-n", ns, "addr", "add", &cidr, "dev", dev])?;
+        }
         Ok(pair)
     }
 
     pub fn addr_a_str(&self) -> String {
         let a = self.addr_a;
         format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+    }
+
+    pub fn alt_b_str(&self) -> String {
+        let b = self.alt_b;
+        format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
     }
 
     pub fn addr_b_str(&self) -> String {

@@ -1,7 +1,8 @@
 //! End to end on live traffic: the sensor attached (XDP + TC egress) in a network namespace,
-//! real sockets talking to another namespace. The quiet session must raise quiet_long_flow
-//! within one poll of crossing its threshold, the bulk transfer nothing; the same traffic
-//! captured with tcpdump and replayed must raise the same alarms.
+//! real sockets talking to another namespace. The scripted stratum session must raise
+//! mining_protocol (its first payload bytes reach the agent through the kernel's ring buffer)
+//! and quiet_long_flow within one poll of crossing its threshold, the bulk transfer nothing;
+//! the same traffic captured with tcpdump and replayed must raise the same alarms.
 
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 

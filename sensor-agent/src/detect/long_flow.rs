@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::{secs, Detector, Finding};
-use crate::{config::LongFlowConfig, flow::table::Conversation};
+use crate::{config::LongFlowConfig, flow::table::Conversation, labels::ConvLabels};
 
 pub struct LongFlow {
     after_ns: u64,
@@ -44,7 +44,12 @@ impl Detector for LongFlow {
         "Suspect Long Flow"
     }
 
-    fn evaluate(&self, conv: &Conversation, _now: u64) -> Option<Finding> {
+    fn evaluate(
+        &self,
+        conv: &Conversation,
+        _labels: Option<&ConvLabels>,
+        _now: u64,
+    ) -> Option<Finding> {
         let duration = conv.duration_ns();
         if duration < self.after_ns {
             return None;

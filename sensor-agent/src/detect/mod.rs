@@ -3,12 +3,15 @@
 //! alarm lifecycle. Detectors never know which source fed the flow table, and keep no state
 //! that a replay could not rebuild.
 
+pub mod blockchain_p2p;
 pub mod long_flow;
+pub mod mining_infrastructure;
+pub mod mining_protocol;
 pub mod quiet_long_flow;
 
 use serde_json::{Map, Value};
 
-use crate::{config::DetectConfig, flow::table::Conversation};
+use crate::{config::DetectConfig, flow::table::Conversation, labels::ConvLabels};
 
 /// A rule holding for a conversation at one evaluation.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,8 +27,14 @@ pub trait Detector {
     fn rule_id(&self) -> &'static str;
     /// Human name (`rule.name`).
     fn rule_name(&self) -> &'static str;
-    /// Evaluates one conversation at `now` (ns since the epoch, capture time in replay).
-    fn evaluate(&self, conv: &Conversation, now: u64) -> Option<Finding>;
+    /// Evaluates one conversation, with what is known about it beyond its counters, at `now`
+    /// (ns since the epoch, capture time in replay).
+    fn evaluate(
+        &self,
+        conv: &Conversation,
+        labels: Option<&ConvLabels>,
+        now: u64,
+    ) -> Option<Finding>;
 }
 
 /// The detectors enabled by the configuration.
@@ -39,9 +48,61 @@ pub fn from_config(cfg: &DetectConfig) -> Vec<Box<dyn Detector + Send>> {
             &cfg.quiet_long_flow,
         )));
     }
+    if cfg.mining_protocol.enabled {
+        out.push(Box::new(mining_protocol::MiningProtocol {
+            severity: cfg.mining_protocol.severity,
+        }));
+    }
+    if cfg.blockchain_p2p.enabled {
+        out.push(Box::new(blockchain_p2p::BlockchainP2p {
+            severity: cfg.blockchain_p2p.severity,
+        }));
+    }
+    if cfg.mining_infrastructure.enabled {
+        out.push(Box::new(mining_infrastructure::MiningInfrastructure {
+            severity: cfg.mining_infrastructure.severity,
+        }));
+    }
     out
 }
 
 pub(crate) fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
+}
+
+/// The evidence every payload-based rule shows: the identification and what it came from.
+pub(crate) fn identification_evidence(
+    evidence: &mut Map<String, Value>,
+    id: &crate::classify::Identification,
+    confidence: crate::labels::Confidence,
+    labels: &ConvLabels,
+) {
+    use serde_json::json;
+    evidence.insert("protocol".into(), json!(id.protocol));
+    evidence.insert("signature".into(), json!(id.signature));
+    evidence.insert(
+        "sent_by".into(),
+        json!(if id.role == crate::classify::Direction::ClientToServer {
+            "client"
+        } else {
+            "server"
+        }),
+    );
+    evidence.insert("confirmed_by_server".into(), json!(id.confirmed_by_server));
+    evidence.insert("confidence".into(), json!(confidence.as_str()));
+    if let Some(coin) = id.coin {
+        evidence.insert("coin".into(), json!(coin));
+    }
+    if let Some(agent) = &id.agent {
+        evidence.insert("agent".into(), json!(agent));
+    }
+    if let Some(login) = &id.login_sha256 {
+        evidence.insert("login_sha256".into(), json!(login));
+    }
+    if let Some(tls) = &labels.tls {
+        if let Some(sni) = &tls.sni {
+            evidence.insert("sni".into(), json!(sni));
+        }
+        evidence.insert("ja4".into(), json!(tls.ja4));
+    }
 }

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::{secs, Detector, Finding};
-use crate::{config::QuietLongFlowConfig, flow::table::Conversation};
+use crate::{config::QuietLongFlowConfig, flow::table::Conversation, labels::ConvLabels};
 
 pub struct QuietLongFlow {
     after_ns: u64,
@@ -32,7 +32,12 @@ impl Detector for QuietLongFlow {
         "Suspect Quiet Long Flow"
     }
 
-    fn evaluate(&self, conv: &Conversation, _now: u64) -> Option<Finding> {
+    fn evaluate(
+        &self,
+        conv: &Conversation,
+        _labels: Option<&ConvLabels>,
+        _now: u64,
+    ) -> Option<Finding> {
         let duration = conv.duration_ns();
         if duration < self.after_ns || duration == 0 {
             return None;

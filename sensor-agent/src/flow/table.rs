@@ -242,6 +242,19 @@ impl FlowTable {
         self.convs.items.iter().filter(|c| c.in_use)
     }
 
+    /// The conversation a flow belongs to and whether its `lo` endpoint is the client.
+    pub fn orientation(&self, key: &FlowKey) -> Option<(ConvKey, bool)> {
+        let f = &self.flows.items[self.find_flow(key)? as usize];
+        Some((self.convs.items[f.conv as usize].key, f.client == CLIENT_LO))
+    }
+
+    /// Marks a conversation for evaluation at the next tick (its labels changed).
+    pub fn mark_dirty(&mut self, key: &ConvKey) {
+        if let Some(i) = self.find_conv(key) {
+            self.convs.items[i as usize].dirty = true;
+        }
+    }
+
     /// Clears every conversation's `dirty` mark (after the detectors looked at them).
     pub fn clear_dirty(&mut self) {
         for c in self.convs.items.iter_mut() {

@@ -16,6 +16,9 @@ pub struct Parsed {
     /// Direction index ([`sensor_common::DIR_LO_TO_HI`] or [`sensor_common::DIR_HI_TO_LO`]).
     pub dir: usize,
     pub tcp_flags: u8,
+    /// Offset of the TCP or UDP payload in the frame (0 for other protocols); may equal the
+    /// frame's length (no payload).
+    pub payload_off: usize,
 }
 
 /// Why a packet could not be attributed: an index into [`sensor_common::counter::NAMES`].
@@ -123,13 +126,16 @@ fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
 }
 
 fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result<Parsed, Reason> {
+    let mut payload_off = 0;
     let (sport, dport, tcp_flags) = match proto {
         6 => {
             need(b, off, 20)?;
+            payload_off = off + (b[off + 12] >> 4) as usize * 4;
             (be16(b, off)?, be16(b, off + 2)?, b[off + 13])
         }
         17 => {
             need(b, off, 8)?;
+            payload_off = off + 8;
             (be16(b, off)?, be16(b, off + 2)?, 0)
         }
         p if p == icmp => {
@@ -147,5 +153,6 @@ fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result
         key,
         dir,
         tcp_flags,
+        payload_off,
     })
 }

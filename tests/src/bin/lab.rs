@@ -22,7 +22,7 @@ fn main() -> Result<()> {
         cfg.poll.as_secs()
     );
     println!(
-        "lab: traffic: quiet TCP session to port {QUIET_PORT} (15-byte keepalive every {}s for {}s), bulk TCP transfer of {} MiB to port {BULK_PORT}, UDP exchange on port {UDP_PORT}",
+        "lab: traffic: scripted stratum miner and pool on port {QUIET_PORT} (a share every {}s for {}s), bulk TCP transfer of {} MiB to port {BULK_PORT}, UDP exchange on port {UDP_PORT}",
         cfg.keepalive.as_secs(),
         cfg.quiet_for.as_secs(),
         cfg.bulk_bytes >> 20
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
             .any(|a| a["rule"]["id"] == rule && a["destination"]["port"] == port)
     };
     let quiet = on_port("quiet_long_flow", QUIET_PORT);
+    let mining = on_port("mining_protocol", QUIET_PORT);
     let bulk = outcome
         .alarms
         .iter()
@@ -61,6 +62,10 @@ fn main() -> Result<()> {
     println!(
         "lab: quiet session raised quiet_long_flow: {}",
         if quiet { "yes" } else { "NO" }
+    );
+    println!(
+        "lab: stratum session raised mining_protocol: {}",
+        if mining { "yes" } else { "NO" }
     );
     println!(
         "lab: bulk transfer raised: {}",
@@ -74,7 +79,7 @@ fn main() -> Result<()> {
         "lab: done in {:.0}s; namespaces removed",
         started.elapsed().as_secs_f64()
     );
-    if !quiet || bulk {
+    if !quiet || !mining || bulk {
         bail!(
             "the lab did not behave as expected; agent log:\n{}",
             outcome.agent_log

@@ -1,0 +1,50 @@
+//! Mining protocol: the conversation's payload (or, cached, an earlier conversation between
+//! the same two hosts) spoke a miner's protocol: stratum, CryptoNote, getwork,
+//! getblocktemplate, ethproxy, HTTP stratum headers. Never from a port alone.
+
+use super::{identification_evidence, Detector, Finding};
+use crate::{
+    classify::Kind,
+    flow::table::Conversation,
+    labels::{Confidence, ConvLabels},
+};
+
+pub struct MiningProtocol {
+    /// Severity when observed and confirmed by the pool's answer; one less when only the client
+    /// spoke, two less when cached.
+    pub severity: u8,
+}
+
+impl Detector for MiningProtocol {
+    fn rule_id(&self) -> &'static str {
+        "mining_protocol"
+    }
+
+    fn rule_name(&self) -> &'static str {
+        "Cryptomining Protocol"
+    }
+
+    fn evaluate(
+        &self,
+        _conv: &Conversation,
+        labels: Option<&ConvLabels>,
+        _now: u64,
+    ) -> Option<Finding> {
+        let labels = labels?;
+        let (id, confidence) = labels.identification.as_ref()?;
+        if id.kind != Kind::MiningProtocol {
+            return None;
+        }
+        let mut evidence = serde_json::Map::new();
+        identification_evidence(&mut evidence, id, *confidence, labels);
+        let minus = match confidence {
+            Confidence::Cached => 2,
+            Confidence::Observed if !id.confirmed_by_server => 1,
+            Confidence::Observed => 0,
+        };
+        Some(Finding {
+            severity: self.severity.saturating_sub(minus),
+            evidence,
+        })
+    }
+}

@@ -1,0 +1,328 @@
+//! Labels: what the payload classifiers, the label cache and threat intelligence say about a
+//! conversation, for the `mining_protocol`, `blockchain_p2p` and `mining_infrastructure` rules.
+//!
+//! Payload copies come from either source (the kernel's ring buffer live, the capture in
+//! replay) through [`Labeler::payload`], which applies the same limits as the datapath (the
+//! first payload packets of each sender, the first bytes of each), so both sources label the
+//! same flows. Identifications go to the conversation and to a cache keyed by the two hosts:
+//! later conversations between them (reconnects, a TLS session to the same pool) carry the
+//! label as "cached" until it expires. DNS messages feed the binder, so a server address can
+//! be matched to a pool domain the client looked up.
+//!
+//! It never raises alarms itself (detectors read [`ConvLabels`]), never trusts an answer it did
+//! not see asked for, and bounds everything it keeps per flow.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use sensor_common::{Addr, FlowKey};
+use serde::Deserialize;
+
+use crate::{
+    classify::{parse_client_hello, Direction, FlowClassifier, Identification, Transport},
+    config::HumanDuration,
+    flow::{record::ip_of, table::ConvKey},
+    intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
+};
+
+/// How a conversation came by its identification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confidence {
+    /// Its own payload said so.
+    Observed,
+    /// An earlier conversation between the same two hosts was identified.
+    Cached,
+}
+
+impl Confidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidence::Observed => "observed",
+            Confidence::Cached => "cached",
+        }
+    }
+}
+
+/// TLS details of a conversation's most recent ClientHello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    pub ja4: String,
+    pub alpn: Vec<String>,
+}
+
+/// Everything known about one conversation beyond its counters.
+#[derive(Clone, Debug, Default)]
+pub struct ConvLabels {
+    pub identification: Option<(Identification, Confidence)>,
+    pub tls: Option<TlsInfo>,
+    /// Known-infrastructure match of the server, looked up once per conversation start.
+    pub infra: Option<InfraMatch>,
+    infra_checked_for: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelConfig {
+    /// How long an identification labels later conversations between the same two hosts.
+    pub cache_ttl: HumanDuration,
+    /// Flows whose payload is being classified at once, at most (more are counted, skipped).
+    pub max_classified_flows: usize,
+    /// Hosts pairs in the label cache, at most (the oldest entries go first).
+    pub max_cached_pairs: usize,
+}
+
+impl Default for LabelConfig {
+    fn default() -> Self {
+        LabelConfig {
+            cache_ttl: HumanDuration::secs(24 * 3600),
+            max_classified_flows: 200_000,
+            max_cached_pairs: 100_000,
+        }
+    }
+}
+
+/// Limits of the payload sampling, the same as the datapath's.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleLimits {
+    pub packets: u32,
+    pub bytes: u32,
+    pub dns_bytes: u32,
+}
+
+struct FlowState {
+    classifier: FlowClassifier,
+    samples_left: [u32; 2],
+    tls_seen: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LabelCounters {
+    /// Payload packets sampled for the classifiers (at most `capture.payload_packets` per
+    /// sender of each flow, whichever source fed them).
+    pub payloads: u64,
+    pub dns_messages: u64,
+    pub identified_flows: u64,
+    /// Flows not classified because `max_classified_flows` were already being classified.
+    pub flows_skipped: u64,
+    pub cache_hits: u64,
+}
+
+pub struct Labeler {
+    cfg: LabelConfig,
+    limits: SampleLimits,
+    flows: HashMap<FlowKey, FlowState>,
+    convs: HashMap<ConvKey, ConvLabels>,
+    cache: HashMap<(Addr, Addr), (Identification, u64)>,
+    dns: DnsBinder,
+    intel: Option<IntelStore>,
+    pub counters: LabelCounters,
+}
+
+/// One payload copy, with the flow's orientation already resolved by the caller.
+pub struct Payload<'a> {
+    pub key: FlowKey,
+    pub conv: ConvKey,
+    /// Whether the client sent it.
+    pub from_client: bool,
+    pub dns: bool,
+    pub data: &'a [u8],
+    pub ts_ns: u64,
+}
+
+impl Labeler {
+    pub fn new(cfg: LabelConfig, limits: SampleLimits, intel: Option<IntelStore>) -> Self {
+        Labeler {
+            cfg,
+            limits,
+            flows: HashMap::new(),
+            convs: HashMap::new(),
+            cache: HashMap::new(),
+            dns: DnsBinder::new(BinderConfig::default()),
+            intel,
+            counters: LabelCounters::default(),
+        }
+    }
+
+    pub fn intel(&self) -> Option<&IntelStore> {
+        self.intel.as_ref()
+    }
+
+    pub fn dns(&self) -> &DnsBinder {
+        &self.dns
+    }
+
+    pub fn get(&self, conv: &ConvKey) -> Option<&ConvLabels> {
+        self.convs.get(conv)
+    }
+
+    /// Takes one payload copy; returns whether the conversation's labels changed.
+    pub fn payload(&mut self, p: &Payload) -> bool {
+        if p.dns {
+            self.counters.dns_messages += 1;
+            let (client, server) = (ip_of(&p.conv.client), ip_of(&p.conv.server));
+            let client_port =
+                if p.key.addr_lo == p.conv.client && p.key.port_hi == p.conv.server_port {
+                    p.key.port_lo
+                } else {
+                    p.key.port_hi
+                };
+            let (cs, ss) = (
+                SocketAddr::new(client, client_port),
+                SocketAddr::new(server, p.conv.server_port),
+            );
+            let (src, dst) = if p.from_client { (cs, ss) } else { (ss, cs) };
+            let n = p.data.len().min(self.limits.dns_bytes as usize);
+            self.dns
+                .observe_payload(src, dst, &p.data[..n], p.conv.proto == 6, p.ts_ns);
+            return false;
+        }
+        let transport = match p.conv.proto {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            _ => return false,
+        };
+        if !self.flows.contains_key(&p.key) {
+            if self.flows.len() >= self.cfg.max_classified_flows {
+                self.counters.flows_skipped += 1;
+                return false;
+            }
+            let n = self.limits.packets;
+            self.flows.insert(
+                p.key,
+                FlowState {
+                    classifier: FlowClassifier::new(transport),
+                    samples_left: [n, n],
+                    tls_seen: false,
+                },
+            );
+        }
+        let Some(state) = self.flows.get_mut(&p.key) else {
+            return false;
+        };
+        let side = usize::from(!p.from_client);
+        if state.samples_left[side] == 0 {
+            return false;
+        }
+        state.samples_left[side] -= 1;
+        self.counters.payloads += 1;
+        let data = &p.data[..p.data.len().min(self.limits.bytes as usize)];
+        let dir = if p.from_client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let mut changed = false;
+        if p.from_client && !state.tls_seen {
+            if let Some(hello) = parse_client_hello(data) {
+                state.tls_seen = true;
+                let labels = self.convs.entry(p.conv).or_default();
+                labels.tls = Some(TlsInfo {
+                    sni: hello.sni,
+                    ja4: hello.ja4,
+                    alpn: hello.alpn,
+                });
+                changed = true;
+            }
+        }
+        if let Some(found) = state.classifier.feed(data, dir) {
+            if !self
+                .convs
+                .get(&p.conv)
+                .is_some_and(|l| matches!(l.identification, Some((_, Confidence::Observed))))
+            {
+                self.counters.identified_flows += 1;
+            }
+            let expiry = p.ts_ns.saturating_add(self.cfg.cache_ttl.as_nanos());
+            if self.cache.len() >= self.cfg.max_cached_pairs {
+                // Bounded: drop the entry closest to expiry.
+                if let Some(oldest) = self
+                    .cache
+                    .iter()
+                    .min_by_key(|(_, (_, e))| *e)
+                    .map(|(k, _)| *k)
+                {
+                    self.cache.remove(&oldest);
+                }
+            }
+            self.cache
+                .insert((p.conv.client, p.conv.server), (found.clone(), expiry));
+            self.convs.entry(p.conv).or_default().identification =
+                Some((found, Confidence::Observed));
+            changed = true;
+        }
+        changed
+    }
+
+    /// Brings a conversation's labels up to date before the detectors look at it: the cached
+    /// identification of its two hosts, and the known-infrastructure match of its server at
+    /// the time it started.
+    pub fn refresh(&mut self, conv: &ConvKey, start_ns: u64, now_ns: u64) {
+        let cached = match self.convs.get(conv) {
+            Some(l) if l.identification.is_some() => None,
+            _ => self
+                .cache
+                .get(&(conv.client, conv.server))
+                .filter(|(_, expiry)| *expiry >= now_ns)
+                .map(|(i, _)| i.clone()),
+        };
+        let needs_infra = self.intel.is_some()
+            && self
+                .convs
+                .get(conv)
+                .is_none_or(|l| l.infra_checked_for != Some(start_ns));
+        if cached.is_none() && !needs_infra {
+            return;
+        }
+        let labels = self.convs.entry(*conv).or_default();
+        if let Some(i) = cached {
+            self.counters.cache_hits += 1;
+            labels.identification = Some((i, Confidence::Cached));
+        }
+        if needs_infra {
+            if let Some(store) = &self.intel {
+                labels.infra = intel::lookup_server(
+                    &store.snapshot(),
+                    &self.dns,
+                    ip_of(&conv.server),
+                    start_ns,
+                );
+            }
+            labels.infra_checked_for = Some(start_ns);
+        }
+    }
+
+    /// Forgets a flow's classifier state (the flow ended).
+    pub fn flow_ended(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+    }
+
+    /// Forgets a conversation's labels (it ended) and prunes expired state.
+    pub fn conversation_ended(&mut self, conv: &ConvKey) {
+        self.convs.remove(conv);
+    }
+
+    /// Periodic upkeep at `now`: expired cache entries and DNS bindings go, feeds refresh when
+    /// due (a failed refresh keeps the previous feeds and is logged).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.cache.retain(|_, (_, expiry)| *expiry >= now_ns);
+        self.dns.prune(now_ns);
+        if let Some(store) = &self.intel {
+            // The feed module logs each problem itself; only the summary line here.
+            if let Some(report) = store.maybe_refresh(now_ns) {
+                let text = report.to_string();
+                log::info!(
+                    "threat intelligence: {}",
+                    text.lines().last().unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// The intel section of the configuration as a store, when any feed is configured.
+pub fn intel_store(cfg: &IntelConfig) -> Result<Option<IntelStore>, String> {
+    if cfg.directory.is_none() && cfg.urls.is_empty() {
+        return Ok(None);
+    }
+    IntelStore::new(cfg.clone()).map(Some)
+}
