@@ -176,9 +176,9 @@ fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::intel::IntelStore>> {
     let summary = report.to_string();
     let last = summary.lines().last().unwrap_or_default();
     if report.is_clean() {
-        log::info!("threat intelligence: {last}");
+        log::info!("{last}");
     } else {
-        eprintln!("warning: threat intelligence: {last}");
+        eprintln!("warning: {last}");
     }
     Ok(Some(store))
 }
