@@ -38,6 +38,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "iproute2",
         "network namespaces and veth pairs for tests and the lab",
     ),
+    ("rsyslog", "a real syslog receiver for the sink tests"),
+    (
+        "rsyslog-gnutls",
+        "TLS (RFC 5425) input for the rsyslog sink tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
