@@ -134,6 +134,10 @@ pub struct Config {
     pub intel: crate::intel::IntelConfig,
     pub alarm: AlarmConfig,
     pub output: OutputConfig,
+    /// The durable spool between the detectors and the sinks.
+    pub spool: crate::sink::delivery::SpoolSection,
+    /// Where alarms are delivered (`[[sinks]]`); none: JSON lines to stdout or `output.alarms`.
+    pub sinks: Vec<crate::sink::transport::SinkConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -598,6 +602,14 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
             "detect.quiet_long_flow.max_bytes_per_sec".into(),
             "must be a number of bytes per second >= 0".into(),
         ));
+    }
+    for (i, sink) in c.sinks.iter().enumerate() {
+        if let Err(e) = sink.validate() {
+            return Err((format!("sinks[{i}]"), e.to_string()));
+        }
+    }
+    if let Err(e) = c.spool.spool_config().validate() {
+        return Err(("spool".into(), e.to_string()));
     }
     if let Err(errors) = c.intel.validate() {
         let first = errors.into_iter().next().unwrap_or_default();

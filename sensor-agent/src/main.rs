@@ -18,7 +18,7 @@ use sensor_agent::{
     datapath::LoadOptions,
     engine::Engine,
     replay::{replay, EngineKind, ReplayOptions},
-    sink::JsonLines,
+    sink::{delivery::Delivery, JsonLines},
     source::live::{default_route_interface, LiveSource},
 };
 use sensor_common::counter;
@@ -183,11 +183,65 @@ fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::intel::IntelStore>> {
     Ok(Some(store))
 }
 
-fn alarm_sink(cli: Option<&Path>, cfg: &Config) -> Result<JsonLines> {
-    match cli.or(cfg.output.alarms.as_deref()) {
-        None => Ok(JsonLines::stdout()),
-        Some(p) => {
-            JsonLines::open(p).with_context(|| format!("cannot open alarm output {}", p.display()))
+/// Where alarms go: JSON lines written directly (stdout or a file), or the configured
+/// `[[sinks]]` through the durable spool.
+enum AlarmOutput {
+    Direct(JsonLines),
+    Delivered(Delivery),
+}
+
+impl AlarmOutput {
+    /// `--alarms FILE` wins; else `[[sinks]]` when configured; else `output.alarms` or stdout.
+    fn open(cli: Option<&Path>, cfg: &Config) -> Result<Self> {
+        if cli.is_none() {
+            if let Some(d) = Delivery::start(&cfg.sinks, &cfg.spool)? {
+                return Ok(AlarmOutput::Delivered(d));
+            }
+        }
+        match cli.or(cfg.output.alarms.as_deref()) {
+            None => Ok(AlarmOutput::Direct(JsonLines::stdout())),
+            Some(p) => Ok(AlarmOutput::Direct(JsonLines::open(p).with_context(
+                || format!("cannot open alarm output {}", p.display()),
+            )?)),
+        }
+    }
+
+    fn emit(&mut self, alarm: &serde_json::Value) -> std::io::Result<()> {
+        match self {
+            AlarmOutput::Direct(j) => j.emit(alarm),
+            AlarmOutput::Delivered(d) => d.submit(alarm).map_err(std::io::Error::other),
+        }
+    }
+
+    /// Once per tick: makes spooled alarms durable per the fsync policy.
+    fn flush(&mut self) -> Result<()> {
+        if let AlarmOutput::Delivered(d) = self {
+            d.flush()?;
+        }
+        Ok(())
+    }
+
+    /// One line per sink: sent, errors, pending, oldest undelivered.
+    fn report(&self) -> Vec<String> {
+        match self {
+            AlarmOutput::Direct(_) => Vec::new(),
+            AlarmOutput::Delivered(d) => d
+                .status()
+                .iter()
+                .map(|s| {
+                    let mut line = format!(
+                        "sink {}: {} sent, {} errors, {} retries, {} pending",
+                        s.name, s.sent, s.errors, s.retries, s.pending
+                    );
+                    if let Some(age) = s.oldest_undelivered {
+                        line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
+                    }
+                    if let (Some(e), true) = (&s.last_error, s.pending > 0) {
+                        line.push_str(&format!(" (last error: {e})"));
+                    }
+                    line
+                })
+                .collect(),
         }
     }
 }
@@ -198,7 +252,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         EngineArg::User => EngineKind::User,
         EngineArg::Kernel => EngineKind::Kernel,
     };
-    let mut sink = alarm_sink(args.alarms.as_deref(), &cfg)?;
+    let mut sink = AlarmOutput::open(args.alarms.as_deref(), &cfg)?;
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg)?);
     let mut on_alarm = |e: &AlarmEvent| sink.emit(&e.json);
     let mut opts = ReplayOptions {
@@ -213,6 +267,15 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     };
     let outcome = replay(&args.captures, &mut engine, &mut opts)
         .with_context(|| format!("replay with the {} engine", kind.name()))?;
+    sink.flush()?;
+    if let AlarmOutput::Delivered(d) = &sink {
+        if !d.drain(cfg.spool.drain_timeout.0) {
+            eprintln!("warning: not every alarm was delivered within {}; the rest stay in the spool {} for the next run", cfg.spool.drain_timeout, cfg.spool.dir.display());
+        }
+    }
+    for line in sink.report() {
+        eprintln!("{line}");
+    }
 
     if let Some(path) = &args.flows {
         let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
@@ -344,7 +407,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         vec![default_route_interface()?]
     };
     let egress = args.egress || cfg.sensor.egress;
-    let mut sink = alarm_sink(args.alarms.as_deref(), &cfg)?;
+    let mut sink = AlarmOutput::open(args.alarms.as_deref(), &cfg)?;
     let mut flow_out = match &args.flows {
         Some(p) => Some(
             JsonLines::open(p)
@@ -395,6 +458,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             for e in &polled.events {
                 sink.emit(&e.json).context("write alarm")?;
             }
+            sink.flush()?;
             if let Some(out) = flow_out.as_mut() {
                 for f in &polled.ended {
                     out.emit(&f.to_json("kernel"))
@@ -459,5 +523,8 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             alarms.join(", ")
         }
     );
+    for line in sink.report() {
+        eprintln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,8 +137,11 @@ fn account<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
                     None => return,
                 },
             };
-            // Once a flow's sampling is over (almost every packet), this is the only cost.
-            if unsafe { (*stats).sampling } != 0 && payload_off != 0 && len > payload_off {
+            // Once a flow's sampling is over (almost every packet), this is the only cost; a
+            // sender whose own copies are done (its peer still silent) pays one more mask.
+            let sender_bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
+            let sampling = unsafe { (*stats).sampling };
+            if sampling != 0 && sampling & (sender_bit | SAMPLE_DNS) != 0 && payload_off != 0 && len > payload_off {
                 sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
             }
         }

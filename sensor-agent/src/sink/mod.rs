@@ -1,6 +1,11 @@
 //! Sinks: where alarms and flow records go. For now JSON lines to stdout or a file, flushed
 //! per event so a reader (or a test) sees each alarm as soon as it is raised.
 
+pub mod delivery;
+pub mod format;
+pub mod spool;
+pub mod transport;
+
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},

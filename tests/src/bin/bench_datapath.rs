@@ -1,15 +1,29 @@
 //! `cargo xtask bench datapath`: per-packet cost of the sensor's XDP program, measured with
 //! BPF_PROG_TEST_RUN against two yardsticks from `sensor-ebpf/src/bin/bench_ref.rs`:
 //! `bench_noop` (returns XDP_PASS: the floor of the test-run harness) and `bench_ref` (REF, the
-//! smallest credible flow program).
+//! smallest credible flow program). A fourth program, sensor+capture, is the sensor loaded a
+//! second time with first-bytes capture on (the agent's default capture settings): it is judged
+//! by its ratio to the plain sensor on established flows, whose payload copies are over.
 //!
 //! Cases: frame kinds (IPv4/TCP, IPv6/TCP, IPv4/TCP behind one 802.1Q tag) times flow counts
 //! (one hot flow, or N distinct flows). Every case loads fresh programs whose flow maps hold
 //! all N flows, then runs rounds; each round runs every program once, in rotating order, so
 //! drift affects all programs alike. The report gives median and min-max over rounds, the
-//! sensor/REF, sensor/no-op and net ratios, and whether the issue's targets were met. It never
-//! fails on time: it exits non-zero only when a program cannot be loaded or run, or does not
-//! pass a frame.
+//! sensor/REF, sensor/no-op, net and capture/sensor ratios, and whether the issue's targets were
+//! met. It never fails on time: it exits non-zero only when a program cannot be loaded or run,
+//! or does not pass a frame, or when sensor+capture is not in the state the measurement assumes
+//! (a flow still copying payload after the warm-up, or any payload copy during the measured
+//! rounds).
+//!
+//! Capture warm-up: the measured frames go client -> server and carry a 32-byte TCP payload.
+//! With capture on, a new flow copies the first `payload_packets` payload packets of each
+//! sender, then `FlowStats::sampling` drops to 0 and a packet costs one byte check more than
+//! without capture. After the ordinary warm-up, both sensors therefore see each flow's frame
+//! `payload_packets` more times and `payload_packets` server -> client replies, which retire
+//! both senders' copies. REF and no-op never see the replies (REF's key is directional: they
+//! would be extra flows in its map). `--silent-server` leaves the replies out: the server's
+//! copies then never retire, and every packet also makes the sampling call (the "client talks,
+//! server silent" case).
 
 use std::{fmt::Write as _, time::Instant};
 
@@ -19,8 +33,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use clap::{Parser, ValueEnum};
-use sensor_agent::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS};
-use sensor_common::counter;
+use sensor_agent::{
+    config::Config as AgentConfig,
+    datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
+};
+use sensor_common::{counter, SAMPLE_HI, SAMPLE_LO};
 use sensor_tests::frames::{self, Frag};
 
 const XDP_PASS: u32 = 2;
@@ -28,7 +45,8 @@ const XDP_PASS: u32 = 2;
 const REF_MAP: &str = "REF_FLOWS";
 const NOOP_PROGRAM: &str = "bench_noop";
 const REF_PROGRAM: &str = "bench_ref";
-/// TCP payload of every frame: the programs never read it, it only makes frames realistic.
+/// TCP payload of every frame, for every program. Only sensor+capture reads it, and only on a
+/// flow's first packets: without a payload a flow's copies would never retire.
 const PAYLOAD: [u8; 32] = [0x5a; 32];
 /// Distinct flows differ in the low 24 bits of the source address.
 const MAX_DISTINCT_FLOWS: u32 = 1 << 24;
@@ -36,6 +54,11 @@ const MAX_DISTINCT_FLOWS: u32 = 1 << 24;
 const HOT_TARGET: f64 = 1.15;
 const MANY_TARGET: f64 = 1.25;
 const MANY_FLOWS: u32 = 1_000_000;
+/// Target from the issue: sensor+capture / sensor on established flows, every case.
+const CAPTURE_TARGET: f64 = 1.05;
+/// Warm-up: sensor+capture's ring is drained after at most this many frames (each makes at
+/// most one copy per run, and the default 4 MiB ring holds about 7,000).
+const DRAIN_FRAMES: usize = 4_096;
 /// Hot flow: alternating calls per program per round.
 const HOT_CALLS: usize = 4;
 /// N flows: a round makes at least this many calls per program (several passes when N is
@@ -70,6 +93,12 @@ struct Args {
     /// Smoke run: fewer rounds, no 1M case, shorter hot runs. Indicative only.
     #[arg(long)]
     quick: bool,
+    /// Warm up without server -> client replies: the server's payload copies on
+    /// sensor+capture then never retire, and every measured packet also makes the sampling
+    /// call (the "client talks, server silent" case) [default: replies, so every flow's
+    /// copies are over].
+    #[arg(long)]
+    silent_server: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +119,7 @@ impl Flows {
         }
     }
 
-    /// Flow-map capacity for both REF and the sensor: the agent's default, or 25% above the
+    /// Flow-map capacity for REF and both sensors: the agent's default, or 25% above the
     /// flow count, so no measured packet ever evicts (with 2+ CPUs an LRU map can evict
     /// before it is full, because each CPU keeps a local free list).
     fn capacity(self) -> u32 {
@@ -142,12 +171,33 @@ impl Kind {
         }
     }
 
-    /// The frame of flow `i`: flows differ in source address (low 24 bits) and source port.
+    /// The frame of flow `i`, client -> server: flows differ in the client's address (low 24
+    /// bits) and port. Every frame carries [`PAYLOAD`].
     fn frame(self, i: u32) -> Vec<u8> {
-        let sport = 1024 + (i % 60_000) as u16;
-        let l4 = frames::tcp(sport, 443, frames::TCP_ACK | frames::TCP_PSH, &PAYLOAD);
-        let v4_src = (0x0a00_0000 | (i & 0x00ff_ffff)).to_be_bytes();
-        let v4_dst = [192, 0, 2, 1];
+        self.build(i, false)
+    }
+
+    /// The server's reply on flow `i` (addresses and ports swapped, same payload): warm-up of
+    /// the two sensors only.
+    fn reply(self, i: u32) -> Vec<u8> {
+        self.build(i, true)
+    }
+
+    fn build(self, i: u32, reply: bool) -> Vec<u8> {
+        let client_port = 1024 + (i % 60_000) as u16;
+        let (sport, dport) = if reply {
+            (443, client_port)
+        } else {
+            (client_port, 443)
+        };
+        let l4 = frames::tcp(sport, dport, frames::TCP_ACK | frames::TCP_PSH, &PAYLOAD);
+        let client_v4 = (0x0a00_0000 | (i & 0x00ff_ffff)).to_be_bytes();
+        let server_v4 = [192, 0, 2, 1];
+        let (v4_src, v4_dst) = if reply {
+            (server_v4, client_v4)
+        } else {
+            (client_v4, server_v4)
+        };
         match self {
             Kind::V4 => frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame,
             Kind::Vlan => {
@@ -163,9 +213,14 @@ impl Kind {
                 .frame
             }
             Kind::V6 => {
-                let mut src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                src[12..].copy_from_slice(&i.to_be_bytes());
-                let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                let mut client = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                client[12..].copy_from_slice(&i.to_be_bytes());
+                let server = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                let (src, dst) = if reply {
+                    (server, client)
+                } else {
+                    (client, server)
+                };
                 frames::v6_frame(&[], src, dst, &[], 6, &l4).frame
             }
         }
@@ -206,9 +261,10 @@ enum Prog {
     Noop,
     Ref,
     Sensor,
+    Capture,
 }
 
-const PROGS: [Prog; 3] = [Prog::Noop, Prog::Ref, Prog::Sensor];
+const PROGS: [Prog; 4] = [Prog::Noop, Prog::Ref, Prog::Sensor, Prog::Capture];
 
 impl Prog {
     fn index(self) -> usize {
@@ -216,6 +272,7 @@ impl Prog {
             Prog::Noop => 0,
             Prog::Ref => 1,
             Prog::Sensor => 2,
+            Prog::Capture => 3,
         }
     }
 
@@ -224,14 +281,19 @@ impl Prog {
             Prog::Noop => "no-op",
             Prog::Ref => "REF",
             Prog::Sensor => "sensor",
+            Prog::Capture => "sensor+capture",
         }
     }
 }
 
-/// The three programs, freshly loaded, with flow maps of one capacity.
+/// The four programs, freshly loaded, with flow maps of one capacity.
 struct Programs {
     bench: Ebpf,
     sensor: Datapath,
+    /// The sensor with first-bytes capture on.
+    capture: Datapath,
+    /// Payload copies read from `capture`'s ring so far.
+    drained: u64,
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -243,7 +305,7 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 impl Programs {
-    fn load(capacity: u32) -> Result<Self> {
+    fn load(capacity: u32, capture: &LoadOptions) -> Result<Self> {
         let mut bench = EbpfLoader::new()
             .map_max_entries(REF_MAP, capacity)
             .load(BENCH_OBJECT)
@@ -257,7 +319,17 @@ impl Programs {
         }
         let sensor = Datapath::load(&LoadOptions::flows_only(capacity))
             .context("cannot load the sensor datapath")?;
-        Ok(Programs { bench, sensor })
+        let capture = Datapath::load(&LoadOptions {
+            max_flows: capacity,
+            ..capture.clone()
+        })
+        .context("cannot load the sensor datapath with first-bytes capture")?;
+        Ok(Programs {
+            bench,
+            sensor,
+            capture,
+            drained: 0,
+        })
     }
 
     fn prog(&mut self, p: Prog) -> Result<&mut Xdp> {
@@ -265,14 +337,50 @@ impl Programs {
             Prog::Noop => xdp(&mut self.bench, NOOP_PROGRAM),
             Prog::Ref => xdp(&mut self.bench, REF_PROGRAM),
             Prog::Sensor => Ok(self.sensor.xdp()?),
+            Prog::Capture => Ok(self.capture.xdp()?),
         }
     }
 
-    /// The sensor's counters: (flows created, unattributed packets).
-    fn sensor_counts(&self) -> Result<(u64, u64)> {
-        let c = self.sensor.counters()?;
+    /// A sensor's counters: (flows created, unattributed packets).
+    fn sensor_counts(&self, p: Prog) -> Result<(u64, u64)> {
+        let c = match p {
+            Prog::Capture => self.capture.counters()?,
+            _ => self.sensor.counters()?,
+        };
         let unattributed = c[..counter::UNATTRIBUTED_REASONS as usize].iter().sum();
         Ok((c[counter::FLOWS_CREATED as usize], unattributed))
+    }
+
+    /// sensor+capture's payload counters: (copies delivered, copies dropped on a full ring).
+    fn payload_counts(&self) -> Result<(u64, u64)> {
+        let c = self.capture.counters()?;
+        Ok((
+            c[counter::PAYLOAD_EVENTS as usize],
+            c[counter::PAYLOAD_DROPS as usize],
+        ))
+    }
+
+    /// Empties sensor+capture's ring; returns the copies read.
+    fn drain(&mut self) -> u64 {
+        let n = self.capture.drain_payloads(|_| {}) as u64;
+        self.drained += n;
+        n
+    }
+
+    /// sensor+capture's flows: (in the map, copies over, exactly one sender still copied).
+    fn sampling_states(&self) -> Result<(u64, u64, u64)> {
+        let (mut total, mut over, mut one_sender) = (0, 0, 0);
+        self.capture.for_each_flow_batch(|_, stats| {
+            for s in stats {
+                total += 1;
+                match s.sampling {
+                    0 => over += 1,
+                    SAMPLE_LO | SAMPLE_HI => one_sender += 1,
+                    _ => {}
+                }
+            }
+        })?;
+        Ok((total, over, one_sender))
     }
 }
 
@@ -303,6 +411,61 @@ fn hot_call(prog: &mut Xdp, p: Prog, frame: &[u8], repeat: u32) -> Result<f64> {
     Ok(test_run(prog, p, frame, repeat)? as f64)
 }
 
+/// [`pass`] for sensor+capture's warm-up: it copies the first packet of every new flow, so
+/// its ring is drained every [`DRAIN_FRAMES`] frames (between test runs, outside the measured
+/// durations).
+fn capture_pass(progs: &mut Programs, set: &FrameSet, order: &[u32]) -> Result<f64> {
+    let mut total = 0.0;
+    for chunk in order.chunks(DRAIN_FRAMES) {
+        let mean = pass(progs.prog(Prog::Capture)?, Prog::Capture, set, chunk)?;
+        total += mean * chunk.len() as f64;
+        progs.drain();
+    }
+    Ok(total / order.len() as f64)
+}
+
+/// Warm-up of the two sensors after every flow exists: each flow's frame `copies` more times
+/// and, unless `silent_server`, `copies` server replies, so that on sensor+capture the
+/// client's (and the server's) payload copies are over. The plain sensor gets the same
+/// packets, so both maps hold the same flows in the same state but for `sampling`. Drains
+/// sensor+capture's ring as it goes.
+///
+/// One run per call: with repeat > 1 the kernel attaches the program to the XDP dispatcher
+/// for the call and detaches it after, which waits for an RCU grace period (milliseconds).
+fn finish_copies(
+    progs: &mut Programs,
+    kind: Kind,
+    flows: u32,
+    copies: u32,
+    silent_server: bool,
+) -> Result<()> {
+    if copies == 0 {
+        return Ok(());
+    }
+    // Each flow makes at most 2 * copies copies: drain before the ring can fill.
+    let per_drain = (DRAIN_FRAMES as u32 / (2 * copies)).max(1);
+    for p in [Prog::Sensor, Prog::Capture] {
+        for i in 0..flows {
+            let prog = progs.prog(p)?;
+            let frame = kind.frame(i);
+            for _ in 0..copies {
+                test_run(prog, p, &frame, 1)?;
+            }
+            if !silent_server {
+                let reply = kind.reply(i);
+                for _ in 0..copies {
+                    test_run(prog, p, &reply, 1)?;
+                }
+            }
+            if p == Prog::Capture && (i + 1) % per_drain == 0 {
+                progs.drain();
+            }
+        }
+    }
+    progs.drain();
+    Ok(())
+}
+
 /// One pass over `order` with one run per frame: mean of the kernel-reported durations.
 fn pass(prog: &mut Xdp, p: Prog, set: &FrameSet, order: &[u32]) -> Result<f64> {
     let mut total = 0u64;
@@ -331,17 +494,36 @@ struct Case {
     flows: Flows,
     capacity: u32,
     /// Per program (index order of [`PROGS`]), one value per round: mean ns per packet.
-    samples: [Vec<f64>; 3],
+    samples: [Vec<f64>; 4],
     /// Distinct flows only: mean ns of the first packet of each flow (the warm-up pass that
-    /// inserted them), for REF and the sensor.
-    insert: Option<(f64, f64)>,
-    /// Flows the sensor created during the measured rounds (should be 0).
-    measured_inserts: u64,
+    /// inserted them), for REF, the sensor and sensor+capture.
+    insert: Option<(f64, f64, f64)>,
+    /// Flows the sensor and sensor+capture created during the measured rounds (should be 0).
+    measured_inserts: [u64; 2],
+    capture: CaptureWarmUp,
+}
+
+/// What sensor+capture copied during the warm-up, and the state it left.
+struct CaptureWarmUp {
+    /// Copies the warm-up should make: per flow, `payload_packets` per sender that sent.
+    expected: u64,
+    /// The datapath's `payload_events` and `payload_drops` counters after the warm-up.
+    events: u64,
+    drops: u64,
+    /// Copies read from the ring.
+    drained: u64,
+    /// Flows in the map, and those in the state the measurement needs: copies over
+    /// (`sampling == 0`), or with `--silent-server` only the server's copies pending.
+    flows: u64,
+    over: u64,
 }
 
 struct Config {
     rounds: usize,
     hot_repeat: u32,
+    /// sensor+capture's load options but for the flow-map capacity: the agent's defaults.
+    capture: LoadOptions,
+    silent_server: bool,
 }
 
 fn progress(started: Instant, msg: &str) {
@@ -356,8 +538,8 @@ fn round(
     round: usize,
     slices: usize,
     mut run: impl FnMut(&mut Xdp, Prog, usize) -> Result<(f64, f64)>,
-) -> Result<[f64; 3]> {
-    let mut totals = [(0.0, 0.0); 3];
+) -> Result<[f64; 4]> {
+    let mut totals = [(0.0, 0.0); 4];
     for slice in 0..slices {
         for k in 0..PROGS.len() {
             let p = PROGS[(round * slices + slice + k) % PROGS.len()];
@@ -371,14 +553,23 @@ fn round(
 
 fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<Case> {
     let capacity = flows.capacity();
-    let mut progs = Programs::load(capacity)?;
+    let mut progs = Programs::load(capacity, &cfg.capture)?;
+    let copies = cfg.capture.settings.payload_packets.min(255);
     let mut case = Case {
         kind,
         flows,
         capacity,
-        samples: [Vec::new(), Vec::new(), Vec::new()],
+        samples: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
         insert: None,
-        measured_inserts: 0,
+        measured_inserts: [0; 2],
+        capture: CaptureWarmUp {
+            expected: 0,
+            events: 0,
+            drops: 0,
+            drained: 0,
+            flows: 0,
+            over: 0,
+        },
     };
     let name = format!("{} {}", kind.label(), flows.label());
     let created = match flows {
@@ -388,7 +579,8 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             for p in PROGS {
                 hot_call(progs.prog(p)?, p, &frame, cfg.hot_repeat.min(100_000))?;
             }
-            let created = check_warm_up(&progs, &name, 1)?;
+            finish_copies(&mut progs, kind, 1, copies, cfg.silent_server)?;
+            let created = check_warm_up(&mut progs, &mut case, cfg, 1)?;
             for r in 0..cfg.rounds {
                 let v = round(&mut progs, r, HOT_CALLS, |prog, p, _| {
                     Ok((hot_call(prog, p, &frame, cfg.hot_repeat)?, 1.0))
@@ -396,6 +588,7 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
                 for (samples, v) in case.samples.iter_mut().zip(v) {
                     samples.push(v);
                 }
+                check_no_copies(&mut progs, &case, r)?;
             }
             progress(started, &format!("{name}: {} rounds done", cfg.rounds));
             created
@@ -404,14 +597,16 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             progress(started, &format!("{name}: building {n} frames"));
             let set = FrameSet::build(kind, n)?;
             let in_order: Vec<u32> = (0..n).collect();
-            // Warm-up: one pass in flow order inserts every flow into REF's and the sensor's
-            // map; its mean is the cost of a flow's first packet. No-op needs no map.
+            // Warm-up: one pass in flow order inserts every flow into REF's and the sensors'
+            // maps; its mean is the cost of a flow's first packet. No-op needs no map.
             let noop_warm = &in_order[..in_order.len().min(4096)];
             pass(progs.prog(Prog::Noop)?, Prog::Noop, &set, noop_warm)?;
             let ref_insert = pass(progs.prog(Prog::Ref)?, Prog::Ref, &set, &in_order)?;
             let sensor_insert = pass(progs.prog(Prog::Sensor)?, Prog::Sensor, &set, &in_order)?;
-            case.insert = Some((ref_insert, sensor_insert));
-            let created = check_warm_up(&progs, &name, n)?;
+            let capture_insert = capture_pass(&mut progs, &set, &in_order)?;
+            case.insert = Some((ref_insert, sensor_insert, capture_insert));
+            finish_copies(&mut progs, kind, n, copies, cfg.silent_server)?;
+            let created = check_warm_up(&mut progs, &mut case, cfg, n)?;
             progress(
                 started,
                 &format!("{name}: warm-up done (maps hold {n} flows)"),
@@ -432,6 +627,7 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
                 for (samples, v) in case.samples.iter_mut().zip(v) {
                     samples.push(v);
                 }
+                check_no_copies(&mut progs, &case, r)?;
                 if n >= 100_000 {
                     progress(
                         started,
@@ -445,20 +641,71 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             created
         }
     };
-    let (after, _) = progs.sensor_counts()?;
-    case.measured_inserts = after.saturating_sub(created);
+    for (k, p) in [Prog::Sensor, Prog::Capture].into_iter().enumerate() {
+        let (after, _) = progs.sensor_counts(p)?;
+        case.measured_inserts[k] = after.saturating_sub(created);
+    }
     Ok(case)
 }
 
-/// Checks that the sensor attributed every warm-up packet and created `flows` flows; returns
-/// the number created.
-fn check_warm_up(progs: &Programs, name: &str, flows: u32) -> Result<u64> {
-    let (created, unattributed) = progs.sensor_counts()?;
+/// Checks that both sensors attributed every warm-up packet and created `flows` flows, and
+/// that sensor+capture's copies are over on every flow (with `--silent-server`: over for
+/// exactly one sender); records what sensor+capture copied. Returns the number of flows
+/// created.
+fn check_warm_up(progs: &mut Programs, case: &mut Case, cfg: &Config, flows: u32) -> Result<u64> {
+    let name = format!("{} {}", case.kind.label(), case.flows.label());
+    for p in [Prog::Sensor, Prog::Capture] {
+        let (created, unattributed) = progs.sensor_counts(p)?;
+        ensure!(
+            created == u64::from(flows) && unattributed == 0,
+            "{name}: {} created {created} flows and left {unattributed} packets unattributed during warm-up; expected {flows} and 0",
+            p.label()
+        );
+    }
+    progs.drain();
+    let (events, drops) = progs.payload_counts()?;
+    let (total, over, one_sender) = progs.sampling_states()?;
+    let senders = if cfg.silent_server { 1 } else { 2 };
+    case.capture = CaptureWarmUp {
+        expected: u64::from(flows)
+            * senders
+            * u64::from(cfg.capture.settings.payload_packets.min(255)),
+        events,
+        drops,
+        drained: progs.drained,
+        flows: total,
+        over: if cfg.silent_server { one_sender } else { over },
+    };
+    if cfg.silent_server {
+        ensure!(
+            total == u64::from(flows) && one_sender == total,
+            "{name}: after the warm-up sensor+capture holds {total} flows, {one_sender} of them still copying one sender only; expected {flows} and {flows}"
+        );
+    } else {
+        ensure!(
+            total == u64::from(flows) && over == total,
+            "{name}: after the warm-up sensor+capture holds {total} flows, {over} of them done copying; expected {flows} and {flows}: measured packets would not be on established flows"
+        );
+    }
+    Ok(u64::from(flows))
+}
+
+/// Established flows copy nothing: fails if sensor+capture copied (or failed to copy)
+/// anything since the warm-up. Called after every measured round.
+fn check_no_copies(progs: &mut Programs, case: &Case, round: usize) -> Result<()> {
+    let drained = progs.drain();
+    let (events, drops) = progs.payload_counts()?;
     ensure!(
-        created == u64::from(flows) && unattributed == 0,
-        "{name}: the sensor created {created} flows and left {unattributed} packets unattributed during warm-up; expected {flows} and 0"
+        drained == 0 && events == case.capture.events && drops == case.capture.drops,
+        "{} {}: sensor+capture made {} payload copies ({} read from the ring) and dropped {} during measured round {}; established flows must copy nothing",
+        case.kind.label(),
+        case.flows.label(),
+        events.saturating_sub(case.capture.events),
+        drained,
+        drops.saturating_sub(case.capture.drops),
+        round + 1
     );
-    Ok(created)
+    Ok(())
 }
 
 /// Passes over all N frames per program per round: enough for [`MIN_PACKETS_PER_ROUND`].
@@ -493,13 +740,15 @@ fn spread(v: &[f64], digits: usize) -> String {
 }
 
 /// Per-round values of a ratio computed from the same round's samples (programs alternate
-/// within a round, so a round's programs saw the same conditions). `None` where undefined.
-fn per_round(case: &Case, f: impl Fn(f64, f64, f64) -> Option<f64>) -> Vec<f64> {
-    let [noop, r, s] = &case.samples;
+/// within a round, so a round's programs saw the same conditions). `f` gets no-op, REF,
+/// sensor and sensor+capture. `None` where undefined.
+fn per_round(case: &Case, f: impl Fn(f64, f64, f64, f64) -> Option<f64>) -> Vec<f64> {
+    let [noop, r, s, c] = &case.samples;
     noop.iter()
         .zip(r)
         .zip(s)
-        .filter_map(|((&n, &r), &s)| f(n, r, s))
+        .zip(c)
+        .filter_map(|(((&n, &r), &s), &c)| f(n, r, s, c))
         .collect()
 }
 
@@ -519,15 +768,20 @@ fn target(flows: Flows) -> Option<f64> {
 fn report(cases: &[Case], cfg: &Config, cpu: usize, quick: bool) -> String {
     let mut out = String::new();
     let w = &mut out;
+    let settings = cfg.capture.settings;
+    let copies = settings.payload_packets.min(255);
     let _ = writeln!(w);
     let _ = write!(
         w,
         "\
 Datapath benchmark: BPF_PROG_TEST_RUN on XDP programs, kernel {kernel}, this process pinned to CPU {cpu}.
-Programs: no-op = bench_noop (returns XDP_PASS), REF = bench_ref, sensor = sensor_xdp.
-Every case loads fresh programs; REF's and the sensor's flow maps get the same capacity (map cap).
-Values: ns per packet, median [min-max] over {rounds} rounds. Within a round the three programs
-alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next program.
+Programs: no-op = bench_noop (returns XDP_PASS), REF = bench_ref, sensor = sensor_xdp,
+sensor+capture = sensor_xdp loaded with the agent's default first-bytes capture (payload_packets
+{payload_packets}, payload_bytes {payload_bytes}, dns_bytes {dns_bytes}, ring {ring_bytes} bytes).
+Every case loads fresh programs; REF's and both sensors' flow maps get the same capacity (map cap).
+Values: ns per packet, median [min-max] over {rounds} rounds. Within a round the four programs
+alternate (no-op, REF, sensor, sensor+capture, no-op, ...), each slice starting with the next
+program.
   hot:     one frame; a round is {HOT_CALLS} alternating calls per program with repeat={hot_repeat};
            the value is the kernel's mean per run (it truncates to whole ns). The flow exists
            before measuring: every run hits one cached entry.
@@ -540,11 +794,39 @@ alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next pr
            values include cold-cache costs that the hot case does not.
            A repeat=1 duration also includes the harness's fixed cost (timer reads, loop); the
            no-op row measures that floor, hence the net ratio (sensor - no-op) / (REF - no-op).
+  capture: every frame, for every program, is client -> server with a {payload}-byte TCP payload.
 ",
         kernel = kernel_release(),
         rounds = cfg.rounds,
         hot_repeat = cfg.hot_repeat,
+        payload_packets = settings.payload_packets,
+        payload_bytes = settings.payload_bytes,
+        dns_bytes = settings.dns_bytes,
+        ring_bytes = cfg.capture.ring_bytes,
+        payload = PAYLOAD.len(),
     );
+    if cfg.silent_server {
+        let _ = write!(
+            w,
+            "           --silent-server: after the warm-up above, both sensors see each flow's frame {copies}
+           more times and no reply. On sensor+capture the client's copies are over, the
+           server's stay pending (it sends nothing): FlowStats::sampling keeps the server's bit
+           (checked), so every measured packet also makes the sampling call and returns. This
+           is the \"client talks, server silent\" case, not the fully established one.
+"
+        );
+    } else {
+        let _ = write!(
+            w,
+            "           After the warm-up above, both sensors see each flow's frame {copies} more times and
+           {copies} server -> client replies (REF and no-op never see replies: REF's key is
+           directional, they would be extra flows). On sensor+capture both senders' copies are
+           then over on every flow (FlowStats::sampling == 0, checked): the measured packets are
+           on established flows, where capture costs one byte check, and copy nothing (checked:
+           0 copies during the measured rounds, or the bench fails).
+"
+        );
+    }
     if quick {
         let _ = writeln!(
             w,
@@ -561,28 +843,36 @@ alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next pr
     let _ = writeln!(w);
 
     let head = format!(
-        "{:<14} {:>6} {:>9} | {:>24} {:>24} {:>24}",
-        "frames", "flows", "map cap", "no-op ns", "REF ns", "sensor ns"
+        "{:<14} {:>6} {:>9} | {:>24} {:>24} {:>24} {:>24}",
+        "frames", "flows", "map cap", "no-op ns", "REF ns", "sensor ns", "sensor+capture ns"
     );
     let _ = writeln!(w, "{head}");
     let _ = writeln!(w, "{}", "-".repeat(head.len()));
     for c in cases {
         let _ = writeln!(
             w,
-            "{:<14} {:>6} {:>9} | {:>24} {:>24} {:>24}",
+            "{:<14} {:>6} {:>9} | {:>24} {:>24} {:>24} {:>24}",
             c.kind.label(),
             c.flows.label(),
             c.capacity,
             spread(&c.samples[0], 1),
             spread(&c.samples[1], 1),
             spread(&c.samples[2], 1),
+            spread(&c.samples[3], 1),
         );
     }
     let _ = writeln!(w);
 
     let head = format!(
-        "{:<14} {:>6} | {:>22} {:>22} {:>22} | {}",
-        "frames", "flows", "sensor/REF", "sensor/no-op", "net (s-n)/(r-n)", "target (sensor/REF)"
+        "{:<14} {:>6} | {:>22} {:>22} {:>22} {:>22} | {:<20} | {}",
+        "frames",
+        "flows",
+        "sensor/REF",
+        "sensor/no-op",
+        "net (s-n)/(r-n)",
+        "capture/sensor",
+        "target (sensor/REF)",
+        "target (capture/sensor)"
     );
     let _ = writeln!(
         w,
@@ -591,18 +881,20 @@ alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next pr
     let _ = writeln!(w, "{head}");
     let _ = writeln!(w, "{}", "-".repeat(head.len()));
     let (mut met, mut missed) = (0, 0);
+    let (mut capture_met, mut capture_missed) = (0, 0);
+    let ratio = |value: Option<f64>, rounds: Vec<f64>| match value {
+        Some(v) if !rounds.is_empty() => {
+            let (lo, hi) = min_max(&rounds);
+            format!("{v:.3} [{lo:.3}-{hi:.3}]")
+        }
+        Some(v) => format!("{v:.3}"),
+        None => "n/a".to_string(),
+    };
     for c in cases {
         let n = median(&c.samples[0]);
         let r = median(&c.samples[1]);
         let s = median(&c.samples[2]);
-        let ratio = |value: Option<f64>, rounds: Vec<f64>| match value {
-            Some(v) if !rounds.is_empty() => {
-                let (lo, hi) = min_max(&rounds);
-                format!("{v:.3} [{lo:.3}-{hi:.3}]")
-            }
-            Some(v) => format!("{v:.3}"),
-            None => "n/a".to_string(),
-        };
+        let x = median(&c.samples[3]);
         let sr = s / r;
         let verdict = match target(c.flows) {
             Some(t) if sr <= t => {
@@ -615,48 +907,132 @@ alternate (no-op, REF, sensor, no-op, ...), each slice starting with the next pr
             }
             None => "(no target)".to_string(),
         };
+        let xs = x / s;
+        let capture_verdict = if xs <= CAPTURE_TARGET {
+            capture_met += 1;
+            format!("<= {CAPTURE_TARGET:.2}: target met")
+        } else {
+            capture_missed += 1;
+            format!("<= {CAPTURE_TARGET:.2}: MISSED")
+        };
         let _ = writeln!(
             w,
-            "{:<14} {:>6} | {:>22} {:>22} {:>22} | {}",
+            "{:<14} {:>6} | {:>22} {:>22} {:>22} {:>22} | {:<20} | {}",
             c.kind.label(),
             c.flows.label(),
-            ratio(Some(sr), per_round(c, |_, r, s| Some(s / r))),
-            ratio(Some(s / n), per_round(c, |n, _, s| Some(s / n))),
-            ratio(net(n, r, s), per_round(c, net)),
+            ratio(Some(sr), per_round(c, |_, r, s, _| Some(s / r))),
+            ratio(Some(s / n), per_round(c, |n, _, s, _| Some(s / n))),
+            ratio(net(n, r, s), per_round(c, |n, r, s, _| net(n, r, s))),
+            ratio(Some(xs), per_round(c, |_, _, s, x| Some(x / s))),
             verdict,
+            capture_verdict,
         );
     }
     let _ = writeln!(w);
 
     let inserts: Vec<&Case> = cases.iter().filter(|c| c.insert.is_some()).collect();
     if !inserts.is_empty() {
-        let _ = writeln!(w, "First packet of a new flow (the warm-up pass, one sample each, includes the harness floor):");
+        let _ = writeln!(w, "First packet of a new flow (the warm-up pass, one sample each, includes the harness floor;");
+        let _ = writeln!(
+            w,
+            "sensor+capture's includes the flow's first payload copy):"
+        );
         for c in inserts {
-            if let Some((r, s)) = c.insert {
+            if let Some((r, s, x)) = c.insert {
                 let _ = writeln!(
                     w,
-                    "  {:<14} {:>6}: REF {r:.1} ns, sensor {s:.1} ns, sensor/REF {:.3}",
+                    "  {:<14} {:>6}: REF {r:.1} ns, sensor {s:.1} ns, sensor/REF {:.3}; sensor+capture {x:.1} ns, capture/sensor {:.3}",
                     c.kind.label(),
                     c.flows.label(),
-                    s / r
+                    s / r,
+                    x / s
                 );
             }
         }
         let _ = writeln!(w);
     }
-    for c in cases.iter().filter(|c| c.measured_inserts > 0) {
+
+    let _ = writeln!(
+        w,
+        "First-bytes capture (sensor+capture): payload copies during the warm-up (payload_events,"
+    );
+    let state = if cfg.silent_server {
+        "with only the server's copies pending"
+    } else {
+        "done copying"
+    };
+    let _ = writeln!(
+        w,
+        "payload_drops counters; read = taken from the ring), flows {state}, copies during the"
+    );
+    let _ = writeln!(
+        w,
+        "measured rounds (checked: 0), and the net ratio (capture - no-op) / (sensor - no-op):"
+    );
+    for c in cases {
+        let n = median(&c.samples[0]);
+        let s = median(&c.samples[2]);
+        let x = median(&c.samples[3]);
+        let cap_net = |n: f64, s: f64, x: f64| (s - n > 0.0).then(|| (x - n) / (s - n));
+        let cw = &c.capture;
         let _ = writeln!(
             w,
-            "WARNING: {} {}: the sensor created {} flows during measured rounds (evictions?); those rounds include inserts.",
+            "  {:<14} {:>6}: copies {} delivered, {} dropped, {} read (expected {}); flows {}/{} {state}; measured rounds: 0 copies; net {}",
             c.kind.label(),
             c.flows.label(),
-            c.measured_inserts
+            cw.events,
+            cw.drops,
+            cw.drained,
+            cw.expected,
+            cw.over,
+            cw.flows,
+            ratio(cap_net(n, s, x), per_round(c, |n, _, s, x| cap_net(n, s, x))),
         );
+    }
+    for c in cases.iter().filter(|c| {
+        let cw = &c.capture;
+        cw.events != cw.expected || cw.drops != 0 || cw.drained != cw.events
+    }) {
+        let _ = writeln!(
+            w,
+            "WARNING: {} {}: sensor+capture's warm-up copies differ from the expected {} (delivered {}, dropped {}, read {}).",
+            c.kind.label(),
+            c.flows.label(),
+            c.capture.expected,
+            c.capture.events,
+            c.capture.drops,
+            c.capture.drained
+        );
+    }
+    let _ = writeln!(w);
+
+    for c in cases {
+        for (k, p) in [Prog::Sensor, Prog::Capture].into_iter().enumerate() {
+            if c.measured_inserts[k] > 0 {
+                let _ = writeln!(
+                    w,
+                    "WARNING: {} {}: {} created {} flows during measured rounds (evictions?); those rounds include inserts.",
+                    c.kind.label(),
+                    c.flows.label(),
+                    p.label(),
+                    c.measured_inserts[k]
+                );
+            }
+        }
     }
     let _ = writeln!(
         w,
         "Targets (sensor <= {HOT_TARGET}x REF hot, <= {MANY_TARGET}x REF at 1M flows): {met} met, {missed} missed{}.",
         if met + missed == 0 { " (no hot or 1M case was measured)" } else { "" }
+    );
+    let _ = writeln!(
+        w,
+        "Capture target (sensor+capture <= {CAPTURE_TARGET}x sensor on {}, every case): {capture_met} met, {capture_missed} missed.",
+        if cfg.silent_server {
+            "flows with a silent server"
+        } else {
+            "established flows"
+        }
     );
     out
 }
@@ -694,6 +1070,8 @@ fn main() -> Result<()> {
         hot_repeat: args
             .hot_repeat
             .unwrap_or(if args.quick { 100_000 } else { 1_000_000 }),
+        capture: AgentConfig::default().load_options(),
+        silent_server: args.silent_server,
     };
     ensure!(cfg.rounds >= 1, "--rounds must be at least 1");
     ensure!(cfg.hot_repeat >= 1, "--hot-repeat must be at least 1");

@@ -1,0 +1,484 @@
+//! Delivery: every alarm goes to the durable spool first, and each configured sink takes it
+//! from there at its own pace, in its own format, over its own transport.
+//!
+//! The detection loop only appends (and, with `when_full = "block"`, waits for room); one
+//! worker thread per sink peeks records after its cursor, renders them, sends the batch and
+//! acknowledges what the receiver took, so a slow or dead receiver delays only itself and
+//! loses nothing: records stay in the spool until every sink has them, across restarts and
+//! crashes of the agent. Failures retry forever with capped exponential backoff and jitter.
+//! A record dropped because the spool was full (`when_full = "drop_newest"`) is counted, and
+//! once records are accepted again a `sensor_degraded` alarm says how many were lost.
+//!
+//! It never renders or sends on the detection thread, and never acknowledges a record the
+//! transport did not report as taken.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    format::{Format, Renderer, SyslogOptions},
+    spool::{AppendOutcome, FsyncPolicy, Spool, SpoolConfig, SpoolError, WhenFull},
+    transport::{self, SinkConfig, SyslogHeader, Transport},
+};
+
+/// The `[spool]` section: where the spool lives and how it behaves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Directory of the segment and cursor files (created if missing).
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub when_full: WhenFull,
+    pub fsync: FsyncPolicy,
+    /// At the end of a replay, how long to wait for the sinks to deliver what is spooled.
+    pub drain_timeout: crate::config::HumanDuration,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        let d = SpoolConfig::default();
+        SpoolSection {
+            dir: PathBuf::from("/var/lib/sensor-agent/spool"),
+            max_bytes: d.max_bytes,
+            segment_bytes: d.segment_bytes,
+            when_full: d.when_full,
+            fsync: d.fsync,
+            drain_timeout: crate::config::HumanDuration::secs(60),
+        }
+    }
+}
+
+impl SpoolSection {
+    pub fn spool_config(&self) -> SpoolConfig {
+        SpoolConfig {
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            when_full: self.when_full,
+            fsync: self.fsync,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    // The source is in the message (not chained), so one-line error output shows it once.
+    #[error("spool {dir}: {source}")]
+    Spool { dir: String, source: SpoolError },
+    #[error("sink {name}: {message}")]
+    Sink { name: String, message: String },
+    #[error("sink names must be unique: {0} is used twice (give one a `name`)")]
+    DuplicateName(String),
+    #[error("delivery stopped while the spool was full")]
+    Stopped,
+}
+
+/// Per-sink counters (metrics).
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    pub sent: AtomicU64,
+    pub errors: AtomicU64,
+    pub retries: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of one sink's delivery state.
+#[derive(Clone, Debug)]
+pub struct SinkStatus {
+    pub name: String,
+    pub sent: u64,
+    pub errors: u64,
+    pub retries: u64,
+    /// Records not yet taken by this sink.
+    pub pending: u64,
+    pub oldest_undelivered: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+struct Shared {
+    spool: Mutex<Spool>,
+    /// Signalled when records are appended (workers) or acknowledged (a blocked producer).
+    changed: Condvar,
+    stop: AtomicBool,
+    metrics: Vec<SinkMetrics>,
+    /// Display names (from the configuration) and the spool's cursor ids, index-aligned.
+    names: Vec<String>,
+    ids: Vec<String>,
+    /// Records dropped since the last `sensor_degraded` alarm.
+    unreported_drops: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub struct Delivery {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    dir: String,
+}
+
+fn wall_ns() -> u64 {
+    crate::source::live::wall_ns()
+}
+
+fn renderer_for(name: &str, sinks: &[SinkConfig]) -> Renderer {
+    sinks
+        .iter()
+        .find(|c| c.name() == name)
+        .map_or_else(|| Renderer::new(Format::Json, None), renderer)
+}
+
+/// The renderer of a sink: its format, inside an RFC 5424 header for syslog sinks.
+fn renderer(cfg: &SinkConfig) -> Renderer {
+    let format = match cfg.format() {
+        Some("cef") => Format::Cef,
+        Some("leef") => Format::Leef,
+        Some("ocsf") => Format::Ocsf,
+        _ => Format::Json,
+    };
+    let syslog = match cfg {
+        SinkConfig::Syslog(s) if s.header != Some(SyslogHeader::None) => Some(SyslogOptions {
+            facility: s
+                .facility
+                .map_or(SyslogOptions::default().facility, |f| f.0),
+            app_name: s.app_name.clone().unwrap_or_else(|| "sensor-agent".into()),
+            hostname: None,
+            msgid_from_rule: true,
+        }),
+        _ => None,
+    };
+    Renderer::new(format, syslog)
+}
+
+impl Delivery {
+    /// Opens the spool and starts one worker per sink. `None` when no sink is configured.
+    pub fn start(
+        sinks: &[SinkConfig],
+        spool: &SpoolSection,
+    ) -> Result<Option<Delivery>, DeliveryError> {
+        if sinks.is_empty() {
+            return Ok(None);
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut transports: Vec<(Box<dyn Transport>, Renderer)> = Vec::new();
+        for cfg in sinks {
+            let name = cfg.name();
+            if names.contains(&name) {
+                return Err(DeliveryError::DuplicateName(name));
+            }
+            // The renderer writes the syslog header (from the alarm's own time and severity);
+            // the transport only frames.
+            let mut cfg = cfg.clone();
+            if let SinkConfig::Syslog(s) = &mut cfg {
+                s.header = Some(SyslogHeader::None);
+            }
+            let t = transport::build(&cfg).map_err(|e| DeliveryError::Sink {
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
+            transports.push((t, renderer_for(&name, sinks)));
+            names.push(name);
+        }
+        let dir = spool.dir.display().to_string();
+        std::fs::create_dir_all(&spool.dir).map_err(|e| DeliveryError::Sink {
+            name: "spool".into(),
+            message: format!("cannot create {dir}: {e}"),
+        })?;
+        let ids: Vec<String> = names.iter().map(|n| spool_id(n)).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let opened = Spool::open(&spool.dir, spool.spool_config(), &refs).map_err(|source| {
+            DeliveryError::Spool {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(opened),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            metrics: names.iter().map(|_| SinkMetrics::default()).collect(),
+            names: names.clone(),
+            ids,
+            unreported_drops: AtomicU64::new(0),
+        });
+        let mut workers = Vec::new();
+        for (i, (t, r)) in transports.into_iter().enumerate() {
+            let shared = shared.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("sink-{i}"))
+                    .spawn(move || worker(shared, i, t, r))
+                    .map_err(|e| DeliveryError::Sink {
+                        name: names[i].clone(),
+                        message: e.to_string(),
+                    })?,
+            );
+        }
+        Ok(Some(Delivery {
+            shared,
+            workers,
+            dir,
+        }))
+    }
+
+    /// Spools one alarm. With `when_full = "block"` it waits for the sinks to make room (never
+    /// losing the alarm); with `drop_newest` a full spool drops it, counted.
+    pub fn submit(&self, alarm: &Value) -> Result<(), DeliveryError> {
+        let bytes = serde_json::to_vec(alarm).map_err(|e| DeliveryError::Sink {
+            name: "spool".into(),
+            message: e.to_string(),
+        })?;
+        let mut spool = self.shared.lock();
+        loop {
+            match spool
+                .append(&bytes, wall_ns())
+                .map_err(|source| DeliveryError::Spool {
+                    dir: self.dir.clone(),
+                    source,
+                })? {
+                AppendOutcome::Appended(_) => break,
+                AppendOutcome::Dropped(reason) => {
+                    self.shared.unreported_drops.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("alarm dropped: {}", reason.as_str());
+                    return Ok(());
+                }
+                AppendOutcome::WouldBlock => {
+                    if self.shared.stop.load(Ordering::SeqCst) {
+                        return Err(DeliveryError::Stopped);
+                    }
+                    spool = self
+                        .shared
+                        .changed
+                        .wait_timeout(spool, Duration::from_millis(200))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        // Accepted again after drops: say how many were lost, once.
+        let dropped = self.shared.unreported_drops.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let degraded = degraded_alarm(dropped);
+            if let Ok(bytes) = serde_json::to_vec(&degraded) {
+                if !matches!(
+                    spool.append(&bytes, wall_ns()),
+                    Ok(AppendOutcome::Appended(_))
+                ) {
+                    self.shared
+                        .unreported_drops
+                        .fetch_add(dropped, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(spool);
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Makes spooled records durable per the fsync policy (once per detection tick).
+    pub fn flush(&self) -> Result<(), DeliveryError> {
+        self.shared
+            .lock()
+            .flush()
+            .map_err(|source| DeliveryError::Spool {
+                dir: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Waits until every sink has taken every record, or `timeout`; whether all were taken.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.status().iter().all(|s| s.pending == 0) {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Per-sink counters, pending records and the age of the oldest undelivered one.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        let spool = self.shared.lock();
+        let now = wall_ns();
+        self.shared
+            .names
+            .iter()
+            .zip(&self.shared.ids)
+            .zip(&self.shared.metrics)
+            .map(|((name, id), m)| SinkStatus {
+                name: name.clone(),
+                sent: m.sent.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                retries: m.retries.load(Ordering::Relaxed),
+                pending: spool.pending(id),
+                oldest_undelivered: spool.oldest_unacked_age(id, now),
+                last_error: m
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            })
+            .collect()
+    }
+
+    /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
+    pub fn spool_counters(&self) -> super::spool::SpoolCounters {
+        self.shared.lock().counters()
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let _ = self.shared.lock().flush();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A sink's cursor id in the spool: its name made file-name safe, plus a hash of the name so
+/// two names that sanitise alike stay apart. Stable across restarts for the same name.
+fn spool_id(name: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let h = Sha1::digest(name.as_bytes());
+    format!("{safe}-{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
+}
+
+/// The `sensor_degraded` alarm for alarms the spool had to drop.
+fn degraded_alarm(dropped: u64) -> Value {
+    let now = wall_ns();
+    let ts = humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_nanos(now))
+        .to_string();
+    json!({
+        "@timestamp": ts,
+        "event": {
+            "kind": "alert",
+            "category": ["host"],
+            "type": ["info"],
+            "id": format!("degraded-{now:x}"),
+            "action": "opened",
+            "start": ts,
+            "end": ts,
+            "duration": 0,
+            "severity": 6,
+            "reason": "alarms dropped by a full spool",
+        },
+        "rule": { "id": "sensor_degraded", "name": "Sensor Degraded" },
+        "observer": { "hostname": crate::alarm::Observer::local(None).hostname },
+        "sensor": { "evidence": { "dropped_alarms": dropped, "reason": "spool_full" } },
+    })
+}
+
+/// Capped exponential backoff with jitter: 200 ms doubling to 30 s, +-25 %.
+fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1 << attempt.min(8)).min(30_000);
+    let jitter = (wall_ns() % 500) as i64 - 250;
+    Duration::from_millis((base as i64 + base as i64 * jitter / 1000).max(50) as u64)
+}
+
+fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, renderer: Renderer) {
+    let name = shared.names[i].clone();
+    let id = shared.ids[i].clone();
+    let metrics = &shared.metrics[i];
+    let mut attempt = 0u32;
+    loop {
+        let batch = {
+            let spool = shared.lock();
+            match spool.peek(&id, 256) {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    if shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let _ = shared
+                        .changed
+                        .wait_timeout(spool, Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => {
+                    log::error!("sink {name}: cannot read the spool: {e}");
+                    drop(spool);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        };
+        let rendered: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|r| match serde_json::from_slice::<Value>(&r.payload) {
+                Ok(v) => renderer.render(&v),
+                Err(_) => r.payload.clone(),
+            })
+            .collect();
+        match transport.send(&rendered) {
+            Ok(n) if n > 0 => {
+                let n = n.min(batch.len());
+                if let Err(e) = shared.lock().ack(&id, batch[n - 1].seq) {
+                    log::error!("sink {name}: cannot record delivery: {e}");
+                }
+                metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
+                if attempt > 0 {
+                    log::info!("sink {name}: delivering again");
+                }
+                attempt = 0;
+                shared.changed.notify_all();
+            }
+            result => {
+                let message = match result {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the receiver took nothing".to_string(),
+                };
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                let mut last = metrics
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if last.as_deref() != Some(message.as_str()) {
+                    log::warn!("sink {name}: {message} (retrying)");
+                }
+                *last = Some(message);
+                drop(last);
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let wait = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+                }
+            }
+        }
+    }
+}
