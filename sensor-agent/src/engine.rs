@@ -15,7 +15,7 @@ use crate::{
     intel::IntelStore,
     labels::{Labeler, Payload, SampleLimits},
 };
-use sensor_common::{FlowKey, FlowStats, DIR_LO_TO_HI};
+use sensor_common::{FlowKey, FlowStats, PayloadEvent, DIR_LO_TO_HI, PAYLOAD_DNS};
 use std::net::IpAddr;
 
 pub struct Engine {
@@ -54,6 +54,18 @@ impl Engine {
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
         }
+    }
+
+    /// A copy from the kernel's payload ring buffer, seen at `ts_ns`.
+    pub fn payload_event(&mut self, e: &PayloadEvent, ts_ns: u64) {
+        let len = (e.len as usize).min(e.data.len());
+        self.payload(
+            &e.key,
+            e.dir as usize,
+            e.kind == PAYLOAD_DNS,
+            &e.data[..len],
+            ts_ns,
+        );
     }
 
     /// A payload copy (the kernel's ring buffer, or a replayed frame's payload) from the

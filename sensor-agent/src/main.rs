@@ -225,23 +225,46 @@ impl AlarmOutput {
     fn report(&self) -> Vec<String> {
         match self {
             AlarmOutput::Direct(_) => Vec::new(),
-            AlarmOutput::Delivered(d) => d
-                .status()
-                .iter()
-                .map(|s| {
-                    let mut line = format!(
-                        "sink {}: {} sent, {} errors, {} retries, {} pending",
-                        s.name, s.sent, s.errors, s.retries, s.pending
-                    );
-                    if let Some(age) = s.oldest_undelivered {
-                        line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
+            AlarmOutput::Delivered(d) => {
+                let c = d.spool_counters();
+                let mut lines: Vec<String> = d
+                    .status()
+                    .iter()
+                    .map(|s| {
+                        let mut line = format!(
+                            "sink {}: {} sent, {} errors, {} retries, {} pending",
+                            s.name, s.sent, s.errors, s.retries, s.pending
+                        );
+                        if let Some(age) = s.oldest_undelivered {
+                            line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
+                        }
+                        if let (Some(e), true) = (&s.last_error, s.pending > 0) {
+                            line.push_str(&format!(" (last error: {e})"));
+                        }
+                        line
+                    })
+                    .collect();
+                let mut spool = format!("spool: {} bytes", c.bytes);
+                for (n, what) in [
+                    (c.dropped_full, "alarms dropped (spool full)"),
+                    (c.dropped_too_large, "alarms dropped (too large)"),
+                    (
+                        c.would_block,
+                        "appends waited for room (spool full, when_full = block)",
+                    ),
+                    (c.torn_records_skipped, "torn records skipped at start"),
+                    (
+                        c.corrupt_records_skipped,
+                        "corrupt records skipped at start",
+                    ),
+                ] {
+                    if n > 0 {
+                        spool.push_str(&format!(", {n} {what}"));
                     }
-                    if let (Some(e), true) = (&s.last_error, s.pending > 0) {
-                        line.push_str(&format!(" (last error: {e})"));
-                    }
-                    line
-                })
-                .collect(),
+                }
+                lines.push(spool);
+                lines
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use std::{
     time::Instant,
 };
 
-use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS};
+use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent};
 
 use crate::{
     alarm::AlarmEvent,
@@ -301,14 +301,7 @@ pub fn replay(
                 });
             }
             for (e, ts) in &kernel_payloads {
-                let len = (e.len as usize).min(e.data.len());
-                engine.payload(
-                    &e.key,
-                    e.dir as usize,
-                    e.kind == PAYLOAD_DNS,
-                    &e.data[..len],
-                    *ts,
-                );
+                engine.payload_event(e, *ts);
             }
         }
         None => {

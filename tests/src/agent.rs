@@ -114,6 +114,19 @@ fn check_fresh(bin: &Path) {
     }
 }
 
+/// A capture from `shared/pcaps` (beside the checkout, as CI lays it out).
+pub fn shared_pcap(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/pcaps")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "test capture {} is missing (shared/ must sit beside the checkout)",
+        p.display()
+    );
+    p
+}
+
 /// A command line for the agent binary.
 pub fn command() -> Command {
     let mut c = Command::new(agent_bin());

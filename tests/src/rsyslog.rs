@@ -132,8 +132,16 @@ fn free_udp_port() -> u16 {
 impl Rsyslog {
     /// Writes the configuration into `dir` and starts rsyslogd.
     pub fn start(dir: &Path, pki: &TestPki) -> Result<Self, String> {
+        let mut r = Self::configure(dir, pki)?;
+        r.resume()?;
+        Ok(r)
+    }
+
+    /// Writes the configuration (choosing the ports) without starting rsyslogd: a test can
+    /// point a sender at a receiver that is not there yet, then [`Self::resume`].
+    pub fn configure(dir: &Path, pki: &TestPki) -> Result<Self, String> {
         assert!(Path::new("/usr/sbin/rsyslogd").exists(), "sink test cannot run: rsyslogd is missing (cargo xtask setup installs Debian's rsyslog and rsyslog-gnutls)");
-        let mut r = Rsyslog {
+        let r = Rsyslog {
             dir: dir.to_path_buf(),
             udp_port: free_udp_port(),
             tcp_port: free_tcp_port(),
@@ -163,7 +171,6 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="sink" streamDriver.
             tls = r.tls_port,
         );
         fs::write(dir.join("rsyslog.conf"), conf).map_err(|e| e.to_string())?;
-        r.resume()?;
         Ok(r)
     }
 

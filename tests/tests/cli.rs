@@ -12,18 +12,6 @@ use sensor_tests::{
 };
 use serde_json::Value;
 
-fn shared_pcap(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/pcaps")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "test capture {} is missing (shared/ must sit beside the checkout)",
-        p.display()
-    );
-    p
-}
-
 fn alarms(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
@@ -33,7 +21,7 @@ fn alarms(stdout: &str) -> Vec<Value> {
 }
 
 fn quiet_long_capture_alarms(engine: &str) {
-    let cap = shared_pcap("quiet-long-tcp.pcap");
+    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
     let run = agent::run(&[
         "replay".as_ref(),
         "--engine".as_ref(),

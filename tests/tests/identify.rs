@@ -2,7 +2,7 @@
 //! through `sensor-agent replay` on the real miner captures and on captures built here from
 //! the protocols' published formats (and from ordinary traffic that must stay silent).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sensor_tests::{
     agent::{self, TempDir},
@@ -14,18 +14,6 @@ use sha2::{Digest, Sha256};
 use sha3::Keccak256;
 
 const MINING_RULES: [&str; 3] = ["mining_protocol", "blockchain_p2p", "mining_infrastructure"];
-
-fn shared(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/pcaps")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "test capture {} is missing (shared/ must sit beside the checkout)",
-        p.display()
-    );
-    p
-}
 
 fn replay(engine: &str, captures: &[&Path], extra: &[&str]) -> Vec<Value> {
     let mut args: Vec<std::ffi::OsString> = vec![
@@ -69,7 +57,11 @@ fn mining_alarms(alarms: &[Value]) -> Vec<(String, String, u64)> {
 fn user_replay_names_the_pools_in_the_real_miner_captures() {
     {
         let engine = "user";
-        let alarms = replay(engine, &[&shared("stratum-getwork-gbt.pcap")], &[]);
+        let alarms = replay(
+            engine,
+            &[&agent::shared_pcap("stratum-getwork-gbt.pcap")],
+            &[],
+        );
         let found = mining_alarms(&alarms);
         assert_eq!(
             found,
@@ -89,7 +81,11 @@ fn user_replay_names_the_pools_in_the_real_miner_captures() {
                 "the matched method is in the evidence: {a}"
             );
         }
-        let alarms = replay(engine, &[&shared("cryptonote-login-stratum.pcap")], &[]);
+        let alarms = replay(
+            engine,
+            &[&agent::shared_pcap("cryptonote-login-stratum.pcap")],
+            &[],
+        );
         assert_eq!(
             mining_alarms(&alarms),
             vec![("mining_protocol".into(), "192.110.160.114".into(), 3333)],
@@ -107,7 +103,11 @@ fn user_replay_names_the_pools_in_the_real_miner_captures() {
 #[test]
 fn kernel_replay_names_the_pools_through_the_ring_buffer() {
     sensor_tests::kernel::require_bpf();
-    let alarms = replay("kernel", &[&shared("stratum-getwork-gbt.pcap")], &[]);
+    let alarms = replay(
+        "kernel",
+        &[&agent::shared_pcap("stratum-getwork-gbt.pcap")],
+        &[],
+    );
     assert_eq!(
         mining_alarms(&alarms),
         vec![
@@ -115,7 +115,11 @@ fn kernel_replay_names_the_pools_through_the_ring_buffer() {
             ("mining_protocol".into(), "74.84.128.158".into(), 3333)
         ]
     );
-    let alarms = replay("kernel", &[&shared("cryptonote-login-stratum.pcap")], &[]);
+    let alarms = replay(
+        "kernel",
+        &[&agent::shared_pcap("cryptonote-login-stratum.pcap")],
+        &[],
+    );
     assert_eq!(
         mining_alarms(&alarms),
         vec![("mining_protocol".into(), "192.110.160.114".into(), 3333)]

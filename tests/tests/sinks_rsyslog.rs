@@ -4,19 +4,12 @@
 //! certificate the sensor does not trust is refused with a clear error and nothing is lost:
 //! the alarms stay spooled.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use sensor_tests::{
     agent::{self, TempDir},
     rsyslog::{Rsyslog, TestPki},
 };
-
-fn quiet_capture() -> PathBuf {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/quiet-long-tcp.pcap");
-    assert!(p.is_file(), "test capture {} is missing", p.display());
-    p
-}
 
 /// An RFC 5424 message split into (PRI, VERSION, TIMESTAMP, HOSTNAME, APP-NAME, PROCID, MSGID,
 /// STRUCTURED-DATA, MSG), by a parser written here from the RFC.
@@ -93,7 +86,7 @@ ca_file = "{ca}"
         ca = pki.ca.display(),
     );
     let cfg = dir.write("sensor.toml", config.as_bytes());
-    let cap = quiet_capture();
+    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
     let run = agent::run(&[
         "replay".as_ref(),
         "--no-progress".as_ref(),
@@ -175,7 +168,7 @@ fn a_tls_receiver_the_sensor_does_not_trust_is_refused_and_nothing_is_lost() {
         pki.other_ca.display()
     );
     let cfg = dir.write("sensor.toml", config.as_bytes());
-    let cap = quiet_capture();
+    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
     let args = [
         "replay".as_ref(),
         "--no-progress".as_ref(),

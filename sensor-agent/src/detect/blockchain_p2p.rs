@@ -3,7 +3,7 @@
 //! payload. A node on a corporate host is a policy matter and often the first sign of a
 //! solo miner. A port alone never raises it.
 
-use super::{identification_evidence, Detector, Finding};
+use super::{identified, Detector, Finding};
 use crate::{classify::Kind, flow::table::Conversation, labels::ConvLabels};
 
 pub struct BlockchainP2p {
@@ -25,16 +25,6 @@ impl Detector for BlockchainP2p {
         labels: Option<&ConvLabels>,
         _now: u64,
     ) -> Option<Finding> {
-        let labels = labels?;
-        let (id, confidence) = labels.identification.as_ref()?;
-        if id.kind != Kind::BlockchainP2p {
-            return None;
-        }
-        let mut evidence = serde_json::Map::new();
-        identification_evidence(&mut evidence, id, *confidence, labels);
-        Some(Finding {
-            severity: self.severity,
-            evidence,
-        })
+        identified(labels, Kind::BlockchainP2p, self.severity, |_, _| 0)
     }
 }

@@ -2,7 +2,7 @@
 //! the same two hosts) spoke a miner's protocol: stratum, CryptoNote, getwork,
 //! getblocktemplate, ethproxy, HTTP stratum headers. Never from a port alone.
 
-use super::{identification_evidence, Detector, Finding};
+use super::{identified, Detector, Finding};
 use crate::{
     classify::Kind,
     flow::table::Conversation,
@@ -30,21 +30,15 @@ impl Detector for MiningProtocol {
         labels: Option<&ConvLabels>,
         _now: u64,
     ) -> Option<Finding> {
-        let labels = labels?;
-        let (id, confidence) = labels.identification.as_ref()?;
-        if id.kind != Kind::MiningProtocol {
-            return None;
-        }
-        let mut evidence = serde_json::Map::new();
-        identification_evidence(&mut evidence, id, *confidence, labels);
-        let minus = match confidence {
-            Confidence::Cached => 2,
-            Confidence::Observed if !id.confirmed_by_server => 1,
-            Confidence::Observed => 0,
-        };
-        Some(Finding {
-            severity: self.severity.saturating_sub(minus),
-            evidence,
-        })
+        identified(
+            labels,
+            Kind::MiningProtocol,
+            self.severity,
+            |confidence, id| match confidence {
+                Confidence::Cached => 2,
+                Confidence::Observed if !id.confirmed_by_server => 1,
+                Confidence::Observed => 0,
+            },
+        )
     }
 }

@@ -106,3 +106,24 @@ pub(crate) fn identification_evidence(
         evidence.insert("ja4".into(), json!(tls.ja4));
     }
 }
+
+/// The finding of a rule that fires on a payload identification of `kind`: the evidence, and
+/// `severity` lowered by `minus(confidence, identification)`.
+pub(crate) fn identified(
+    labels: Option<&ConvLabels>,
+    kind: crate::classify::Kind,
+    severity: u8,
+    minus: impl Fn(crate::labels::Confidence, &crate::classify::Identification) -> u8,
+) -> Option<Finding> {
+    let labels = labels?;
+    let (id, confidence) = labels.identification.as_ref()?;
+    if id.kind != kind {
+        return None;
+    }
+    let mut evidence = Map::new();
+    identification_evidence(&mut evidence, id, *confidence, labels);
+    Some(Finding {
+        severity: severity.saturating_sub(minus(*confidence, id)),
+        evidence,
+    })
+}

@@ -268,21 +268,6 @@ impl Delivery {
                 }
             }
         }
-        // Accepted again after drops: say how many were lost, once.
-        let dropped = self.shared.unreported_drops.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let degraded = degraded_alarm(dropped);
-            if let Ok(bytes) = serde_json::to_vec(&degraded) {
-                if !matches!(
-                    spool.append(&bytes, wall_ns()),
-                    Ok(AppendOutcome::Appended(_))
-                ) {
-                    self.shared
-                        .unreported_drops
-                        .fetch_add(dropped, Ordering::Relaxed);
-                }
-            }
-        }
         drop(spool);
         self.shared.changed.notify_all();
         Ok(())
@@ -374,6 +359,31 @@ fn spool_id(name: &str) -> String {
     format!("{safe}-{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
 }
 
+/// Delivery resumed: if alarms were dropped meanwhile, spool a `sensor_degraded` alarm saying
+/// how many (once; if even that cannot be stored, the count waits for the next success).
+fn report_drops(shared: &Shared) {
+    let dropped = shared.unreported_drops.swap(0, Ordering::Relaxed);
+    if dropped == 0 {
+        return;
+    }
+    let stored = serde_json::to_vec(&degraded_alarm(dropped))
+        .ok()
+        .is_some_and(|bytes| {
+            matches!(
+                shared.lock().append(&bytes, wall_ns()),
+                Ok(AppendOutcome::Appended(_))
+            )
+        });
+    if stored {
+        log::warn!("{dropped} alarms were dropped by a full spool; raised sensor_degraded");
+        shared.changed.notify_all();
+    } else {
+        shared
+            .unreported_drops
+            .fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
 /// The `sensor_degraded` alarm for alarms the spool had to drop.
 fn degraded_alarm(dropped: u64) -> Value {
     let now = wall_ns();
@@ -447,6 +457,7 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
                     log::error!("sink {name}: cannot record delivery: {e}");
                 }
                 metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
+                report_drops(&shared);
                 if attempt > 0 {
                     log::info!("sink {name}: delivering again");
                 }

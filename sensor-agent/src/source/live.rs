@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::programs::{tc, xdp::XdpMode, TcAttachType};
-use sensor_common::{FlowKey, PAYLOAD_DNS};
+use sensor_common::FlowKey;
 
 use crate::{
     alarm::AlarmEvent,
@@ -216,16 +216,8 @@ impl LiveSource {
             }
         })?;
         // After the flows, so every copy finds its flow (and orientation) in the table.
-        self.dp.drain_payloads(|e| {
-            let len = (e.len as usize).min(e.data.len());
-            engine.payload(
-                &e.key,
-                e.dir as usize,
-                e.kind == PAYLOAD_DNS,
-                &e.data[..len],
-                clock.to_wall_ns(e.jiffies),
-            );
-        });
+        self.dp
+            .drain_payloads(|e| engine.payload_event(e, clock.to_wall_ns(e.jiffies)));
         let (events, ended) = engine.tick(clock.anchor_wall_ns());
         if !ended.is_empty() {
             let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();

@@ -1,0 +1,152 @@
+//! The spool at its cap, end to end with a real rsyslog: with `when_full = "block"` nothing is
+//! lost however small the spool; with `drop_newest` and the receiver away, the drops are
+//! counted and, once delivery resumes, a `sensor_degraded` alarm says how many.
+
+use std::{process::Stdio, time::Duration};
+
+use sensor_tests::{
+    agent::{self, TempDir},
+    frames::{self, Frag, TCP_ACK, TCP_PSH, TCP_SYN},
+    pcap::{self, Record},
+    rsyslog::{Rsyslog, TestPki},
+};
+
+const CONVERSATIONS: u16 = 100;
+
+/// `CONVERSATIONS` stratum sessions to distinct pool ports: one mining_protocol alarm each.
+fn mining_capture(dir: &TempDir) -> std::path::PathBuf {
+    let (client, pool) = ([192, 0, 2, 10], [203, 0, 113, 66]);
+    let t0 = 1_700_000_000_000_000_000u64;
+    let mut recs = Vec::new();
+    for i in 0..CONVERSATIONS {
+        let (cport, sport) = (40000 + i, 20000 + i);
+        let t = t0 + u64::from(i) * 10_000_000;
+        let subscribe =
+            format!("{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"cpuminer/{i}\"]}}\n");
+        for (k, (from_client, flags, payload)) in [
+            (true, TCP_SYN, Vec::new()),
+            (false, TCP_SYN | TCP_ACK, Vec::new()),
+            (true, TCP_ACK | TCP_PSH, subscribe.into_bytes()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (src, dst, sp, dp) = if from_client {
+                (client, pool, cport, sport)
+            } else {
+                (pool, client, sport, cport)
+            };
+            recs.push(Record::new(
+                t + k as u64 * 1000,
+                frames::v4_frame(
+                    &[],
+                    src,
+                    dst,
+                    6,
+                    &[],
+                    Frag::default(),
+                    &frames::tcp(sp, dp, flags, &payload),
+                )
+                .frame,
+            ));
+        }
+    }
+    dir.write("mining.pcap", &pcap::pcap(pcap::LINKTYPE_ETHERNET, &recs))
+}
+
+fn config(dir: &TempDir, port: u16, when_full: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[spool]\ndir = \"{}\"\nmax_bytes = 65536\nsegment_bytes = 16384\nwhen_full = \"{when_full}\"\ndrain_timeout = \"30s\"\n\n[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\n",
+        dir.path().join("spool").display()
+    );
+    dir.write("sensor.toml", text.as_bytes())
+}
+
+/// Runs a replay of the mining capture against a receiver that only starts 3 s later, so the
+/// spool certainly fills; returns the agent's stderr and the receiver.
+fn replay_with_late_receiver(dir: &TempDir, when_full: &str) -> (String, Rsyslog) {
+    let pki = TestPki::create(dir.path()).unwrap_or_else(|e| panic!("sink test cannot run: {e}"));
+    let mut rsyslog = Rsyslog::configure(dir.path(), &pki)
+        .unwrap_or_else(|e| panic!("sink test cannot run: {e}"));
+    let cap = mining_capture(dir);
+    let cfg = config(dir, rsyslog.tcp_port, when_full);
+    let child = agent::command()
+        .args([
+            "replay".as_ref(),
+            "--no-progress".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            cap.as_os_str(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    std::thread::sleep(Duration::from_secs(3));
+    rsyslog
+        .resume()
+        .unwrap_or_else(|e| panic!("sink test cannot run: {e}"));
+    let out = child.wait_with_output().expect("agent output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (stderr, rsyslog)
+}
+
+#[test]
+fn a_full_spool_that_blocks_loses_nothing() {
+    let dir = TempDir::new("spool-block");
+    let (stderr, rsyslog) = replay_with_late_receiver(&dir, "block");
+    assert!(
+        stderr.contains("appends waited for room"),
+        "the spool was full and the producer waited: {stderr}"
+    );
+    assert!(!stderr.contains("dropped"), "{stderr}");
+    let expected = CONVERSATIONS as usize;
+    let got = rsyslog.wait_for(expected, Duration::from_secs(20));
+    assert_eq!(got.len(), expected, "every alarm arrives: {stderr}");
+    let ids: std::collections::BTreeSet<String> = got
+        .iter()
+        .filter_map(|l| l.find("{\"@timestamp\"").map(|i| &l[i..]))
+        .filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .filter_map(|v| v["event"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        CONVERSATIONS as usize,
+        "one alarm id per conversation"
+    );
+}
+
+#[test]
+fn a_full_spool_that_drops_counts_and_reports_the_drops_once_delivery_resumes() {
+    let dir = TempDir::new("spool-drop");
+    let (stderr, rsyslog) = replay_with_late_receiver(&dir, "drop_newest");
+    let dropped: usize = stderr
+        .lines()
+        .flat_map(|l| l.split(", "))
+        .find_map(|part| {
+            part.strip_suffix(" alarms dropped (spool full)")
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("the drops are reported: {stderr}"));
+    assert!(dropped > 0);
+    let got = rsyslog.wait_for(
+        CONVERSATIONS as usize - dropped + 1,
+        Duration::from_secs(20),
+    );
+    let degraded: Vec<&String> = got
+        .iter()
+        .filter(|l| l.contains("sensor_degraded"))
+        .collect();
+    assert_eq!(degraded.len(), 1, "one sensor_degraded alarm: {got:#?}");
+    assert!(
+        degraded[0].contains(&format!("\"dropped_alarms\":{dropped}")),
+        "{}",
+        degraded[0]
+    );
+    assert_eq!(
+        got.len(),
+        CONVERSATIONS as usize - dropped + 1,
+        "stored alarms + the degraded one: {stderr}"
+    );
+}
