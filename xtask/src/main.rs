@@ -81,7 +81,7 @@ enum Cmd {
     },
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
-        /// Which benchmark: `datapath` or `agent`.
+        /// Which benchmark: `datapath`, `agent` or `sinks`.
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -379,6 +379,19 @@ fn bench(which: &str, args: &[String]) -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown benchmark {other:?} (known: datapath, agent)"),
+        "sinks" => {
+            let mut a = vec![
+                "run",
+                "--release",
+                "--package",
+                "sensor-tests",
+                "--bin",
+                "bench-sinks",
+                "--",
+            ];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
+        other => bail!("unknown benchmark {other:?} (known: datapath, agent, sinks)"),
     }
 }
