@@ -106,7 +106,7 @@ fn run(
     let start = Instant::now();
     for (i, a) in alarms.iter().enumerate() {
         delivery.submit(a)?;
-        if (i as u64 + 1) % args.batch == 0 {
+        if (i as u64 + 1).is_multiple_of(args.batch) {
             delivery.flush()?;
         }
     }
