@@ -2,6 +2,7 @@
 //! the real kernel datapath.
 
 pub mod agent;
+pub mod captures;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

@@ -6,52 +6,20 @@ use std::{process::Stdio, time::Duration};
 
 use sensor_tests::{
     agent::{self, TempDir},
-    frames::{self, Frag, TCP_ACK, TCP_PSH, TCP_SYN},
-    pcap::{self, Record},
+    captures, pcap,
     rsyslog::{Rsyslog, TestPki},
 };
 
 const CONVERSATIONS: u16 = 100;
 
-/// `CONVERSATIONS` stratum sessions to distinct pool ports: one mining_protocol alarm each.
 fn mining_capture(dir: &TempDir) -> std::path::PathBuf {
-    let (client, pool) = ([192, 0, 2, 10], [203, 0, 113, 66]);
-    let t0 = 1_700_000_000_000_000_000u64;
-    let mut recs = Vec::new();
-    for i in 0..CONVERSATIONS {
-        let (cport, sport) = (40000 + i, 20000 + i);
-        let t = t0 + u64::from(i) * 10_000_000;
-        let subscribe =
-            format!("{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"cpuminer/{i}\"]}}\n");
-        for (k, (from_client, flags, payload)) in [
-            (true, TCP_SYN, Vec::new()),
-            (false, TCP_SYN | TCP_ACK, Vec::new()),
-            (true, TCP_ACK | TCP_PSH, subscribe.into_bytes()),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let (src, dst, sp, dp) = if from_client {
-                (client, pool, cport, sport)
-            } else {
-                (pool, client, sport, cport)
-            };
-            recs.push(Record::new(
-                t + k as u64 * 1000,
-                frames::v4_frame(
-                    &[],
-                    src,
-                    dst,
-                    6,
-                    &[],
-                    Frag::default(),
-                    &frames::tcp(sp, dp, flags, &payload),
-                )
-                .frame,
-            ));
-        }
-    }
-    dir.write("mining.pcap", &pcap::pcap(pcap::LINKTYPE_ETHERNET, &recs))
+    dir.write(
+        "mining.pcap",
+        &pcap::pcap(
+            pcap::LINKTYPE_ETHERNET,
+            &captures::stratum_sessions(CONVERSATIONS),
+        ),
+    )
 }
 
 fn config(dir: &TempDir, port: u16, when_full: &str) -> std::path::PathBuf {
