@@ -112,6 +112,8 @@ pub struct Rsyslog {
     pub udp_port: u16,
     pub tcp_port: u16,
     pub tls_port: u16,
+    /// Network namespace to run in (`None`: this process's).
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -142,6 +144,7 @@ impl Rsyslog {
     pub fn configure(dir: &Path, pki: &TestPki) -> Result<Self, String> {
         assert!(Path::new("/usr/sbin/rsyslogd").exists(), "sink test cannot run: rsyslogd is missing (cargo xtask setup installs Debian's rsyslog and rsyslog-gnutls)");
         let r = Rsyslog {
+            netns: None,
             dir: dir.to_path_buf(),
             udp_port: free_udp_port(),
             tcp_port: free_tcp_port(),
@@ -179,10 +182,25 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="sink" streamDriver.
         self.dir.join("received.log")
     }
 
+    /// Runs rsyslogd inside network namespace `ns` from now on (its ports are then that
+    /// namespace's; loopback there is private to the test).
+    pub fn in_netns(&mut self, ns: &str) {
+        self.netns = Some(ns.to_string());
+    }
+
     /// Starts rsyslogd again on the same ports and waits until the TCP input accepts.
     pub fn resume(&mut self) -> Result<(), String> {
         let log = fs::File::create(self.dir.join("rsyslogd.stderr")).map_err(|e| e.to_string())?;
-        let child = Command::new("/usr/sbin/rsyslogd")
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs rsyslogd, so the child's pid is rsyslogd's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/sbin/rsyslogd"]);
+                c
+            }
+            None => Command::new("/usr/sbin/rsyslogd"),
+        };
+        let child = cmd
             .arg("-n")
             .arg("-f")
             .arg(self.dir.join("rsyslog.conf"))
@@ -196,9 +214,20 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="sink" streamDriver.
         self.child = Some(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
-            if std::net::TcpStream::connect(("127.0.0.1", self.tls_port)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", self.tcp_port)).is_ok()
-            {
+            let (tls, tcp) = (self.tls_port, self.tcp_port);
+            let probe = move || {
+                std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
+                    && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+            };
+            let up = match &self.netns {
+                Some(ns) => crate::netns::NetnsPair::in_ns(ns, probe)
+                    .join()
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false),
+                None => probe(),
+            };
+            if up {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
