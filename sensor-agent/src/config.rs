@@ -238,9 +238,33 @@ pub struct DetectConfig {
     pub skip_multicast: bool,
     pub long_flow: LongFlowConfig,
     pub quiet_long_flow: QuietLongFlowConfig,
+    pub periodic_flow: PeriodicFlowConfig,
     pub mining_protocol: RuleConfig,
     pub blockchain_p2p: RuleConfig,
     pub mining_infrastructure: RuleConfig,
+}
+
+/// Periodicity across connections (RITA-style) and inside one flow.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeriodicFlowConfig {
+    pub enabled: bool,
+    /// Timestamps needed before scoring (RITA needs at least 4).
+    pub min_samples: usize,
+    /// Overall score (0-1) from which the rule fires.
+    pub min_score: f64,
+    pub severity: u8,
+}
+
+impl Default for PeriodicFlowConfig {
+    fn default() -> Self {
+        PeriodicFlowConfig {
+            enabled: true,
+            min_samples: 8,
+            min_score: 0.8,
+            severity: 4,
+        }
+    }
 }
 
 impl Default for DetectConfig {
@@ -249,6 +273,7 @@ impl Default for DetectConfig {
             skip_multicast: true,
             long_flow: LongFlowConfig::default(),
             quiet_long_flow: QuietLongFlowConfig::default(),
+            periodic_flow: PeriodicFlowConfig::default(),
             mining_protocol: RuleConfig {
                 enabled: true,
                 severity: 8,
@@ -373,6 +398,7 @@ pub struct OutputConfig {
 pub const RULE_IDS: &[&str] = &[
     "long_flow",
     "quiet_long_flow",
+    "periodic_flow",
     "mining_protocol",
     "blockchain_p2p",
     "mining_infrastructure",

@@ -20,9 +20,15 @@ use serde::Deserialize;
 use crate::{
     classify::{parse_client_hello, Direction, FlowClassifier, Identification, Transport},
     config::HumanDuration,
+    detect::periodicity::SampleRing,
     flow::{record::ip_of, table::ConvKey},
     intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
 };
+
+/// Client messages remembered per flow for periodicity inside it (16 bytes each).
+pub const MESSAGE_SAMPLES: usize = 64;
+/// Conversations whose messages are timed at once, at most (about 1 KiB each: 20 MiB).
+pub const MAX_MESSAGE_SERIES: usize = 20_000;
 
 /// How a conversation came by its identification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +63,10 @@ pub struct ConvLabels {
     pub tls: Option<TlsInfo>,
     /// Known-infrastructure match of the server, looked up once per conversation start.
     pub infra: Option<InfraMatch>,
+    /// Time and size of the client's payload messages in its latest TCP flow, for periodicity
+    /// inside a flow; bounded. Fed where every payload is seen (capture replay).
+    pub messages: Option<Box<SampleRing>>,
+    messages_flow: Option<FlowKey>,
     infra_checked_for: Option<u64>,
 }
 
@@ -115,6 +125,8 @@ pub struct Labeler {
     cache: HashMap<(Addr, Addr), (Identification, u64)>,
     dns: DnsBinder,
     intel: Option<IntelStore>,
+    /// Conversations with a message series (bounded by [`MAX_MESSAGE_SERIES`]).
+    message_series: usize,
     pub counters: LabelCounters,
 }
 
@@ -139,6 +151,7 @@ impl Labeler {
             cache: HashMap::new(),
             dns: DnsBinder::new(BinderConfig::default()),
             intel,
+            message_series: 0,
             counters: LabelCounters::default(),
         }
     }
@@ -195,6 +208,23 @@ impl Labeler {
                     tls_seen: false,
                 },
             );
+        }
+        if p.from_client && transport == Transport::Tcp && !p.data.is_empty() {
+            // Messages of one flow only: a reconnect starts a new series, so regular
+            // reconnects are judged across connections, not here.
+            let labels = self.convs.entry(p.conv).or_default();
+            if labels.messages.is_none() && self.message_series < MAX_MESSAGE_SERIES {
+                self.message_series += 1;
+                labels.messages = Some(Box::new(SampleRing::new(MESSAGE_SAMPLES)));
+                labels.messages_flow = Some(p.key);
+            }
+            if let Some(ring) = labels.messages.as_mut() {
+                if labels.messages_flow != Some(p.key) {
+                    **ring = SampleRing::new(MESSAGE_SAMPLES);
+                    labels.messages_flow = Some(p.key);
+                }
+                ring.push(p.ts_ns, p.data.len() as u64);
+            }
         }
         let Some(state) = self.flows.get_mut(&p.key) else {
             return false;
@@ -298,7 +328,13 @@ impl Labeler {
 
     /// Forgets a conversation's labels (it ended) and prunes expired state.
     pub fn conversation_ended(&mut self, conv: &ConvKey) {
-        self.convs.remove(conv);
+        if self
+            .convs
+            .remove(conv)
+            .is_some_and(|l| l.messages.is_some())
+        {
+            self.message_series -= 1;
+        }
     }
 
     /// Periodic upkeep at `now`: expired cache entries and DNS bindings go, feeds refresh when

@@ -7,6 +7,8 @@ pub mod blockchain_p2p;
 pub mod long_flow;
 pub mod mining_infrastructure;
 pub mod mining_protocol;
+pub mod periodic_flow;
+pub mod periodicity;
 pub mod quiet_long_flow;
 
 use serde_json::{Map, Value};
@@ -46,6 +48,11 @@ pub fn from_config(cfg: &DetectConfig) -> Vec<Box<dyn Detector + Send>> {
     if cfg.quiet_long_flow.enabled {
         out.push(Box::new(quiet_long_flow::QuietLongFlow::new(
             &cfg.quiet_long_flow,
+        )));
+    }
+    if cfg.periodic_flow.enabled {
+        out.push(Box::new(periodic_flow::PeriodicFlow::new(
+            &cfg.periodic_flow,
         )));
     }
     if cfg.mining_protocol.enabled {

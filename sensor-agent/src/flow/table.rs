@@ -20,7 +20,10 @@ use ahash::RandomState;
 use hashbrown::HashTable;
 use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
 
-use crate::{config::FlowConfig, flow::record::FlowRecord};
+use crate::{config::FlowConfig, detect::periodicity::SampleRing, flow::record::FlowRecord};
+
+/// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
+pub const CONNECTION_SAMPLES: usize = 512;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -62,6 +65,9 @@ pub struct Conversation {
     /// Changed since the detectors last looked (cleared by [`FlowTable::clear_dirty`]).
     pub dirty: bool,
     in_use: bool,
+    /// Start time and bytes of each answered flow that ended (RITA-style periodicity across
+    /// connections); allocated at the first one, bounded.
+    pub connections: Option<Box<SampleRing>>,
 }
 
 impl Conversation {
@@ -551,6 +557,12 @@ impl FlowTable {
                 c.idle_since_ns = Some(c.last_ns);
             }
             c.dirty = true;
+            // Failed attempts (no answer) are not connections for periodicity, as in RITA.
+            if f.packets[0] > 0 && f.packets[1] > 0 {
+                c.connections
+                    .get_or_insert_with(|| Box::new(SampleRing::new(CONNECTION_SAMPLES)))
+                    .push(f.first_ns, f.bytes[0] + f.bytes[1]);
+            }
             ended.flows.push(f.record());
         }
         let gap = self.cfg.conversation_gap.as_nanos();
@@ -590,6 +602,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         client_port: 0,
         dirty: true,
         in_use: true,
+        connections: None,
     }
 }
 

@@ -1,0 +1,73 @@
+//! Periodic flows: a conversation whose connections start on a regular beat (across
+//! connections, as RITA scores beacons: at least `min_samples` answered connections), or whose
+//! client sends regular messages inside one long session (what a polling miner does: a
+//! fixed-size `eth_getWork` every 10 s). Every subscore is in the evidence, with the period and
+//! jitter in seconds, and which kind fired.
+
+use serde_json::json;
+
+use super::{
+    periodicity::{Periodicity, SampleRing},
+    Detector, Finding,
+};
+use crate::{config::PeriodicFlowConfig, flow::table::Conversation, labels::ConvLabels};
+
+pub struct PeriodicFlow {
+    min_samples: usize,
+    min_score: f64,
+    severity: u8,
+}
+
+impl PeriodicFlow {
+    pub fn new(cfg: &PeriodicFlowConfig) -> Self {
+        PeriodicFlow {
+            min_samples: cfg.min_samples.max(4),
+            min_score: cfg.min_score,
+            severity: cfg.severity,
+        }
+    }
+
+    fn judge(&self, ring: Option<&SampleRing>, window_ns: u64) -> Option<Periodicity> {
+        let p = ring?.score(window_ns, self.min_samples)?;
+        (p.score >= self.min_score).then_some(p)
+    }
+}
+
+fn evidence(kind: &str, p: &Periodicity) -> serde_json::Map<String, serde_json::Value> {
+    let mut e = serde_json::Map::new();
+    e.insert("kind".into(), json!(kind));
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(p) {
+        e.extend(fields);
+    }
+    e
+}
+
+impl Detector for PeriodicFlow {
+    fn rule_id(&self) -> &'static str {
+        "periodic_flow"
+    }
+
+    fn rule_name(&self) -> &'static str {
+        "Anomalous Periodic Flow"
+    }
+
+    fn evaluate(
+        &self,
+        conv: &Conversation,
+        labels: Option<&ConvLabels>,
+        now: u64,
+    ) -> Option<Finding> {
+        let window = now.saturating_sub(conv.start_ns);
+        if let Some(p) = self.judge(conv.connections.as_deref(), window) {
+            return Some(Finding {
+                severity: self.severity,
+                evidence: evidence("across_connections", &p),
+            });
+        }
+        let p = self.judge(labels.and_then(|l| l.messages.as_deref()), window)?;
+        Some(Finding {
+            severity: self.severity,
+            evidence: evidence("in_flow", &p),
+        })
+    }
+}
