@@ -351,47 +351,27 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Benchmarks by name: each is a release binary of the tests crate.
+const BENCHES: &[(&str, &str)] = &[
+    ("datapath", "bench-datapath"),
+    ("agent", "bench-agent"),
+    ("sinks", "bench-sinks"),
+];
+
 fn bench(which: &str, args: &[String]) -> Result<()> {
-    match which {
-        "datapath" => {
-            let mut a = vec![
-                "run",
-                "--release",
-                "--package",
-                "sensor-tests",
-                "--bin",
-                "bench-datapath",
-                "--",
-            ];
-            a.extend(args.iter().map(String::as_str));
-            cargo(&a)
-        }
-        "agent" => {
-            let mut a = vec![
-                "run",
-                "--release",
-                "--package",
-                "sensor-tests",
-                "--bin",
-                "bench-agent",
-                "--",
-            ];
-            a.extend(args.iter().map(String::as_str));
-            cargo(&a)
-        }
-        "sinks" => {
-            let mut a = vec![
-                "run",
-                "--release",
-                "--package",
-                "sensor-tests",
-                "--bin",
-                "bench-sinks",
-                "--",
-            ];
-            a.extend(args.iter().map(String::as_str));
-            cargo(&a)
-        }
-        other => bail!("unknown benchmark {other:?} (known: datapath, agent, sinks)"),
-    }
+    let Some((_, bin)) = BENCHES.iter().find(|(name, _)| *name == which) else {
+        let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+        bail!("unknown benchmark {which:?} (known: {})", known.join(", "));
+    };
+    let mut a = vec![
+        "run",
+        "--release",
+        "--package",
+        "sensor-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    a.extend(args.iter().map(String::as_str));
+    cargo(&a)
 }
