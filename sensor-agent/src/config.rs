@@ -179,6 +179,10 @@ pub struct CaptureConfig {
     pub dns_bytes: u32,
     /// Ring buffer between the datapath and the agent, bytes (a power of two).
     pub ring_bytes: u32,
+    /// Payload messages traced per watched flow between two polls (0: no message tracing).
+    pub trace_messages: u32,
+    /// Ring buffer for traced messages, bytes (a power of two; 64 bytes per message).
+    pub trace_ring_bytes: u32,
 }
 
 impl Default for CaptureConfig {
@@ -188,6 +192,8 @@ impl Default for CaptureConfig {
             payload_bytes: 256,
             dns_bytes: 512,
             ring_bytes: crate::datapath::DEFAULT_RING_BYTES,
+            trace_messages: 64,
+            trace_ring_bytes: crate::datapath::DEFAULT_TRACE_RING_BYTES,
         }
     }
 }
@@ -239,9 +245,157 @@ pub struct DetectConfig {
     pub long_flow: LongFlowConfig,
     pub quiet_long_flow: QuietLongFlowConfig,
     pub periodic_flow: PeriodicFlowConfig,
+    pub encrypted_mining: EncryptedMiningConfig,
     pub mining_protocol: RuleConfig,
     pub blockchain_p2p: RuleConfig,
     pub mining_infrastructure: RuleConfig,
+    pub watch: WatchConfig,
+}
+
+/// Which flows have their payload messages timed (time, direction, size) for periodicity and
+/// size regularity inside one flow: long, low-rate ones, as a miner's pool session is. Live,
+/// the kernel traces watched flows only; replay applies the same choice to the capture.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// A flow is watched once its conversation has lasted this long...
+    pub after: HumanDuration,
+    /// ...while averaging at most this many bytes per second (both directions).
+    pub max_bytes_per_sec: f64,
+    /// Flows watched at once, at most (also the kernel watch map's capacity).
+    pub max_flows: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            after: HumanDuration::secs(5 * 60),
+            max_bytes_per_sec: 2000.0,
+            max_flows: 4096,
+        }
+    }
+}
+
+/// Encrypted (or unrecognised) pool sessions: TLS or unknown payload, long or quiet, regular
+/// message sizes, SNI keywords or a miner's JA4, fused into one score with every contribution
+/// in the evidence (`detect/encrypted_mining.rs` explains the score).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptedMiningConfig {
+    pub enabled: bool,
+    pub severity: u8,
+    /// Fused score (0-1) from which the rule fires.
+    pub min_score: f64,
+    /// A conversation counts as long from this duration (pool sessions last hours; web
+    /// sessions seldom last 30 minutes at a low rate).
+    pub min_duration: HumanDuration,
+    /// A conversation that is quiet (see `quiet_max_bytes_per_sec`) is looked at from this
+    /// duration, before it is long: a rate measured over less says nothing.
+    pub quiet_min_duration: HumanDuration,
+    /// Average rate (bytes/s, both directions) up to which a conversation counts as quiet (real
+    /// pool sessions: 5-140 B/s).
+    pub quiet_max_bytes_per_sec: f64,
+    /// Messages per direction needed before size regularity and cadence count (4-64).
+    pub min_messages: usize,
+    /// SNI labels containing one of these count as a pool name (case-insensitive).
+    pub sni_keywords: Vec<String>,
+    /// JA4 fingerprints of known mining clients (whole `a_b_c`, or an `a_b` prefix); none by
+    /// default: no verified public list exists, add the ones of your own captures.
+    pub miner_ja4: Vec<String>,
+    /// Server ports where TLS is ordinary web traffic; TLS on any other port contributes.
+    pub web_ports: Vec<u16>,
+    /// Minimum evidence: the rule fires only when at least one of these contributions reached
+    /// `min_evidence_strength`. Identity evidence by default: long, quiet, size-regular TLS with
+    /// a 60 s beat is also every MQTT-over-TLS device and push channel.
+    pub min_evidence: Vec<String>,
+    /// Strength (0-1) from which a contribution listed in `min_evidence` counts as present.
+    pub min_evidence_strength: f64,
+    /// Weight (0-1) of each contribution in the fused score.
+    pub weights: EncryptedMiningWeights,
+}
+
+impl Default for EncryptedMiningConfig {
+    fn default() -> Self {
+        EncryptedMiningConfig {
+            enabled: true,
+            severity: 7,
+            min_score: 0.6,
+            min_duration: HumanDuration::secs(30 * 60),
+            quiet_min_duration: HumanDuration::secs(10 * 60),
+            quiet_max_bytes_per_sec: 200.0,
+            min_messages: 8,
+            sni_keywords: [
+                "pool",
+                "mine",
+                "mining",
+                "miner",
+                "stratum",
+                "xmr",
+                "monero",
+                "nicehash",
+                "hashvault",
+                "nanopool",
+                "2miners",
+                "f2pool",
+                "ethermine",
+                "herominers",
+                "supportxmr",
+                "moneroocean",
+                "minexmr",
+                "c3pool",
+                "unmineable",
+                "zpool",
+            ]
+            .map(String::from)
+            .to_vec(),
+            miner_ja4: Vec::new(),
+            web_ports: vec![443, 8443],
+            min_evidence: vec!["sni_keyword".into(), "miner_ja4".into()],
+            min_evidence_strength: 0.5,
+            weights: EncryptedMiningWeights::default(),
+        }
+    }
+}
+
+/// Weights of the `encrypted_mining` contributions. Identity evidence weighs most; behaviour
+/// alone (everything but `sni_keyword` and `miner_ja4`) adds up to at most 0.70.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptedMiningWeights {
+    /// A pool keyword in an SNI label.
+    pub sni_keyword: f64,
+    /// The client's JA4 is on `miner_ja4`.
+    pub miner_ja4: f64,
+    /// The ClientHello offered no ALPN (miners' TLS clients; browsers always send one): weak.
+    pub no_alpn: f64,
+    /// TLS to a port not on `web_ports`.
+    pub tls_on_non_web_port: f64,
+    /// Duration relative to `min_duration`.
+    pub long: f64,
+    /// Average rate at or under `quiet_max_bytes_per_sec`.
+    pub quiet: f64,
+    /// The client's messages have (nearly) constant sizes.
+    pub client_size_regularity: f64,
+    /// The server's messages have (nearly) constant sizes.
+    pub server_size_regularity: f64,
+    /// XMRig habits: 60 s client keepalive, ~55 s server job rebroadcast, ~100 min donation.
+    pub miner_cadence: f64,
+}
+
+impl Default for EncryptedMiningWeights {
+    fn default() -> Self {
+        EncryptedMiningWeights {
+            sni_keyword: 0.30,
+            miner_ja4: 0.30,
+            no_alpn: 0.05,
+            tls_on_non_web_port: 0.10,
+            long: 0.10,
+            quiet: 0.10,
+            client_size_regularity: 0.10,
+            server_size_regularity: 0.10,
+            miner_cadence: 0.15,
+        }
+    }
 }
 
 /// Periodicity across connections (RITA-style) and inside one flow.
@@ -274,6 +428,8 @@ impl Default for DetectConfig {
             long_flow: LongFlowConfig::default(),
             quiet_long_flow: QuietLongFlowConfig::default(),
             periodic_flow: PeriodicFlowConfig::default(),
+            encrypted_mining: EncryptedMiningConfig::default(),
+            watch: WatchConfig::default(),
             mining_protocol: RuleConfig {
                 enabled: true,
                 severity: 8,
@@ -399,6 +555,7 @@ pub const RULE_IDS: &[&str] = &[
     "long_flow",
     "quiet_long_flow",
     "periodic_flow",
+    "encrypted_mining",
     "mining_protocol",
     "blockchain_p2p",
     "mining_infrastructure",
@@ -413,9 +570,11 @@ impl Config {
                 payload_packets: self.capture.payload_packets,
                 payload_bytes: self.capture.payload_bytes,
                 dns_bytes: self.capture.dns_bytes,
-                _pad: 0,
+                watch_gen: 0,
             },
             ring_bytes: self.capture.ring_bytes,
+            max_watched_flows: u32::try_from(self.detect.watch.max_flows).unwrap_or(u32::MAX),
+            trace_ring_bytes: self.capture.trace_ring_bytes,
         }
     }
 }
@@ -612,15 +771,55 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
             return Err((key.into(), format!("{v} is out of range: 0-{max}")));
         }
     }
-    if !c.capture.ring_bytes.is_power_of_two() || c.capture.ring_bytes < 4096 {
+    for (key, v) in [
+        ("capture.ring_bytes", c.capture.ring_bytes),
+        ("capture.trace_ring_bytes", c.capture.trace_ring_bytes),
+    ] {
+        if !v.is_power_of_two() || v < 4096 {
+            return Err((
+                key.into(),
+                format!("{v} must be a power of two of at least 4096"),
+            ));
+        }
+    }
+    if c.detect.watch.max_flows == 0 || c.detect.watch.max_flows > 1 << 20 {
         return Err((
-            "capture.ring_bytes".into(),
-            format!(
-                "{} must be a power of two of at least 4096",
-                c.capture.ring_bytes
-            ),
+            "detect.watch.max_flows".into(),
+            format!("{} is out of range: 1-1048576", c.detect.watch.max_flows),
         ));
     }
+    for (key, v) in [
+        (
+            "detect.watch.max_bytes_per_sec",
+            c.detect.watch.max_bytes_per_sec,
+        ),
+        (
+            "detect.encrypted_mining.quiet_max_bytes_per_sec",
+            c.detect.encrypted_mining.quiet_max_bytes_per_sec,
+        ),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err((
+                key.into(),
+                "must be a number of bytes per second >= 0".into(),
+            ));
+        }
+    }
+    for (key, v) in [
+        (
+            "detect.periodic_flow.min_score",
+            c.detect.periodic_flow.min_score,
+        ),
+        (
+            "detect.encrypted_mining.min_score",
+            c.detect.encrypted_mining.min_score,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err((key.into(), format!("{v} is out of range: 0-1")));
+        }
+    }
+    validate_encrypted_mining(&c.detect.encrypted_mining)?;
     if !(c.detect.quiet_long_flow.max_bytes_per_sec.is_finite()
         && c.detect.quiet_long_flow.max_bytes_per_sec >= 0.0)
     {
@@ -688,6 +887,65 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
                     format!("unknown rule {r:?}; accepted: {}", RULE_IDS.join(", ")),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The `detect.encrypted_mining` keys that types alone cannot check.
+fn validate_encrypted_mining(e: &EncryptedMiningConfig) -> Result<(), (String, String)> {
+    const KEY: &str = "detect.encrypted_mining";
+    if e.severity > 10 {
+        return Err((
+            format!("{KEY}.severity"),
+            format!("{} is out of range: severity is 0-10", e.severity),
+        ));
+    }
+    for (key, d) in [
+        ("min_duration", e.min_duration),
+        ("quiet_min_duration", e.quiet_min_duration),
+    ] {
+        if d.0.is_zero() {
+            return Err((
+                format!("{KEY}.{key}"),
+                format!("must be longer than 0 ({DURATION_HINT})"),
+            ));
+        }
+    }
+    let max = crate::labels::MESSAGE_SAMPLES;
+    if !(4..=max).contains(&e.min_messages) {
+        return Err((
+            format!("{KEY}.min_messages"),
+            format!(
+                "{} is out of range: 4-{max} (messages kept per direction)",
+                e.min_messages
+            ),
+        ));
+    }
+    let w = &e.weights;
+    for (key, v) in [
+        ("min_evidence_strength", e.min_evidence_strength),
+        ("weights.sni_keyword", w.sni_keyword),
+        ("weights.miner_ja4", w.miner_ja4),
+        ("weights.no_alpn", w.no_alpn),
+        ("weights.tls_on_non_web_port", w.tls_on_non_web_port),
+        ("weights.long", w.long),
+        ("weights.quiet", w.quiet),
+        ("weights.client_size_regularity", w.client_size_regularity),
+        ("weights.server_size_regularity", w.server_size_regularity),
+        ("weights.miner_cadence", w.miner_cadence),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err((format!("{KEY}.{key}"), format!("{v} is out of range: 0-1")));
+        }
+    }
+    let names = crate::detect::encrypted_mining::CONTRIBUTIONS;
+    for n in &e.min_evidence {
+        if !names.contains(&n.as_str()) {
+            return Err((
+                format!("{KEY}.min_evidence"),
+                format!("unknown contribution {n:?}; accepted: {}", names.join(", ")),
+            ));
         }
     }
     Ok(())

@@ -13,7 +13,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use sensor_common::{counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, PAYLOAD_MAX};
+use sensor_common::{
+    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent, WatchBudget,
+    PAYLOAD_MAX,
+};
 
 /// The sensor's eBPF object (XDP ingress + TC egress programs and their maps).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SENSOR_EBPF_OBJECT"));
@@ -36,6 +39,12 @@ pub const CLOCK_PROGRAM: &str = "sensor_clock";
 pub const SETTINGS_MAP: &str = "SETTINGS";
 pub const PAYLOAD_MAP: &str = "PAYLOADS";
 pub const CLOCK_MAP: &str = "CLOCK";
+/// Name of the watched-flow map and the message trace ring buffer in [`OBJECT`].
+pub const WATCH_MAP: &str = "WATCH";
+pub const TRACE_MAP: &str = "TRACES";
+
+/// `bpf_map_update_elem` flag: only replace an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// Default flow map capacity (entries); 64 bytes of value + 40 of key, about 136 B per entry.
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
@@ -85,10 +94,19 @@ pub struct LoadOptions {
     pub settings: DatapathSettings,
     /// Size of the payload ring buffer in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
+    /// Capacity of the watch map: flows whose messages can be traced at once.
+    pub max_watched_flows: u32,
+    /// Size of the message trace ring buffer in bytes (a power of two, at least one page).
+    pub trace_ring_bytes: u32,
 }
 
 /// Default payload ring: 4 MiB, about 7,000 copies of 568 bytes between two reads.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Default watch map capacity.
+pub const DEFAULT_MAX_WATCHED_FLOWS: u32 = 4096;
+/// Default trace ring: 2 MiB, about 32,000 messages of 64 bytes (with the ring's header)
+/// between two reads.
+pub const DEFAULT_TRACE_RING_BYTES: u32 = 2 << 20;
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -96,6 +114,8 @@ impl Default for LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
             settings: DatapathSettings::default(),
             ring_bytes: DEFAULT_RING_BYTES,
+            max_watched_flows: DEFAULT_MAX_WATCHED_FLOWS,
+            trace_ring_bytes: DEFAULT_TRACE_RING_BYTES,
         }
     }
 }
@@ -116,6 +136,10 @@ pub struct Datapath {
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// The payload ring buffer, taken out of `ebpf` once (each RingBuf maps its pages).
     payloads: Option<RingBuf<MapData>>,
+    /// The message trace ring buffer, likewise.
+    traces: Option<RingBuf<MapData>>,
+    /// The settings as last written (the watch generation changes at run time).
+    settings: DatapathSettings,
 }
 
 impl Datapath {
@@ -124,6 +148,11 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOW_MAP, opts.max_flows)
             .map_max_entries(PAYLOAD_MAP, opts.ring_bytes.max(4096).next_power_of_two())
+            .map_max_entries(WATCH_MAP, opts.max_watched_flows.max(1))
+            .map_max_entries(
+                TRACE_MAP,
+                opts.trace_ring_bytes.max(4096).next_power_of_two(),
+            )
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // The programs write to aya-log's map; without a reader the messages are lost, so a
@@ -135,29 +164,26 @@ impl Datapath {
                 None
             }
         };
-        {
-            let map = ebpf
-                .map_mut(SETTINGS_MAP)
-                .ok_or(DatapathError::Missing(SETTINGS_MAP))?;
-            let mut settings: Array<&mut MapData, DatapathSettings> =
-                Array::try_from(map).map_err(|e| map_err(SETTINGS_MAP, e))?;
-            let mut s = opts.settings;
-            s.payload_bytes = s.payload_bytes.min(PAYLOAD_MAX as u32);
-            s.dns_bytes = s.dns_bytes.min(PAYLOAD_MAX as u32);
-            s.payload_packets = s.payload_packets.min(255);
-            settings
-                .set(0, s, 0)
-                .map_err(|e| map_err(SETTINGS_MAP, e))?;
-        }
+        let mut settings = opts.settings;
+        settings.payload_bytes = settings.payload_bytes.min(PAYLOAD_MAX as u32);
+        settings.dns_bytes = settings.dns_bytes.min(PAYLOAD_MAX as u32);
+        settings.payload_packets = settings.payload_packets.min(255);
         let payloads = match ebpf.take_map(PAYLOAD_MAP) {
             Some(map) => Some(RingBuf::try_from(map).map_err(|e| map_err(PAYLOAD_MAP, e))?),
             None => return Err(DatapathError::Missing(PAYLOAD_MAP)),
+        };
+        let traces = match ebpf.take_map(TRACE_MAP) {
+            Some(map) => Some(RingBuf::try_from(map).map_err(|e| map_err(TRACE_MAP, e))?),
+            None => return Err(DatapathError::Missing(TRACE_MAP)),
         };
         let mut dp = Datapath {
             ebpf,
             logger,
             payloads,
+            traces,
+            settings,
         };
+        dp.write_settings()?;
         dp.xdp()?.load().map_err(|e| DatapathError::Program {
             name: XDP_PROGRAM,
             source: Box::new(e),
@@ -173,6 +199,102 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         Ok(dp)
+    }
+
+    fn write_settings(&mut self) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(SETTINGS_MAP)
+            .ok_or(DatapathError::Missing(SETTINGS_MAP))?;
+        let mut settings: Array<&mut MapData, DatapathSettings> =
+            Array::try_from(map).map_err(|e| map_err(SETTINGS_MAP, e))?;
+        settings
+            .set(0, self.settings, 0)
+            .map_err(|e| map_err(SETTINGS_MAP, e))
+    }
+
+    fn watch_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, FlowKey, WatchBudget>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(WATCH_MAP)
+            .ok_or(DatapathError::Missing(WATCH_MAP))?;
+        BpfHashMap::try_from(map).map_err(|e| map_err(WATCH_MAP, e))
+    }
+
+    /// Starts tracing the messages of `keys`, `budget` messages each until [`Self::rearm`].
+    /// Returns how many the watch map took (it refuses keys beyond its capacity); the flows
+    /// notice at their next packet in a new jiffy.
+    pub fn watch(&mut self, keys: &[FlowKey], budget: u64) -> Result<usize, DatapathError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut taken = 0;
+        {
+            let mut map = self.watch_map()?;
+            let value = WatchBudget {
+                messages: budget,
+                used: 0,
+            };
+            for key in keys {
+                match map.insert(key, value, 0) {
+                    Ok(()) => taken += 1,
+                    // E2BIG: the map is full; the rest cannot fit either.
+                    Err(aya::maps::MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                    {
+                        break
+                    }
+                    Err(e) => return Err(map_err(WATCH_MAP, e)),
+                }
+            }
+        }
+        self.settings.watch_gen = self.settings.watch_gen.wrapping_add(1);
+        self.write_settings()?;
+        Ok(taken)
+    }
+
+    /// Stops tracing `keys` (their next traced packet finds no entry and clears its bit).
+    /// Keys not watched are not an error.
+    pub fn unwatch(&mut self, keys: &[FlowKey]) -> Result<(), DatapathError> {
+        let mut map = self.watch_map()?;
+        for key in keys {
+            match map.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(WATCH_MAP, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every watched flow in `keys` a fresh budget of `budget` messages (once per poll).
+    pub fn rearm(&mut self, keys: &[FlowKey], budget: u64) -> Result<(), DatapathError> {
+        let mut map = self.watch_map()?;
+        let value = WatchBudget {
+            messages: budget,
+            used: 0,
+        };
+        for key in keys {
+            // BPF_EXIST: a flow unwatched meanwhile stays unwatched.
+            match map.insert(key, value, BPF_EXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(map_err(WATCH_MAP, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The flows in the watch map.
+    pub fn watched(&mut self) -> Result<Vec<FlowKey>, DatapathError> {
+        let map = self.watch_map()?;
+        map.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_err(WATCH_MAP, e))
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -357,6 +479,24 @@ impl Datapath {
                 // size; read_unaligned makes no alignment assumption about the ring's memory.
                 let event =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) };
+                f(&event);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Hands every traced message waiting in the trace ring to `f`, oldest first; returns how
+    /// many there were.
+    pub fn drain_traces(&mut self, mut f: impl FnMut(&TraceEvent)) -> usize {
+        let Some(ring) = self.traces.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<TraceEvent>() {
+                // SAFETY: TraceEvent is plain data (Pod) and the record holds at least its size.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) };
                 f(&event);
                 n += 1;
             }

@@ -3,10 +3,16 @@
 //! Sources call [`Engine::add_packet`] or [`Engine::update_flow`] with explicit timestamps and
 //! [`Engine::tick`] with the current time (capture time in replay, wall time live); the engine
 //! never reads a clock itself, which is what makes replays deterministic.
+//!
+//! It also chooses which flows to watch (long, low-rate ones: `detect.watch`): their payload
+//! messages are timed for periodicity and size regularity inside one flow. Live, the source
+//! hands the choice to the kernel ([`Engine::take_watch_changes`]) and feeds back the kernel's
+//! message trace; in replay the capture's own packets are timed, for watched flows only, so
+//! both sources time the same flows from about the same moment.
 
 use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
-    config::Config,
+    config::{Config, WatchConfig},
     detect::{self, Detector},
     flow::{
         record::{ip_of, FlowRecord},
@@ -16,7 +22,7 @@ use crate::{
     labels::{Labeler, Payload, SampleLimits},
 };
 use sensor_common::{FlowKey, FlowStats, PayloadEvent, DIR_LO_TO_HI, PAYLOAD_DNS};
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 pub struct Engine {
     pub table: FlowTable,
@@ -24,6 +30,28 @@ pub struct Engine {
     pub alarms: AlarmManager,
     pub labels: Labeler,
     skip_multicast: bool,
+    watch_cfg: WatchConfig,
+    watched: HashSet<FlowKey>,
+    watch_added: Vec<FlowKey>,
+    watch_removed: Vec<FlowKey>,
+    /// Flows that qualified for watching while `watch.max_flows` were already watched.
+    pub watch_refused: u64,
+    /// Keep the watch changes for [`Engine::take_watch_changes`] (a live source mirrors them
+    /// into the kernel; replay does not need them).
+    pub mirror_watch: bool,
+}
+
+/// Whether a conversation's current flow should be watched at `now`: it has a flow open with
+/// traffic both ways, has lasted `after`, and averages at most `max_bytes_per_sec`.
+fn wants_watch(cfg: &WatchConfig, conv: &Conversation, now: u64) -> bool {
+    let lasted = now.saturating_sub(conv.start_ns);
+    (conv.key.proto == 6 || conv.key.proto == 17)
+        && conv.open_flows > 0
+        && conv.client_packets > 0
+        && conv.server_packets > 0
+        && lasted >= cfg.after.as_nanos()
+        && lasted > 0
+        && conv.total_bytes() as f64 * 1e9 / lasted as f64 <= cfg.max_bytes_per_sec
 }
 
 /// Multicast (224.0.0.0/4, ff00::/8) or limited broadcast.
@@ -53,6 +81,47 @@ impl Engine {
             alarms: AlarmManager::new(cfg.alarm.clone(), observer),
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
+            watch_cfg: cfg.detect.watch.clone(),
+            watched: HashSet::new(),
+            watch_added: Vec::new(),
+            watch_removed: Vec::new(),
+            watch_refused: 0,
+            mirror_watch: false,
+        }
+    }
+
+    /// Whether the engine watches flow `key` (times its payload messages).
+    pub fn is_watched(&self, key: &FlowKey) -> bool {
+        self.watched.contains(key)
+    }
+
+    /// Flows watched now.
+    pub fn watched(&self) -> impl Iterator<Item = &FlowKey> {
+        self.watched.iter()
+    }
+
+    /// The flows that started and stopped being watched since the last call (for the live
+    /// source to mirror into the kernel's watch map).
+    pub fn take_watch_changes(&mut self) -> (Vec<FlowKey>, Vec<FlowKey>) {
+        (
+            std::mem::take(&mut self.watch_added),
+            std::mem::take(&mut self.watch_removed),
+        )
+    }
+
+    /// One payload message of a watched flow: `size` transport payload bytes sent by the
+    /// sender with direction index `dir`, at `ts_ns`. Messages of flows not watched are
+    /// ignored (a kernel trace may still hold a few after the agent stopped watching).
+    pub fn message(&mut self, key: &FlowKey, dir: usize, size: u64, ts_ns: u64) {
+        if !self.watched.contains(key) {
+            return;
+        }
+        let Some((conv, lo_is_client)) = self.table.orientation(key) else {
+            return;
+        };
+        let from_client = (dir == DIR_LO_TO_HI) == lo_is_client;
+        if self.labels.message(key, &conv, from_client, size, ts_ns) {
+            self.table.mark_dirty(&conv);
         }
     }
 
@@ -109,6 +178,19 @@ impl Engine {
             if self.skip_multicast && is_group_address(conv) {
                 continue;
             }
+            if wants_watch(&self.watch_cfg, conv, now) {
+                let flow = conv.last_flow_key();
+                if !self.watched.contains(&flow) {
+                    if self.watched.len() < self.watch_cfg.max_flows {
+                        self.watched.insert(flow);
+                        if self.mirror_watch {
+                            self.watch_added.push(flow);
+                        }
+                    } else {
+                        self.watch_refused += 1;
+                    }
+                }
+            }
             self.labels.refresh(&conv.key, conv.start_ns, now);
             let labels = self.labels.get(&conv.key);
             for d in &self.detectors {
@@ -129,6 +211,9 @@ impl Engine {
         }
         for f in &ended.flows {
             self.labels.flow_ended(&f.key);
+            if self.watched.remove(&f.key) && self.mirror_watch {
+                self.watch_removed.push(f.key);
+            }
         }
         self.labels.tick(now);
         (events, ended.flows)
@@ -323,6 +408,104 @@ mod tests {
             !session(&mut other_port, 40000, 0, 300, 60).is_empty(),
             "an allow entry for another port does not apply"
         );
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use sensor_common::ipv4_mapped;
+
+    const S: u64 = 1_000_000_000;
+
+    /// A flow to server port `port`: each its own conversation.
+    fn key(port: u16) -> (FlowKey, usize) {
+        FlowKey::canonical(
+            &ipv4_mapped([10, 0, 0, 1]),
+            50000,
+            &ipv4_mapped([10, 0, 0, 2]),
+            port,
+            6,
+        )
+    }
+
+    /// A session on `port` with `bytes` each way every 10 s from 0 to `to` s, ticking after
+    /// each exchange and timing each payload as a message.
+    fn session(e: &mut Engine, port: u16, to: u64, bytes: u64) {
+        let (k, dir) = key(port);
+        e.add_packet(&k, dir, 60, 0x02, 0);
+        e.add_packet(&k, 1 - dir, 60, 0x12, 0);
+        let mut t = 10;
+        while t <= to {
+            e.add_packet(&k, dir, bytes, 0x18, t * S);
+            e.message(&k, dir, bytes, t * S);
+            e.add_packet(&k, 1 - dir, bytes, 0x18, t * S);
+            e.message(&k, 1 - dir, bytes, t * S);
+            let _ = e.tick(t * S);
+            t += 10;
+        }
+    }
+
+    fn engine(max_flows: usize) -> Engine {
+        let mut cfg = Config::default();
+        cfg.detect.watch.after = HumanDuration::secs(60);
+        cfg.detect.watch.max_flows = max_flows;
+        let mut e = Engine::new(&cfg, Observer::default());
+        e.mirror_watch = true;
+        e
+    }
+
+    #[test]
+    fn long_low_rate_flows_are_watched_and_timed_busy_ones_are_not() {
+        let mut e = engine(10);
+        session(&mut e, 40000, 200, 100);
+        session(&mut e, 40001, 200, 1_000_000);
+        let (quiet, _) = key(40000);
+        let (busy, _) = key(40001);
+        assert!(e.is_watched(&quiet));
+        assert!(
+            !e.is_watched(&busy),
+            "1 MB every 10 s is far above 2000 B/s"
+        );
+        let (added, removed) = e.take_watch_changes();
+        assert_eq!((added, removed), (vec![quiet], vec![]));
+        let conv = e.table.orientation(&quiet).expect("flow").0;
+        let series = e
+            .labels
+            .get(&conv)
+            .and_then(|l| l.messages.as_deref())
+            .expect("messages timed");
+        // Watched at the tick at 60 s: the messages from 70 s on are timed.
+        assert_eq!((series.client.len(), series.server.len()), (14, 14));
+        assert_eq!(series.since_ns, 70 * S);
+        let busy_conv = e.table.orientation(&busy).expect("flow").0;
+        assert!(e
+            .labels
+            .get(&busy_conv)
+            .is_none_or(|l| l.messages.is_none()));
+        // The flow ends (idle past the timeout): it is unwatched and the change reported.
+        let _ = e.tick(10_000 * S);
+        assert!(!e.is_watched(&quiet));
+        let (added, removed) = e.take_watch_changes();
+        assert!(added.is_empty());
+        assert!(removed.contains(&quiet));
+    }
+
+    #[test]
+    fn watching_is_bounded_and_refusals_counted() {
+        let mut e = engine(2);
+        for port in 40000..40005 {
+            session(&mut e, port, 100, 100);
+        }
+        assert_eq!(e.watched().count(), 2);
+        assert!(e.watch_refused >= 3, "{}", e.watch_refused);
+        // Without a live source the changes are not kept.
+        let mut replay = engine(2);
+        replay.mirror_watch = false;
+        session(&mut replay, 40000, 100, 100);
+        assert_eq!(replay.watched().count(), 1);
+        assert_eq!(replay.take_watch_changes(), (vec![], vec![]));
     }
 }
 

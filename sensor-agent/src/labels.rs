@@ -25,7 +25,8 @@ use crate::{
     intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
 };
 
-/// Client messages remembered per flow for periodicity inside it (16 bytes each).
+/// Messages remembered per direction of a watched flow, for periodicity inside it (16 bytes
+/// each).
 pub const MESSAGE_SAMPLES: usize = 64;
 /// Conversations whose messages are timed at once, at most (about 1 KiB each: 20 MiB).
 pub const MAX_MESSAGE_SERIES: usize = 20_000;
@@ -63,11 +64,32 @@ pub struct ConvLabels {
     pub tls: Option<TlsInfo>,
     /// Known-infrastructure match of the server, looked up once per conversation start.
     pub infra: Option<InfraMatch>,
-    /// Time and size of the client's payload messages in its latest TCP flow, for periodicity
-    /// inside a flow; bounded. Fed where every payload is seen (capture replay).
-    pub messages: Option<Box<SampleRing>>,
-    messages_flow: Option<FlowKey>,
+    /// Time and size of each direction's payload messages in the conversation's watched flow,
+    /// for periodicity and size regularity inside one flow; bounded. Fed by the kernel's
+    /// message trace live, by the capture in replay.
+    pub messages: Option<Box<MessageSeries>>,
     infra_checked_for: Option<u64>,
+}
+
+/// The payload messages of one watched flow, per direction.
+#[derive(Clone, Debug)]
+pub struct MessageSeries {
+    pub flow: FlowKey,
+    /// First message timed (the flow was watched from about then).
+    pub since_ns: u64,
+    pub client: SampleRing,
+    pub server: SampleRing,
+}
+
+impl MessageSeries {
+    fn new(flow: FlowKey, since_ns: u64) -> Self {
+        MessageSeries {
+            flow,
+            since_ns,
+            client: SampleRing::new(MESSAGE_SAMPLES),
+            server: SampleRing::new(MESSAGE_SAMPLES),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -115,6 +137,10 @@ pub struct LabelCounters {
     /// Flows not classified because `max_classified_flows` were already being classified.
     pub flows_skipped: u64,
     pub cache_hits: u64,
+    /// Payload messages of watched flows timed.
+    pub messages: u64,
+    /// Messages not timed because [`MAX_MESSAGE_SERIES`] conversations were already timed.
+    pub messages_skipped: u64,
 }
 
 pub struct Labeler {
@@ -209,23 +235,6 @@ impl Labeler {
                 },
             );
         }
-        if p.from_client && transport == Transport::Tcp && !p.data.is_empty() {
-            // Messages of one flow only: a reconnect starts a new series, so regular
-            // reconnects are judged across connections, not here.
-            let labels = self.convs.entry(p.conv).or_default();
-            if labels.messages.is_none() && self.message_series < MAX_MESSAGE_SERIES {
-                self.message_series += 1;
-                labels.messages = Some(Box::new(SampleRing::new(MESSAGE_SAMPLES)));
-                labels.messages_flow = Some(p.key);
-            }
-            if let Some(ring) = labels.messages.as_mut() {
-                if labels.messages_flow != Some(p.key) {
-                    **ring = SampleRing::new(MESSAGE_SAMPLES);
-                    labels.messages_flow = Some(p.key);
-                }
-                ring.push(p.ts_ns, p.data.len() as u64);
-            }
-        }
         let Some(state) = self.flows.get_mut(&p.key) else {
             return false;
         };
@@ -281,6 +290,48 @@ impl Labeler {
             changed = true;
         }
         changed
+    }
+
+    /// Times one payload message (`size` payload bytes on the wire) of a watched flow.
+    /// Messages of one flow only: a reconnect starts a new series, so regular reconnects are
+    /// judged across connections, not here. Returns whether it was kept.
+    pub fn message(
+        &mut self,
+        key: &FlowKey,
+        conv: &ConvKey,
+        from_client: bool,
+        size: u64,
+        ts_ns: u64,
+    ) -> bool {
+        if size == 0 {
+            return false;
+        }
+        let has_series = self.convs.get(conv).is_some_and(|l| l.messages.is_some());
+        if !has_series && self.message_series >= MAX_MESSAGE_SERIES {
+            self.counters.messages_skipped += 1;
+            return false;
+        }
+        let labels = self.convs.entry(*conv).or_default();
+        let series = match labels.messages.as_mut() {
+            Some(series) => series,
+            None => {
+                self.message_series += 1;
+                labels
+                    .messages
+                    .insert(Box::new(MessageSeries::new(*key, ts_ns)))
+            }
+        };
+        if series.flow != *key {
+            **series = MessageSeries::new(*key, ts_ns);
+        }
+        let ring = if from_client {
+            &mut series.client
+        } else {
+            &mut series.server
+        };
+        ring.push(ts_ns, size);
+        self.counters.messages += 1;
+        true
     }
 
     /// Brings a conversation's labels up to date before the detectors look at it: the cached

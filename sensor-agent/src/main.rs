@@ -386,6 +386,10 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         }
     }
     eprintln!("{summary}");
+    if lc.messages > 0 {
+        // A line of its own: only the user engine times messages (see README).
+        eprintln!("watched flows: {} messages timed", lc.messages);
+    }
     for e in &outcome.errors {
         eprintln!("error: {e}");
     }
@@ -440,6 +444,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     };
     install_signal_handlers();
     let mut live = LiveSource::start(&ifaces, egress, &cfg.load_options())?;
+    live.trace_budget = u64::from(cfg.capture.trace_messages);
     let attached: Vec<String> = live
         .attachments
         .iter()
@@ -546,6 +551,17 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             alarms.join(", ")
         }
     );
+    if let Ok(counters) = live.dp.counters() {
+        eprintln!(
+            "sensor-agent: watched flows {} (refused {}), messages traced {}, lost to a full trace ring {}, over budget {}, timed {}",
+            engine.watched().count(),
+            engine.watch_refused + live.watch_refused,
+            counters[counter::TRACE_EVENTS as usize],
+            counters[counter::TRACE_DROPS as usize],
+            counters[counter::TRACE_OVER_BUDGET as usize],
+            engine.labels.counters.messages,
+        );
+    }
     for line in sink.report() {
         eprintln!("{line}");
     }

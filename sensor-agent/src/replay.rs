@@ -237,6 +237,12 @@ pub fn replay(
                         {
                             engine.payload(&p.key, p.dir, is_dns(&p.key), payload, ts);
                         }
+                        // Timed by its length on the wire, as the kernel trace does, even
+                        // when the capture cut the bytes.
+                        let size = p.payload_len(frame.wire_len as usize) as u64;
+                        if size > 0 {
+                            engine.message(&p.key, p.dir, size, ts);
+                        }
                     }
                 }
                 Err(reason) => {

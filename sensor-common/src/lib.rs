@@ -78,7 +78,10 @@ pub struct FlowStats {
     pub sampling: u8,
     /// Payload packets still to copy, per sender.
     pub samples_left: [u8; 2],
-    pub _pad: [u8; 3],
+    /// The low byte of `DatapathSettings::watch_gen` when this flow last looked itself up in
+    /// the watch map: the flow looks again only after the agent changed the watched set.
+    pub watch_gen: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
 
@@ -88,6 +91,9 @@ pub const SAMPLE_LO: u8 = 1;
 pub const SAMPLE_HI: u8 = 2;
 /// `FlowStats::sampling` bit: a DNS flow (port 53): copy every message.
 pub const SAMPLE_DNS: u8 = 4;
+/// `FlowStats::sampling` bit: the agent watches this flow: trace every payload message (time,
+/// direction, size) within the flow's budget in the watch map.
+pub const SAMPLE_TRACE: u8 = 8;
 
 /// Largest payload copy in one [`PayloadEvent`].
 pub const PAYLOAD_MAX: usize = 512;
@@ -126,9 +132,40 @@ pub struct DatapathSettings {
     pub payload_bytes: u32,
     /// Bytes to copy of each DNS message (0: DNS capture off), at most [`PAYLOAD_MAX`].
     pub dns_bytes: u32,
-    pub _pad: u32,
+    /// Bumped by the agent each time it adds flows to the watch map, so that flows look
+    /// themselves up there again (once, on their next packet in a new jiffy).
+    pub watch_gen: u32,
 }
 const _: () = assert!(core::mem::size_of::<DatapathSettings>() == 16);
+
+/// A watched flow's entry in the `WATCH` map, written by the agent: how many payload messages
+/// the datapath may trace until the agent re-arms it (at every poll).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchBudget {
+    /// Messages allowed since the last re-arm.
+    pub messages: u64,
+    /// Messages traced since the last re-arm (the datapath adds atomically; concurrent CPUs
+    /// can overshoot `messages` by at most one each, never wrap).
+    pub used: u64,
+}
+const _: () = assert!(core::mem::size_of::<WatchBudget>() == 16);
+
+/// One payload message of a watched flow, through the `TRACES` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub key: FlowKey,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was seen: message timing needs
+    /// better than a jiffy, and only watched flows pay for the read.
+    pub ktime_ns: u64,
+    /// Transport payload bytes (from the IP length, so Ethernet padding never counts).
+    pub payload_len: u32,
+    /// Direction index of the sender ([`DIR_LO_TO_HI`] or [`DIR_HI_TO_LO`]).
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 56);
 
 /// Indices into the per-CPU `COUNTERS` array.
 ///
@@ -161,8 +198,14 @@ pub mod counter {
     pub const PAYLOAD_EVENTS: u32 = 9;
     /// Payload copies lost because the ring buffer was full.
     pub const PAYLOAD_DROPS: u32 = 10;
+    /// Messages of watched flows traced.
+    pub const TRACE_EVENTS: u32 = 11;
+    /// Messages of watched flows not traced because the trace ring buffer was full.
+    pub const TRACE_DROPS: u32 = 12;
+    /// Messages of watched flows not traced because the flow had used its budget.
+    pub const TRACE_OVER_BUDGET: u32 = 13;
     /// Array size.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
 
     /// Stable names, index-aligned with the constants above (used in JSON output and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +220,9 @@ pub mod counter {
         "create_races",
         "payload_events",
         "payload_drops",
+        "trace_events",
+        "trace_drops",
+        "trace_over_budget",
     ];
 }
 
@@ -270,6 +316,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::PayloadEvent {}
     unsafe impl aya::Pod for super::DatapathSettings {}
+    unsafe impl aya::Pod for super::WatchBudget {}
+    unsafe impl aya::Pod for super::TraceEvent {}
 }
 
 #[cfg(test)]

@@ -8,6 +8,13 @@
 //! costs one lookup and in-place atomic adds through the returned pointer. `bpf_map_update_elem`
 //! is only called for new flows, with `BPF_NOEXIST`, because updating an existing LRU key can
 //! evict unrelated entries.
+//!
+//! Watched flows: the agent puts the flows it wants timed message by message (long, low-rate
+//! ones) in `WATCH` and bumps `SETTINGS.watch_gen`. A flow looks itself up in `WATCH` only when
+//! its `last_seen` jiffy changes *and* the generation moved since it last looked, and keeps the
+//! answer as the `SAMPLE_TRACE` bit of `sampling`, the byte every packet already tests: an
+//! unwatched flow pays nothing per packet, a watched one a budget check and a ring record per
+//! payload packet.
 #![no_std]
 #![no_main]
 // Inline BPF assembly for atomic add/or: core's atomics have no RMW operations on the BPF
@@ -18,17 +25,20 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_jiffies64, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_jiffies64, bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, CLIENT_BY_FIRST_PACKET,
-    CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS, PAYLOAD_FIRST, PAYLOAD_MAX,
-    SAMPLE_DNS, SAMPLE_HI, SAMPLE_LO,
+    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent, WatchBudget,
+    CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS,
+    PAYLOAD_FIRST, PAYLOAD_MAX, SAMPLE_DNS, SAMPLE_HI, SAMPLE_LO, SAMPLE_TRACE,
 };
 
 use parse::{parse, Reason, IPPROTO_TCP, IPPROTO_UDP};
@@ -58,6 +68,15 @@ static SETTINGS: Array<DatapathSettings> = Array::with_max_entries(1, 0);
 /// sizes it at load time.
 #[map]
 static PAYLOADS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Flows the agent watches, with each one's message budget; written by the agent only. A plain
+/// hash (not LRU): the agent bounds it, and an entry must never vanish under it.
+#[map]
+static WATCH: HashMap<FlowKey, WatchBudget> = HashMap::with_max_entries(4096, 0);
+
+/// Payload messages (time, direction, size) of watched flows. The agent sizes it at load time.
+#[map]
+static TRACES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// How a program reads packet bytes that may sit beyond the directly addressable part
 /// (multi-buffer XDP, non-linear skbs).
@@ -129,7 +148,9 @@ fn account<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
             let payload_off = pkt.payload_off as u64;
             let stats = match FLOWS.get_ptr_mut(&key) {
                 Some(stats) => {
-                    update(stats, &hit);
+                    if update(stats, &hit) {
+                        watch_check(stats, &key);
+                    }
                     stats
                 }
                 None => match create(ctx, &key, &hit, pkt.sport == 53 || pkt.dport == 53) {
@@ -137,12 +158,22 @@ fn account<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
                     None => return,
                 },
             };
-            // Once a flow's sampling is over (almost every packet), this is the only cost; a
-            // sender whose own copies are done (its peer still silent) pays one more mask.
-            let sender_bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
+            // Once a flow's sampling is over and it is not watched (almost every packet), this
+            // byte test is the only cost.
             let sampling = unsafe { (*stats).sampling };
-            if sampling != 0 && sampling & (sender_bit | SAMPLE_DNS) != 0 && payload_off != 0 && len > payload_off {
-                sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
+            if sampling != 0 && payload_off != 0 && len > payload_off {
+                let sender_bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
+                if sampling & (sender_bit | SAMPLE_DNS) != 0 {
+                    sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
+                }
+                if sampling & SAMPLE_TRACE != 0 {
+                    // Up to the IP length: Ethernet padding of short frames is not payload.
+                    // Only here, not for `sample`: its copy length is a helper size argument,
+                    // and deriving it from the IP length made the verifier's precision
+                    // tracking keep every parse path apart (over 1M instructions, refused).
+                    let end = if (pkt.payload_end as u64) < len { pkt.payload_end as u64 } else { len };
+                    trace(stats, &key, dir as u64, end.saturating_sub(payload_off));
+                }
             }
         }
         Err(reason) => bump(reason),
@@ -162,8 +193,9 @@ struct Hit {
     now: u64,
 }
 
+/// Adds the packet to its flow; returns whether `last_seen` moved to a new jiffy.
 #[inline(always)]
-fn update(stats: *mut FlowStats, hit: &Hit) {
+fn update(stats: *mut FlowStats, hit: &Hit) -> bool {
     let Hit {
         dir,
         len,
@@ -173,6 +205,7 @@ fn update(stats: *mut FlowStats, hit: &Hit) {
     } = *hit;
     // `& 1` proves the index in range, so no bounds check (and no panic path) is emitted.
     let dir = dir & 1;
+    let mut new_jiffy = false;
     // SAFETY: `stats` comes from a successful lookup in FLOWS; map values stay valid for the
     // program's run. Fields written concurrently by other CPUs are only touched atomically,
     // except last_seen and the client, where a lost race still stores a correct value.
@@ -181,6 +214,7 @@ fn update(stats: *mut FlowStats, hit: &Hit) {
         atomic_add(&raw mut (*stats).bytes[dir], len);
         if (*stats).last_seen != now {
             (*stats).last_seen = now;
+            new_jiffy = true;
         }
         if (*stats).tcp_flags & flags != flags {
             atomic_or(&raw mut (*stats).tcp_flags, flags);
@@ -191,6 +225,63 @@ fn update(stats: *mut FlowStats, hit: &Hit) {
             (*stats).client_source = CLIENT_BY_SYN;
         }
     }
+    new_jiffy
+}
+
+/// Looks the flow up in `WATCH` if the agent changed the watched set since the flow last
+/// looked, and records the answer in the `SAMPLE_TRACE` bit. Called at most once per jiffy
+/// per flow. `sampling` is written without atomics, as `sample` does: a lost race with
+/// another CPU can at worst drop or keep the bit until the next generation.
+#[inline(never)]
+fn watch_check(stats: *mut FlowStats, key: &FlowKey) {
+    let Some(settings) = SETTINGS.get(0) else { return };
+    let gen = settings.watch_gen as u8;
+    unsafe {
+        if (*stats).watch_gen == gen {
+            return;
+        }
+        (*stats).watch_gen = gen;
+        let sampling = (*stats).sampling;
+        if WATCH.get(key).is_some() {
+            (*stats).sampling = sampling | SAMPLE_TRACE;
+        } else if sampling & SAMPLE_TRACE != 0 {
+            (*stats).sampling = sampling & !SAMPLE_TRACE;
+        }
+    }
+}
+
+/// Records one payload message of a watched flow in `TRACES`, within the flow's budget; a
+/// flow the agent no longer watches stops tracing here.
+#[inline(never)]
+fn trace(stats: *mut FlowStats, key: &FlowKey, dir: u64, payload_len: u64) {
+    if payload_len == 0 {
+        return;
+    }
+    let Some(budget) = WATCH.get_ptr_mut(key) else {
+        unsafe { (*stats).sampling &= !SAMPLE_TRACE };
+        return;
+    };
+    unsafe {
+        if (*budget).used >= (*budget).messages {
+            bump(counter::TRACE_OVER_BUDGET);
+            return;
+        }
+        atomic_add(&raw mut (*budget).used, 1);
+    }
+    let Some(mut entry) = TRACES.reserve::<TraceEvent>(0) else {
+        bump(counter::TRACE_DROPS);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).key = *key;
+        (*event).ktime_ns = bpf_ktime_get_ns();
+        (*event).payload_len = if payload_len > u32::MAX as u64 { u32::MAX } else { payload_len as u32 };
+        (*event).dir = (dir & 1) as u8;
+        (*event)._pad = [0; 3];
+    }
+    entry.submit(0);
+    bump(counter::TRACE_EVENTS);
 }
 
 /// Copies the start of this packet's payload to the agent, if the flow still samples this
@@ -270,6 +361,8 @@ fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit, port_53: bool) -> O
     stats.packets[dir & 1] = 1;
     stats.bytes[dir & 1] = len;
     if let Some(settings) = SETTINGS.get(0) {
+        // The agent cannot watch a flow it has not seen yet.
+        stats.watch_gen = settings.watch_gen as u8;
         let transport = key.proto == IPPROTO_TCP || key.proto == IPPROTO_UDP;
         if transport && port_53 && settings.dns_bytes != 0 {
             stats.sampling = SAMPLE_DNS;
@@ -289,7 +382,7 @@ fn create<C: EbpfContext>(ctx: &C, key: &FlowKey, hit: &Hit, port_53: bool) -> O
         Some(entry) => {
             if !inserted {
                 bump(counter::CREATE_RACES);
-                update(entry, hit);
+                let _ = update(entry, hit);
             }
             Some(entry)
         }

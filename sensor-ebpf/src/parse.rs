@@ -106,6 +106,10 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Offset of the transport payload from the start of the frame (TCP and UDP; 0 else).
     pub payload_off: usize,
+    /// Where the IP packet ends by its own length field (usize::MAX when the field says 0, as
+    /// for GSO super-packets and IPv6 jumbograms): bytes past it are link-layer padding, not
+    /// payload.
+    pub payload_end: usize,
 }
 
 /// The reason a packet cannot be attributed: an index into `COUNTERS`.
@@ -156,8 +160,16 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Reason> {
 #[inline(always)]
 fn parse_ipv4(data: usize, end: usize, off: usize) -> Result<Packet, Reason> {
     let ip = header::<Ipv4Hdr>(data, end, off)?;
-    let (ver_ihl, frag_off, proto, src, dst) =
-        unsafe { ((*ip).ver_ihl, (*ip).frag_off, (*ip).proto, (*ip).src, (*ip).dst) };
+    let (ver_ihl, frag_off, proto, src, dst, tot_len) = unsafe {
+        (
+            (*ip).ver_ihl,
+            (*ip).frag_off,
+            (*ip).proto,
+            (*ip).src,
+            (*ip).dst,
+            (*ip).tot_len,
+        )
+    };
     if ver_ihl >> 4 != 4 {
         return Err(counter::BAD_IP_HEADER);
     }
@@ -172,7 +184,8 @@ fn parse_ipv4(data: usize, end: usize, off: usize) -> Result<Packet, Reason> {
     }
     let src = [0, 0, IPV4_MAPPED_WORD, src];
     let dst = [0, 0, IPV4_MAPPED_WORD, dst];
-    parse_l4(data, end, off + ihl * 4, src, dst, proto, IPPROTO_ICMP)
+    let ip_end = ip_end(off, u16::from_be(tot_len) as usize);
+    parse_l4(data, end, off + ihl * 4, [src, dst], proto, IPPROTO_ICMP, ip_end)
 }
 
 #[inline(always)]
@@ -183,12 +196,20 @@ fn is_ext_header(next: u8) -> bool {
 #[inline(always)]
 fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<Packet, Reason> {
     let ip = header::<Ipv6Hdr>(data, end, off)?;
-    let (ver, mut next, src, dst) =
-        unsafe { (*(ip as *const u8) >> 4, (*ip).next, (*ip).src, (*ip).dst) };
+    let (ver, mut next, src, dst, payload_len) = unsafe {
+        (
+            *(ip as *const u8) >> 4,
+            (*ip).next,
+            (*ip).src,
+            (*ip).dst,
+            (*ip).payload_len,
+        )
+    };
     if ver != 6 {
         return Err(counter::BAD_IP_HEADER);
     }
     let mut off = off + core::mem::size_of::<Ipv6Hdr>();
+    let ip_end = ip_end(off, u16::from_be(payload_len) as usize);
     let mut walked = 0;
     while walked < MAX_IPV6_EXT_HEADERS {
         if !is_ext_header(next) {
@@ -218,7 +239,18 @@ fn parse_ipv6(data: usize, end: usize, off: usize) -> Result<Packet, Reason> {
     if is_ext_header(next) {
         return Err(counter::IPV6_EXT_CHAIN_TOO_LONG);
     }
-    parse_l4(data, end, off, src, dst, next, IPPROTO_ICMPV6)
+    parse_l4(data, end, off, [src, dst], next, IPPROTO_ICMPV6, ip_end)
+}
+
+/// End of an IP packet starting (IPv4) or whose payload starts (IPv6) at `start`, `len` bytes
+/// long by its header; a zero length means "the whole frame".
+#[inline(always)]
+fn ip_end(start: usize, len: usize) -> usize {
+    if len == 0 {
+        usize::MAX
+    } else {
+        start + len
+    }
 }
 
 #[inline(always)]
@@ -226,10 +258,10 @@ fn parse_l4(
     data: usize,
     end: usize,
     off: usize,
-    src: Addr,
-    dst: Addr,
+    [src, dst]: [Addr; 2],
     proto: u8,
     icmp: u8,
+    ip_end: usize,
 ) -> Result<Packet, Reason> {
     let mut pkt = Packet {
         src,
@@ -239,6 +271,7 @@ fn parse_l4(
         proto,
         tcp_flags: 0,
         payload_off: 0,
+        payload_end: ip_end,
     };
     if proto == IPPROTO_TCP {
         let tcp = header::<TcpHdr>(data, end, off)?;

@@ -2,7 +2,7 @@
 //! alarms from a small, deterministic input.
 
 use crate::{
-    frames::{self, Frag, TCP_ACK, TCP_PSH, TCP_SYN},
+    frames::{TcpConn, TCP_ACK, TCP_PSH, TCP_SYN},
     pcap::Record,
 };
 
@@ -22,24 +22,11 @@ pub fn stratum_sessions(n: u16) -> Vec<Record> {
             (false, TCP_SYN | TCP_ACK, Vec::new()),
             (true, TCP_ACK | TCP_PSH, subscribe.into_bytes()),
         ];
+        let conn = TcpConn::new(client, cport, pool, sport);
         for (k, (from_client, flags, payload)) in packets.into_iter().enumerate() {
-            let (src, dst, sp, dp) = if from_client {
-                (client, pool, cport, sport)
-            } else {
-                (pool, client, sport, cport)
-            };
             recs.push(Record::new(
                 t + k as u64 * 1000,
-                frames::v4_frame(
-                    &[],
-                    src,
-                    dst,
-                    6,
-                    &[],
-                    Frag::default(),
-                    &frames::tcp(sp, dp, flags, &payload),
-                )
-                .frame,
+                conn.frame(from_client, flags, &payload),
             ));
         }
     }

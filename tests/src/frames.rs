@@ -308,3 +308,38 @@ pub fn gre(ethertype: u16, inner: &[u8]) -> Vec<u8> {
     h.extend_from_slice(inner);
     h
 }
+
+/// A TCP connection between two IPv4 endpoints, for building its segments in either direction.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpConn {
+    pub client: ([u8; 4], u16),
+    pub server: ([u8; 4], u16),
+}
+
+impl TcpConn {
+    pub fn new(client: [u8; 4], client_port: u16, server: [u8; 4], server_port: u16) -> Self {
+        TcpConn {
+            client: (client, client_port),
+            server: (server, server_port),
+        }
+    }
+
+    /// The Ethernet frame of one segment sent by the client (`from_client`) or the server.
+    pub fn frame(&self, from_client: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let ((src, sp), (dst, dp)) = if from_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        };
+        v4_frame(
+            &[],
+            src,
+            dst,
+            6,
+            &[],
+            Frag::default(),
+            &tcp(sp, dp, flags, payload),
+        )
+        .frame
+    }
+}

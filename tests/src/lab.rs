@@ -31,6 +31,9 @@ pub struct LabConfig {
     pub keepalive: Duration,
     /// Demo threshold for long_flow and quiet_long_flow.
     pub threshold: Duration,
+    /// Demo `detect.watch.after`: from then on the kernel traces the quiet session's messages
+    /// (its keepalives on their fixed period raise periodic_flow).
+    pub watch_after: Duration,
     /// The agent's poll interval.
     pub poll: Duration,
     /// Bytes of the bulk transfer.
@@ -43,8 +46,12 @@ impl Default for LabConfig {
     fn default() -> Self {
         LabConfig {
             quiet_for: Duration::from_secs(30),
-            keepalive: Duration::from_secs(3),
+            // Slow enough to stay under quiet_long_flow's 200 B/s, and not a divisor of
+            // `threshold`: a share sent exactly at the threshold would be
+            // measured a jiffy short of it, and alarm one keepalive later than the test allows.
+            keepalive: Duration::from_millis(2500),
             threshold: Duration::from_secs(16),
+            watch_after: Duration::from_secs(2),
             poll: Duration::from_secs(1),
             bulk_bytes: 20 << 20,
             capture: None,
@@ -68,6 +75,7 @@ pub fn agent_sets(cfg: &LabConfig) -> Vec<String> {
         format!("sensor.poll_interval={}", secs(cfg.poll)),
         format!("detect.long_flow.after={}", secs(cfg.threshold)),
         format!("detect.quiet_long_flow.after={}", secs(cfg.threshold)),
+        format!("detect.watch.after={}", secs(cfg.watch_after)),
     ]
 }
 

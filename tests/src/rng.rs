@@ -20,6 +20,20 @@ impl Rng {
         (self.next_u64() % n as u64) as usize
     }
 
+    /// Uniform in `0..n`; 0 when `n` is 0.
+    pub fn below_u64(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next_u64() % n
+        }
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next_u64() as u8).collect()
     }

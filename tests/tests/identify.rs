@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sensor_tests::{
     agent::{self, TempDir},
-    frames::{self, Frag, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN},
+    frames::{self, Frag, TcpConn, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN},
     pcap::{self, Record},
 };
 use serde_json::Value;
@@ -137,25 +137,9 @@ fn tcp_session(
 ) -> Vec<Record> {
     let mut recs = Vec::new();
     let mut t = t0;
+    let conn = TcpConn::new(client, cport, server, sport);
     let mut push = |from_client: bool, flags: u8, payload: &[u8]| {
-        let (src, dst, sp, dp) = if from_client {
-            (client, server, cport, sport)
-        } else {
-            (server, client, sport, cport)
-        };
-        recs.push(Record::new(
-            t,
-            frames::v4_frame(
-                &[],
-                src,
-                dst,
-                6,
-                &[],
-                Frag::default(),
-                &frames::tcp(sp, dp, flags, payload),
-            )
-            .frame,
-        ));
+        recs.push(Record::new(t, conn.frame(from_client, flags, payload)));
         t += 50_000_000;
     };
     push(true, TCP_SYN, &[]);

@@ -7,7 +7,7 @@ use sensor_common::{
     counter, ipv4_mapped, DatapathSettings, FlowKey, PayloadEvent, PAYLOAD_DNS, PAYLOAD_FIRST,
 };
 use sensor_tests::{
-    frames::{self, Frag, TCP_ACK, TCP_PSH, TCP_SYN},
+    frames::{self, Frag, TcpConn, TCP_ACK, TCP_PSH, TCP_SYN},
     kernel::Kernel,
 };
 
@@ -21,28 +21,15 @@ fn opts(packets: u32, bytes: u32, dns: u32, ring: u32) -> LoadOptions {
             payload_packets: packets,
             payload_bytes: bytes,
             dns_bytes: dns,
-            _pad: 0,
+            watch_gen: 0,
         },
         ring_bytes: ring,
+        ..LoadOptions::default()
     }
 }
 
 fn tcp(from_client: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let (src, dst, sp, dp) = if from_client {
-        (CLIENT, POOL, 40000, 3333)
-    } else {
-        (POOL, CLIENT, 3333, 40000)
-    };
-    frames::v4_frame(
-        &[],
-        src,
-        dst,
-        6,
-        &[],
-        Frag::default(),
-        &frames::tcp(sp, dp, flags, payload),
-    )
-    .frame
+    TcpConn::new(CLIENT, 40000, POOL, 3333).frame(from_client, flags, payload)
 }
 
 fn drain(k: &mut Kernel) -> Vec<PayloadEvent> {

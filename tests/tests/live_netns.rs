@@ -1,7 +1,9 @@
 //! End to end on live traffic: the sensor attached (XDP + TC egress) in a network namespace,
 //! real sockets talking to another namespace. The scripted stratum session must raise
 //! mining_protocol (its first payload bytes reach the agent through the kernel's ring buffer)
-//! and quiet_long_flow within one poll of crossing its threshold, the bulk transfer nothing;
+//! and quiet_long_flow within one poll of crossing its threshold, periodic_flow from the
+//! kernel's message trace of the watched session (its keepalives on a fixed period), the bulk
+//! transfer nothing;
 //! the same traffic captured with tcpdump and replayed must raise the same alarms.
 
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
@@ -155,26 +157,36 @@ fn kernel_live_quiet_session_alarms_within_one_poll_and_replay_agrees() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("alarm JSON"))
         .collect();
-    // Periodicity inside a flow needs the timing of every message; the capture has it, the
-    // live datapath copies only each flow's first payload packets (the kernel message trace of
-    // watched flows is not built yet), so periodic_flow is compared apart: the replay must find
-    // the miner's regular shares.
-    let mut replayed_set = opened(&replayed);
-    let periodic = (
-        String::from("periodic_flow"),
-        outcome.client_addr.clone(),
-        outcome.server_addr.clone(),
-        QUIET_PORT as u64,
-    );
-    assert!(
-        replayed_set.remove(&periodic),
-        "the replay finds the shares every {:?} periodic: {replayed_set:?}",
-        cfg.keepalive
-    );
-    let mut live_set = live.clone();
-    live_set.remove(&periodic);
+    // Live, the quiet session's shares were timed by the kernel's message trace (the flow is
+    // watched from `watch_after`); the replay times the capture's packets of the same watched
+    // flow. Both must see the keepalive period.
+    for (source, alarms) in [("live", &outcome.alarms), ("replay", &replayed)] {
+        let p = alarms
+            .iter()
+            .find(|a| {
+                a["rule"]["id"] == "periodic_flow"
+                    && a["event"]["action"] == "opened"
+                    && a["destination"]["port"] == QUIET_PORT
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{source}: the shares every {:?} raised no periodic_flow",
+                    cfg.keepalive
+                )
+            });
+        let ev = &p["sensor"]["evidence"];
+        let period = ev["period_s"].as_f64().expect("period");
+        let want = cfg.keepalive.as_secs_f64();
+        println!("{source}: periodic_flow {ev}");
+        assert_eq!(ev["kind"], "in_flow", "{source}: {p}");
+        assert!(
+            (period - want).abs() <= want * 0.05,
+            "{source}: period {period} s, keepalive {want} s"
+        );
+    }
     assert_eq!(
-        replayed_set, live_set,
+        opened(&replayed),
+        live,
         "replayed alarms differ from live ones"
     );
 }

@@ -81,7 +81,7 @@ enum Cmd {
     },
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
-        /// Which benchmark: `datapath`, `agent` or `sinks`.
+        /// Which benchmark: `datapath`, `agent`, `sinks` or `detect`.
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -356,6 +356,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("datapath", "bench-datapath"),
     ("agent", "bench-agent"),
     ("sinks", "bench-sinks"),
+    ("detect", "bench-detect"),
 ];
 
 fn bench(which: &str, args: &[String]) -> Result<()> {

@@ -4,6 +4,7 @@
 //! that a replay could not rebuild.
 
 pub mod blockchain_p2p;
+pub mod encrypted_mining;
 pub mod long_flow;
 pub mod mining_infrastructure;
 pub mod mining_protocol;
@@ -53,6 +54,11 @@ pub fn from_config(cfg: &DetectConfig) -> Vec<Box<dyn Detector + Send>> {
     if cfg.periodic_flow.enabled {
         out.push(Box::new(periodic_flow::PeriodicFlow::new(
             &cfg.periodic_flow,
+        )));
+    }
+    if cfg.encrypted_mining.enabled {
+        out.push(Box::new(encrypted_mining::EncryptedMining::new(
+            &cfg.encrypted_mining,
         )));
     }
     if cfg.mining_protocol.enabled {

@@ -1,13 +1,16 @@
 //! Periodic flows: a conversation whose connections start on a regular beat (across
-//! connections, as RITA scores beacons: at least `min_samples` answered connections), or whose
-//! client sends regular messages inside one long session (what a polling miner does: a
-//! fixed-size `eth_getWork` every 10 s). Every subscore is in the evidence, with the period and
-//! jitter in seconds, and which kind fired.
+//! connections, as RITA scores beacons: at least `min_samples` answered connections), or one
+//! side of whose watched flow sends regular messages inside one long session (what a polling
+//! miner does: a fixed-size `eth_getWork` every 10 s; a pool's 60 s keepalive answers). Every
+//! subscore is in the evidence, with the period and jitter in seconds, which kind fired and,
+//! inside a flow, which direction.
+
+use std::cell::RefCell;
 
 use serde_json::json;
 
 use super::{
-    periodicity::{Periodicity, SampleRing},
+    periodicity::{Periodicity, SampleRing, ScoreScratch},
     Detector, Finding,
 };
 use crate::{config::PeriodicFlowConfig, flow::table::Conversation, labels::ConvLabels};
@@ -16,6 +19,8 @@ pub struct PeriodicFlow {
     min_samples: usize,
     min_score: f64,
     severity: u8,
+    /// Reused by every evaluation: scoring then allocates nothing.
+    scratch: RefCell<ScoreScratch>,
 }
 
 impl PeriodicFlow {
@@ -24,11 +29,12 @@ impl PeriodicFlow {
             min_samples: cfg.min_samples.max(4),
             min_score: cfg.min_score,
             severity: cfg.severity,
+            scratch: RefCell::new(ScoreScratch::new()),
         }
     }
 
     fn judge(&self, ring: Option<&SampleRing>, window_ns: u64) -> Option<Periodicity> {
-        let p = ring?.score(window_ns, self.min_samples)?;
+        let p = ring?.score_with(&mut self.scratch.borrow_mut(), window_ns, self.min_samples)?;
         (p.score >= self.min_score).then_some(p)
     }
 }
@@ -64,10 +70,18 @@ impl Detector for PeriodicFlow {
                 evidence: evidence("across_connections", &p),
             });
         }
-        let p = self.judge(labels.and_then(|l| l.messages.as_deref()), window)?;
+        let series = labels.and_then(|l| l.messages.as_deref())?;
+        // Timing started when the flow was first watched: that is the observation window.
+        let window = now.saturating_sub(series.since_ns);
+        let (direction, p) = [("client", &series.client), ("server", &series.server)]
+            .into_iter()
+            .filter_map(|(d, ring)| Some((d, self.judge(Some(ring), window)?)))
+            .max_by(|a, b| a.1.score.total_cmp(&b.1.score))?;
+        let mut e = evidence("in_flow", &p);
+        e.insert("direction".into(), json!(direction));
         Some(Finding {
             severity: self.severity,
-            evidence: evidence("in_flow", &p),
+            evidence: e,
         })
     }
 }

@@ -19,7 +19,11 @@
 //! ranks (`h = (n - 1) * p`, the "type 7" of Hyndman & Fan, the default of R and NumPy).
 //!
 //! - `*_skew_score = 1 - |B|`, with Bowley skewness `B = (Q3 + Q1 - 2 Q2) / (Q3 - Q1)`,
-//!   `B = 0` when `Q3 == Q1`. Result clamped to `[0, 1]` (|B| <= 1 mathematically).
+//!   `B = 0` when the interquartile range is at most [`SKEW_NOISE_FLOOR`] of the median (as
+//!   RITA takes `B = 0` when `Q3 == Q1`). Bowley's ratio is scale-free, so on a near-perfect
+//!   beacon (a 30.002 s period with 0.5 ms of scheduling jitter) it measures only noise and
+//!   swings anywhere in [-1, 1]; below the floor the intervals are regular whatever their
+//!   shape. Result clamped to `[0, 1]` (|B| <= 1 mathematically).
 //! - `*_mad_score = clamp(1 - MAD / median, 0, 1)`, MAD = median absolute deviation from the
 //!   median. Relative to the median rather than RITA's absolute `1 - MAD/30 s`, so that a
 //!   1-hour beacon with 1% jitter scores as well as a 1-minute one. When the median is 0,
@@ -54,11 +58,17 @@ use std::collections::VecDeque;
 /// Fewest distinct timestamps `score` accepts, whatever the caller asks (3 intervals).
 pub const MIN_SAMPLES: usize = 4;
 
+/// Interquartile range, as a share of the median, below which skewness is not measured.
+pub const SKEW_NOISE_FLOOR: f64 = 0.01;
+
 /// Most start-time histogram bins.
 pub const HIST_BINS: usize = 24;
 
 /// Most entries a [`SampleRing`] allocates up front; it grows from there up to its capacity.
-pub const RING_PREALLOC: usize = 1024;
+/// Small: a conversation's ring grows by doubling as connections come, and most conversations
+/// never see many (bench detect: 8 KiB up front per conversation made a million
+/// conversations cost 6 GiB and every push a cache miss).
+pub const RING_PREALLOC: usize = 16;
 
 /// Scores in [0, 1]; 1 = perfectly regular. See the module documentation for the formulas.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -102,65 +112,13 @@ pub fn score(
     window_ns: u64,
     min_samples: usize,
 ) -> Option<Periodicity> {
-    let need = min_samples.max(MIN_SAMPLES);
-    if times_ns.len() < need {
-        return None;
-    }
-    let mut times = times_ns.to_vec();
-    times.sort_unstable();
-    times.dedup();
-    if times.len() < need {
-        return None;
-    }
-    let first = times[0];
-    let last = times[times.len() - 1];
-    let span = last - first;
-
-    // Intervals in ns as f64: exact below 2^53 ns (104 days), finite always.
-    let mut intervals: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
-    intervals.sort_unstable_by(f64::total_cmp);
-    let ts = Spread::of_sorted(&intervals);
-    let ts_hist_score = hist_score(&times, first, span);
-    let coverage_score = if window_ns == 0 {
-        0.0
-    } else {
-        unit(span as f64 / window_ns as f64)
-    };
-    let ts_score = unit((ts.skew_score + ts.mad_score + ts_hist_score) / 3.0);
-
-    let (size_skew_score, size_mad_score, size_mode_fraction, size_score, score) =
-        if sizes.is_empty() {
-            (0.0, 0.0, 0.0, 0.0, ts_score)
-        } else {
-            let mut s: Vec<f64> = sizes.iter().map(|&b| b as f64).collect();
-            s.sort_unstable_by(f64::total_cmp);
-            let spread = Spread::of_sorted(&s);
-            let mode = mode_fraction(sizes);
-            let size_score = unit((spread.skew_score + spread.mad_score + mode) / 3.0);
-            (
-                spread.skew_score,
-                spread.mad_score,
-                mode,
-                size_score,
-                unit((ts_score + size_score) / 2.0),
-            )
-        };
-
-    Some(Periodicity {
-        samples: times.len(),
-        period_s: finite(ts.median / 1e9),
-        jitter_s: finite(ts.mad / 1e9),
-        ts_skew_score: ts.skew_score,
-        ts_mad_score: ts.mad_score,
-        ts_hist_score,
-        coverage_score,
-        size_skew_score,
-        size_mad_score,
-        size_mode_fraction,
-        ts_score,
-        size_score,
-        score,
-    })
+    score_with(
+        &mut ScoreScratch::new(),
+        times_ns,
+        sizes,
+        window_ns,
+        min_samples,
+    )
 }
 
 /// Bounded online accumulator for one conversation or one flow direction: keeps at most
@@ -214,8 +172,7 @@ impl SampleRing {
 
     /// [`score`] of the samples kept.
     pub fn score(&self, window_ns: u64, min_samples: usize) -> Option<Periodicity> {
-        let (times, sizes): (Vec<u64>, Vec<u64>) = self.samples.iter().copied().unzip();
-        score(&times, &sizes, window_ns, min_samples)
+        self.score_with(&mut ScoreScratch::new(), window_ns, min_samples)
     }
 }
 
@@ -241,28 +198,157 @@ pub fn batch_scores(records: &[(u64, u64, u64)], window_ns: u64) -> Vec<(u64, Pe
     out
 }
 
-/// Location and spread of a sorted, non-empty sample.
-struct Spread {
-    median: f64,
-    mad: f64,
-    skew_score: f64,
-    mad_score: f64,
+/// Reusable buffers for [`score_with`] and [`SampleRing::score_with`], which return exactly
+/// what [`score`] returns (bit for bit) without allocating once the buffers have grown to the
+/// largest input, and in linear time beyond sorting the intervals and the sizes as integers
+/// (already sorted input, such as a ring fed in time order or constant sizes, is not sorted
+/// again). For a detector that scores many conversations in a row.
+#[derive(Clone, Debug, Default)]
+pub struct ScoreScratch {
+    times: Vec<u64>,
+    intervals: Vec<u64>,
+    sizes: Vec<u64>,
+}
+
+impl ScoreScratch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// [`score`], into reusable buffers; same arguments, same result.
+pub fn score_with(
+    scratch: &mut ScoreScratch,
+    times_ns: &[u64],
+    sizes: &[u64],
+    window_ns: u64,
+    min_samples: usize,
+) -> Option<Periodicity> {
+    if times_ns.len() < min_samples.max(MIN_SAMPLES) {
+        return None;
+    }
+    scratch.times.clear();
+    scratch.times.extend_from_slice(times_ns);
+    scratch.sizes.clear();
+    scratch.sizes.extend_from_slice(sizes);
+    score_scratch(scratch, window_ns, min_samples)
+}
+
+impl SampleRing {
+    /// [`SampleRing::score`], into reusable buffers; same result.
+    pub fn score_with(
+        &self,
+        scratch: &mut ScoreScratch,
+        window_ns: u64,
+        min_samples: usize,
+    ) -> Option<Periodicity> {
+        if self.samples.len() < min_samples.max(MIN_SAMPLES) {
+            return None;
+        }
+        scratch.times.clear();
+        scratch.sizes.clear();
+        let (a, b) = self.samples.as_slices();
+        for &(t, s) in a.iter().chain(b) {
+            scratch.times.push(t);
+            scratch.sizes.push(s);
+        }
+        score_scratch(scratch, window_ns, min_samples)
+    }
+}
+
+/// The body of [`score`] on the copies in `scratch` (times, sizes). Every floating-point
+/// operation is the one `score` performs, on the same values in the same order: order
+/// statistics are taken from integers sorted as integers (u64 -> f64 is monotonic, so they are
+/// the f64 order statistics), the median absolute deviation merges the two monotonic halves of
+/// the deviations instead of sorting them, and histogram bins are found from exact integer
+/// bin boundaries instead of one 128-bit division per timestamp.
+fn score_scratch(s: &mut ScoreScratch, window_ns: u64, min_samples: usize) -> Option<Periodicity> {
+    let need = min_samples.max(MIN_SAMPLES);
+    let ScoreScratch {
+        times,
+        intervals,
+        sizes,
+    } = s;
+    if times.len() < need {
+        return None;
+    }
+    if !times.is_sorted() {
+        times.sort_unstable();
+    }
+    times.dedup();
+    if times.len() < need {
+        return None;
+    }
+    let first = times[0];
+    let last = times[times.len() - 1];
+    let span = last - first;
+
+    intervals.clear();
+    intervals.extend(times.windows(2).map(|w| w[1] - w[0]));
+    if !intervals.is_sorted() {
+        intervals.sort_unstable();
+    }
+    let ts = Spread::of_sorted_ints(intervals);
+    let ts_hist_score = hist_score_sorted(times, first, span);
+    let coverage_score = if window_ns == 0 {
+        0.0
+    } else {
+        unit(span as f64 / window_ns as f64)
+    };
+    let ts_score = unit((ts.skew_score + ts.mad_score + ts_hist_score) / 3.0);
+
+    let (size_skew_score, size_mad_score, size_mode_fraction, size_score, score) =
+        if sizes.is_empty() {
+            (0.0, 0.0, 0.0, 0.0, ts_score)
+        } else {
+            if !sizes.is_sorted() {
+                sizes.sort_unstable();
+            }
+            let spread = Spread::of_sorted_ints(sizes);
+            let mode = mode_fraction_sorted(sizes);
+            let size_score = unit((spread.skew_score + spread.mad_score + mode) / 3.0);
+            (
+                spread.skew_score,
+                spread.mad_score,
+                mode,
+                size_score,
+                unit((ts_score + size_score) / 2.0),
+            )
+        };
+
+    Some(Periodicity {
+        samples: times.len(),
+        period_s: finite(ts.median / 1e9),
+        jitter_s: finite(ts.mad / 1e9),
+        ts_skew_score: ts.skew_score,
+        ts_mad_score: ts.mad_score,
+        ts_hist_score,
+        coverage_score,
+        size_skew_score,
+        size_mad_score,
+        size_mode_fraction,
+        ts_score,
+        size_score,
+        score,
+    })
 }
 
 impl Spread {
-    fn of_sorted(sorted: &[f64]) -> Spread {
-        let q1 = quantile(sorted, 0.25);
-        let q2 = quantile(sorted, 0.5);
-        let q3 = quantile(sorted, 0.75);
+    /// Quartiles, median absolute deviation and their scores of a sorted, non-empty sample
+    /// (order statistics of integers sorted as integers are those of their f64 values).
+    fn of_sorted_ints(sorted: &[u64]) -> Spread {
+        let n = sorted.len();
+        let at = |i: usize| sorted[i] as f64;
+        let q1 = quantile_at(n, 0.25, at);
+        let q2 = quantile_at(n, 0.5, at);
+        let q3 = quantile_at(n, 0.75, at);
         let iqr = q3 - q1;
-        let bowley = if iqr > 0.0 {
+        let bowley = if iqr > 0.0 && iqr > q2.abs() * SKEW_NOISE_FLOOR {
             (q3 + q1 - 2.0 * q2) / iqr
         } else {
             0.0
         };
-        let mut dev: Vec<f64> = sorted.iter().map(|x| (x - q2).abs()).collect();
-        dev.sort_unstable_by(f64::total_cmp);
-        let mad = quantile(&dev, 0.5);
+        let mad = median_abs_dev(sorted, q2);
         let mad_score = if q2 > 0.0 {
             unit(1.0 - mad / q2)
         } else if mad == 0.0 {
@@ -279,31 +365,89 @@ impl Spread {
     }
 }
 
-/// Quantile `p` of a sorted sample, linear interpolation between closest ranks; 0 when empty.
-fn quantile(sorted: &[f64], p: f64) -> f64 {
-    match sorted.len() {
+/// Quantile `p` (linear interpolation between closest ranks) of the sorted sample whose `i`-th element is `at(i)`, `n` elements.
+fn quantile_at(n: usize, p: f64, at: impl Fn(usize) -> f64) -> f64 {
+    match n {
         0 => 0.0,
-        1 => sorted[0],
+        1 => at(0),
         n => {
             let h = (n - 1) as f64 * p.clamp(0.0, 1.0);
             let lo = (h.floor() as usize).min(n - 1);
             let hi = (lo + 1).min(n - 1);
             let frac = h - lo as f64;
-            sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+            at(lo) + (at(hi) - at(lo)) * frac
         }
     }
 }
 
-/// Index-of-dispersion score of the start-time histogram (see the module documentation).
-/// `times` sorted, distinct, at least 2; `span = last - first`.
-fn hist_score(times: &[u64], first: u64, span: u64) -> f64 {
+/// `quantile(sorted deviations |x - median|, 0.5)` of a sorted non-empty sample, without
+/// building or sorting the deviations: those of the elements below the median, read downwards,
+/// and of the others, read upwards, are two non-decreasing sequences (f64 subtraction is
+/// monotonic), and the two middle ranks of their merge are found by binary search.
+fn median_abs_dev(sorted: &[u64], median: f64) -> f64 {
+    let n = sorted.len();
+    let split = sorted.partition_point(|&x| (x as f64) < median);
+    let (a, b) = (split, n - split);
+    let below = |i: usize| (sorted[split - 1 - i] as f64 - median).abs();
+    let above = |j: usize| (sorted[split + j] as f64 - median).abs();
+    let h = (n - 1) as f64 * 0.5;
+    let lo = (h.floor() as usize).min(n - 1);
+    let hi = (lo + 1).min(n - 1);
+    // Take i from `below` and k + 1 - i from `above`, the smallest i whose next `below` is not
+    // smaller than the last `above` taken: the merge's first k + 1 elements.
+    let k = lo;
+    let (mut i, mut end) = ((k + 1).saturating_sub(b), (k + 1).min(a));
+    while i < end {
+        let mid = (i + end) / 2;
+        if below(mid) < above(k - mid) {
+            i = mid + 1;
+        } else {
+            end = mid;
+        }
+    }
+    let j = k + 1 - i;
+    let at_lo = match (i > 0, j > 0) {
+        (true, true) => below(i - 1).max(above(j - 1)),
+        (true, false) => below(i - 1),
+        _ => above(j - 1),
+    };
+    let at_hi = if hi == lo {
+        at_lo
+    } else {
+        match (i < a, j < b) {
+            (true, true) => below(i).min(above(j)),
+            (true, false) => below(i),
+            _ => above(j),
+        }
+    };
+    quantile_at(n, 0.5, |r| if r == lo { at_lo } else { at_hi })
+}
+
+/// Index-of-dispersion score (module documentation) of sorted distinct `times`, without a 128-bit division per timestamp: bin
+/// `k` starts at the smallest offset `d` with `d * bins / width >= k`, that is
+/// `ceil(k * width / bins) = k * q + ceil(k * r / bins)` with `width = q * bins + r`, so
+/// walking the sorted offsets against those starts gives every timestamp the bin
+/// `hist_score` computes.
+fn hist_score_sorted(times: &[u64], first: u64, span: u64) -> f64 {
     let n = times.len();
     let bins = (n / 2).clamp(1, HIST_BINS);
-    let mut counts = [0u64; HIST_BINS];
     let width = u128::from(span) + 1;
+    let (q, r) = (width / bins as u128, (width % bins as u128) as usize);
+    let start = |k: usize| k as u128 * q + (k * r).div_ceil(bins) as u128;
+    let mut counts = [0u64; HIST_BINS];
+    let mut bin = 0;
+    let mut next_start = if bins > 1 { start(1) } else { u128::MAX };
     for &t in times {
-        let i = (u128::from(t - first) * bins as u128 / width) as usize;
-        counts[i.min(bins - 1)] += 1;
+        let d = u128::from(t - first);
+        while d >= next_start {
+            bin += 1;
+            next_start = if bin + 1 < bins {
+                start(bin + 1)
+            } else {
+                u128::MAX
+            };
+        }
+        counts[bin] += 1;
     }
     let counts = &counts[..bins];
     let mean = n as f64 / bins as f64;
@@ -319,22 +463,29 @@ fn hist_score(times: &[u64], first: u64, span: u64) -> f64 {
     }
 }
 
-/// Share of the most common value.
-fn mode_fraction(values: &[u64]) -> f64 {
-    if values.is_empty() {
+/// Share of the most common value of a sorted sample.
+fn mode_fraction_sorted(sorted: &[u64]) -> f64 {
+    if sorted.is_empty() {
         return 0.0;
     }
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    let longest = v
-        .chunk_by(|a, b| a == b)
-        .map(<[u64]>::len)
-        .max()
-        .unwrap_or(0);
-    unit(longest as f64 / v.len() as f64)
+    let (mut longest, mut run) = (1, 1);
+    for w in sorted.windows(2) {
+        run = if w[0] == w[1] { run + 1 } else { 1 };
+        longest = longest.max(run);
+    }
+    unit(longest as f64 / sorted.len() as f64)
 }
 
-fn finite(x: f64) -> f64 {
+/// Location and spread of a sorted, non-empty sample.
+struct Spread {
+    median: f64,
+    mad: f64,
+    skew_score: f64,
+    mad_score: f64,
+}
+
+/// `x`, or 0 when it is not finite.
+pub(crate) fn finite(x: f64) -> f64 {
     if x.is_finite() {
         x
     } else {
@@ -343,7 +494,7 @@ fn finite(x: f64) -> f64 {
 }
 
 /// Clamps to `[0, 1]`, NaN to 0.
-fn unit(x: f64) -> f64 {
+pub(crate) fn unit(x: f64) -> f64 {
     if x.is_nan() {
         0.0
     } else {
@@ -354,6 +505,171 @@ fn unit(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The straightforward implementation (f64 copies, full sorts, one 128-bit division per
+    /// timestamp) that the optimised [`super::score_with`] must match bit for bit.
+    mod reference {
+        use super::super::{finite, unit, Periodicity, HIST_BINS, MIN_SAMPLES, SKEW_NOISE_FLOOR};
+
+        struct RefSpread {
+            median: f64,
+            mad: f64,
+            skew_score: f64,
+            mad_score: f64,
+        }
+
+        pub fn score(
+            times_ns: &[u64],
+            sizes: &[u64],
+            window_ns: u64,
+            min_samples: usize,
+        ) -> Option<Periodicity> {
+            let need = min_samples.max(MIN_SAMPLES);
+            if times_ns.len() < need {
+                return None;
+            }
+            let mut times = times_ns.to_vec();
+            times.sort_unstable();
+            times.dedup();
+            if times.len() < need {
+                return None;
+            }
+            let first = times[0];
+            let last = times[times.len() - 1];
+            let span = last - first;
+
+            // Intervals in ns as f64: exact below 2^53 ns (104 days), finite always.
+            let mut intervals: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+            intervals.sort_unstable_by(f64::total_cmp);
+            let ts = RefSpread::of_sorted(&intervals);
+            let ts_hist_score = hist_score(&times, first, span);
+            let coverage_score = if window_ns == 0 {
+                0.0
+            } else {
+                unit(span as f64 / window_ns as f64)
+            };
+            let ts_score = unit((ts.skew_score + ts.mad_score + ts_hist_score) / 3.0);
+
+            let (size_skew_score, size_mad_score, size_mode_fraction, size_score, score) =
+                if sizes.is_empty() {
+                    (0.0, 0.0, 0.0, 0.0, ts_score)
+                } else {
+                    let mut s: Vec<f64> = sizes.iter().map(|&b| b as f64).collect();
+                    s.sort_unstable_by(f64::total_cmp);
+                    let spread = RefSpread::of_sorted(&s);
+                    let mode = mode_fraction(sizes);
+                    let size_score = unit((spread.skew_score + spread.mad_score + mode) / 3.0);
+                    (
+                        spread.skew_score,
+                        spread.mad_score,
+                        mode,
+                        size_score,
+                        unit((ts_score + size_score) / 2.0),
+                    )
+                };
+
+            Some(Periodicity {
+                samples: times.len(),
+                period_s: finite(ts.median / 1e9),
+                jitter_s: finite(ts.mad / 1e9),
+                ts_skew_score: ts.skew_score,
+                ts_mad_score: ts.mad_score,
+                ts_hist_score,
+                coverage_score,
+                size_skew_score,
+                size_mad_score,
+                size_mode_fraction,
+                ts_score,
+                size_score,
+                score,
+            })
+        }
+
+        impl RefSpread {
+            fn of_sorted(sorted: &[f64]) -> RefSpread {
+                let q1 = quantile(sorted, 0.25);
+                let q2 = quantile(sorted, 0.5);
+                let q3 = quantile(sorted, 0.75);
+                let iqr = q3 - q1;
+                let bowley = if iqr > 0.0 && iqr > q2.abs() * SKEW_NOISE_FLOOR {
+                    (q3 + q1 - 2.0 * q2) / iqr
+                } else {
+                    0.0
+                };
+                let mut dev: Vec<f64> = sorted.iter().map(|x| (x - q2).abs()).collect();
+                dev.sort_unstable_by(f64::total_cmp);
+                let mad = quantile(&dev, 0.5);
+                let mad_score = if q2 > 0.0 {
+                    unit(1.0 - mad / q2)
+                } else if mad == 0.0 {
+                    1.0
+                } else {
+                    0.0
+                };
+                RefSpread {
+                    median: q2,
+                    mad,
+                    skew_score: unit(1.0 - finite(bowley).abs()),
+                    mad_score,
+                }
+            }
+        }
+
+        /// Quantile `p` of a sorted sample, linear interpolation between closest ranks; 0 when empty.
+        fn quantile(sorted: &[f64], p: f64) -> f64 {
+            match sorted.len() {
+                0 => 0.0,
+                1 => sorted[0],
+                n => {
+                    let h = (n - 1) as f64 * p.clamp(0.0, 1.0);
+                    let lo = (h.floor() as usize).min(n - 1);
+                    let hi = (lo + 1).min(n - 1);
+                    let frac = h - lo as f64;
+                    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+                }
+            }
+        }
+
+        /// Index-of-dispersion score of the start-time histogram (see the module documentation).
+        /// `times` sorted, distinct, at least 2; `span = last - first`.
+        fn hist_score(times: &[u64], first: u64, span: u64) -> f64 {
+            let n = times.len();
+            let bins = (n / 2).clamp(1, HIST_BINS);
+            let mut counts = [0u64; HIST_BINS];
+            let width = u128::from(span) + 1;
+            for &t in times {
+                let i = (u128::from(t - first) * bins as u128 / width) as usize;
+                counts[i.min(bins - 1)] += 1;
+            }
+            let counts = &counts[..bins];
+            let mean = n as f64 / bins as f64;
+            let var = counts
+                .iter()
+                .map(|&c| (c as f64 - mean).powi(2))
+                .sum::<f64>()
+                / bins as f64;
+            if mean > 0.0 {
+                unit(1.0 - var / mean)
+            } else {
+                0.0
+            }
+        }
+
+        /// Share of the most common value.
+        fn mode_fraction(values: &[u64]) -> f64 {
+            if values.is_empty() {
+                return 0.0;
+            }
+            let mut v = values.to_vec();
+            v.sort_unstable();
+            let longest = v
+                .chunk_by(|a, b| a == b)
+                .map(<[u64]>::len)
+                .max()
+                .unwrap_or(0);
+            unit(longest as f64 / v.len() as f64)
+        }
+    }
 
     const S: u64 = 1_000_000_000;
 
@@ -613,5 +929,77 @@ mod tests {
         assert_eq!(out[1].1.period_s, 30.0);
         assert_eq!(out[1].1.size_mode_fraction, 1.0);
         assert!(batch_scores(&[], 0).is_empty());
+    }
+
+    /// `score_with` and `SampleRing::score_with` return what `score` returns, bit for bit
+    /// (compared through `Debug`, which tells -0.0 from 0.0), on garbage, on beacons, on
+    /// Poisson traffic, with and without sizes, with one scratch reused throughout.
+    #[test]
+    fn periodicity_score_with_is_score() {
+        let mut rng = Rng(0xFEED_F00D_1234_5678);
+        let mut scratch = ScoreScratch::new();
+        let same = |a: &Option<Periodicity>, b: &Option<Periodicity>| {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        };
+        for round in 0..20_000 {
+            let n = rng.below(if round % 10 == 0 { 700 } else { 80 }) as usize;
+            let range = match rng.below(5) {
+                0 => 4,
+                1 => 1000,
+                2 => S * 3600,
+                3 => u64::MAX,
+                _ => 0,
+            };
+            let base = if rng.below(2) == 0 { 0 } else { rng.next() };
+            let mut times: Vec<u64> = if range == 0 {
+                // Jittered beacon, in order: 10% jitter, or 0.02% (skewness below the floor).
+                let period = 1 + rng.below(S * 600);
+                let jitter = period / [10, 5000][rng.below(2) as usize];
+                let mut t = rng.below(S * 1000);
+                (0..n)
+                    .map(|_| {
+                        t = t.saturating_add(period - jitter / 2 + rng.below(jitter + 1));
+                        t
+                    })
+                    .collect()
+            } else {
+                (0..n)
+                    .map(|_| base.saturating_add(rng.below(range)))
+                    .collect()
+            };
+            if rng.below(4) == 0 {
+                times.sort_unstable();
+            }
+            let sizes: Vec<u64> = match rng.below(5) {
+                0 => Vec::new(),
+                1 => (0..n).map(|_| rng.below(range.max(2))).collect(),
+                2 => vec![40 + rng.below(1500); n],
+                3 => (0..n)
+                    .map(|_| [64, 64, 64, 1500][rng.below(4) as usize])
+                    .collect(),
+                _ => (0..rng.below(64)).map(|_| rng.next()).collect(),
+            };
+            let window = match rng.below(3) {
+                0 => 0,
+                1 => rng.below(range.max(1)),
+                _ => rng.next(),
+            };
+            let min = rng.below(10) as usize;
+            let want = reference::score(&times, &sizes, window, min);
+            same(
+                &score_with(&mut scratch, &times, &sizes, window, min),
+                &want,
+            );
+            if sizes.len() == times.len() && !times.is_empty() {
+                let mut ring = SampleRing::new(1 + rng.below(n as u64 + 8) as usize);
+                for (&t, &b) in times.iter().zip(&sizes) {
+                    ring.push(t, b);
+                }
+                same(
+                    &ring.score_with(&mut scratch, window, min),
+                    &ring.score(window, min),
+                );
+            }
+        }
     }
 }

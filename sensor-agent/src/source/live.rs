@@ -133,6 +133,11 @@ pub struct LiveSource {
     pub dp: Datapath,
     pub clock: JiffiesClock,
     pub attachments: Vec<Attachment>,
+    /// Messages each watched flow may trace between two polls (`capture.trace_messages`; 0:
+    /// no kernel tracing).
+    pub trace_budget: u64,
+    /// Watched flows the kernel's watch map refused (full).
+    pub watch_refused: u64,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -194,6 +199,8 @@ impl LiveSource {
             dp,
             clock,
             attachments,
+            trace_budget: 64,
+            watch_refused: 0,
         })
     }
 
@@ -218,10 +225,32 @@ impl LiveSource {
         // After the flows, so every copy finds its flow (and orientation) in the table.
         self.dp
             .drain_payloads(|e| engine.payload_event(e, clock.to_wall_ns(e.jiffies)));
+        // Trace times are CLOCK_MONOTONIC (bpf_ktime_get_ns); the offset to wall time is taken
+        // now, so a wall-clock step moves later messages, never earlier ones apart.
+        let mono_to_wall = wall_ns() as i128 - monotonic_ns() as i128;
+        self.dp.drain_traces(|e| {
+            let ts = (e.ktime_ns as i128 + mono_to_wall).max(0) as u64;
+            engine.message(&e.key, e.dir as usize, u64::from(e.payload_len), ts);
+        });
+        engine.mirror_watch = self.trace_budget > 0;
         let (events, ended) = engine.tick(clock.anchor_wall_ns());
         if !ended.is_empty() {
             let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
             self.dp.delete_flows(&keys)?;
+        }
+        if self.trace_budget > 0 {
+            let (added, removed) = engine.take_watch_changes();
+            // Fresh budgets for the flows already watched, then the new ones.
+            let new: std::collections::HashSet<&FlowKey> = added.iter().collect();
+            let watched: Vec<FlowKey> = engine
+                .watched()
+                .filter(|k| !new.contains(k))
+                .copied()
+                .collect();
+            self.dp.rearm(&watched, self.trace_budget)?;
+            let taken = self.dp.watch(&added, self.trace_budget)?;
+            self.watch_refused += (added.len() - taken) as u64;
+            self.dp.unwatch(&removed)?;
         }
         self.dp.flush_log();
         Ok(PollResult {

@@ -19,6 +19,31 @@ pub struct Parsed {
     /// Offset of the TCP or UDP payload in the frame (0 for other protocols); may equal the
     /// frame's length (no payload).
     pub payload_off: usize,
+    /// Where the IP packet ends by its own length field (`usize::MAX` when that field is 0):
+    /// bytes past it are link-layer padding. The same rule as the datapath's.
+    pub payload_end: usize,
+}
+
+impl Parsed {
+    /// Transport payload bytes of a frame `wire_len` bytes long on the wire (0 for protocols
+    /// without ports): up to the IP length, never Ethernet padding.
+    pub fn payload_len(&self, wire_len: usize) -> usize {
+        if self.payload_off == 0 {
+            return 0;
+        }
+        wire_len
+            .min(self.payload_end)
+            .saturating_sub(self.payload_off)
+    }
+}
+
+/// See the datapath's `ip_end`.
+fn ip_end(start: usize, len: usize) -> usize {
+    if len == 0 {
+        usize::MAX
+    } else {
+        start + len
+    }
 }
 
 /// Why a packet could not be attributed: an index into [`sensor_common::counter::NAMES`].
@@ -77,13 +102,14 @@ fn ipv4(b: &[u8], off: usize) -> Result<Parsed, Reason> {
     }
     let src = ipv4_mapped(array(b, off + 12)?);
     let dst = ipv4_mapped(array(b, off + 16)?);
+    let end = ip_end(off, be16(b, off + 2)? as usize);
     l4(
         b,
         off + (ver_ihl & 0x0f) as usize * 4,
-        src,
-        dst,
+        [src, dst],
         b[off + 9],
         1,
+        end,
     )
 }
 
@@ -99,6 +125,7 @@ fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
     let mut next = b[off + 6];
     let src = ipv6_words(array(b, off + 8)?);
     let dst = ipv6_words(array(b, off + 24)?);
+    let end = ip_end(off + 40, be16(b, off + 4)? as usize);
     let mut off = off + 40;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ext_header(next) {
@@ -122,10 +149,17 @@ fn ipv6(b: &[u8], off: usize) -> Result<Parsed, Reason> {
     if is_ext_header(next) {
         return Err(counter::IPV6_EXT_CHAIN_TOO_LONG);
     }
-    l4(b, off, src, dst, next, 58)
+    l4(b, off, [src, dst], next, 58, end)
 }
 
-fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result<Parsed, Reason> {
+fn l4(
+    b: &[u8],
+    off: usize,
+    [src, dst]: [Addr; 2],
+    proto: u8,
+    icmp: u8,
+    payload_end: usize,
+) -> Result<Parsed, Reason> {
     let mut payload_off = 0;
     let (sport, dport, tcp_flags) = match proto {
         6 => {
@@ -154,5 +188,62 @@ fn l4(b: &[u8], off: usize, src: Addr, dst: Addr, proto: u8, icmp: u8) -> Result
         dir,
         tcp_flags,
         payload_off,
+        payload_end,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet + IPv4 (total length `tot_len`) + TCP (20 bytes) + `payload` bytes, padded to
+    /// `frame_len`.
+    fn v4_tcp(tot_len: u16, payload: usize, frame_len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[2..4].copy_from_slice(&tot_len.to_be_bytes());
+        f.extend(ip);
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&3333u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        f.extend(tcp);
+        f.extend(vec![0x17; payload]);
+        f.resize(frame_len.max(f.len()), 0);
+        f
+    }
+
+    #[test]
+    fn payload_length_stops_at_the_ip_length_not_at_ethernet_padding() {
+        // A bare ACK padded to the 60-byte minimum: no payload.
+        let ack = v4_tcp(40, 0, 60);
+        let p = parse_frame(&ack).expect("parses");
+        assert_eq!(p.payload_off, 54);
+        assert_eq!(p.payload_len(ack.len()), 0);
+        // Three payload bytes, padded.
+        let small = v4_tcp(43, 3, 60);
+        assert_eq!(parse_frame(&small).expect("parses").payload_len(60), 3);
+        // Unpadded, and cut by a snap length: the wire length decides.
+        let big = v4_tcp(40 + 1000, 1000, 0);
+        let p = parse_frame(&big[..100]).expect("headers were captured");
+        assert_eq!(p.payload_len(big.len()), 1000);
+        // IP length 0 (GSO super-packets): up to the frame's end.
+        let gso = v4_tcp(0, 200, 0);
+        assert_eq!(
+            parse_frame(&gso).expect("parses").payload_len(gso.len()),
+            200
+        );
+        // An IP length shorter than the headers: no payload, no underflow.
+        let short = v4_tcp(30, 10, 0);
+        assert_eq!(
+            parse_frame(&short)
+                .expect("parses")
+                .payload_len(short.len()),
+            0
+        );
+    }
 }

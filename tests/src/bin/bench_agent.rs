@@ -21,6 +21,7 @@ use sensor_agent::{
     source::live::LiveSource,
 };
 use sensor_common::{ipv4_mapped, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO};
+use sensor_tests::parse_count;
 
 #[derive(Parser)]
 #[command(
@@ -36,19 +37,6 @@ struct Args {
     /// Poll cycles measured after the first.
     #[arg(long, default_value_t = 5)]
     polls: usize,
-}
-
-fn parse_count(s: &str) -> Result<usize> {
-    let s = s.trim();
-    let (num, mul) = match s.chars().last() {
-        Some('k') | Some('K') => (&s[..s.len() - 1], 1_000),
-        Some('M') | Some('m') => (&s[..s.len() - 1], 1_000_000),
-        _ => (s, 1),
-    };
-    Ok(num
-        .parse::<usize>()
-        .with_context(|| format!("flow count {s:?}"))?
-        * mul)
 }
 
 fn cpu_ns() -> u64 {

@@ -55,6 +55,7 @@ fn main() -> Result<()> {
     };
     let quiet = on_port("quiet_long_flow", QUIET_PORT);
     let mining = on_port("mining_protocol", QUIET_PORT);
+    let periodic = on_port("periodic_flow", QUIET_PORT);
     let bulk = outcome
         .alarms
         .iter()
@@ -68,6 +69,11 @@ fn main() -> Result<()> {
         if mining { "yes" } else { "NO" }
     );
     println!(
+        "lab: keepalives every {:?} raised periodic_flow through the kernel trace: {}",
+        cfg.keepalive,
+        if periodic { "yes" } else { "NO" }
+    );
+    println!(
         "lab: bulk transfer raised: {}",
         if bulk {
             "an alarm (unexpected)"
@@ -79,7 +85,7 @@ fn main() -> Result<()> {
         "lab: done in {:.0}s; namespaces removed",
         started.elapsed().as_secs_f64()
     );
-    if !quiet || !mining || bulk {
+    if !quiet || !mining || !periodic || bulk {
         bail!(
             "the lab did not behave as expected; agent log:\n{}",
             outcome.agent_log
