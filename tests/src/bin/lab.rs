@@ -22,9 +22,10 @@ fn main() -> Result<()> {
         cfg.poll.as_secs()
     );
     println!(
-        "lab: traffic: scripted stratum miner and pool on port {QUIET_PORT} (a share every {}s for {}s), bulk TCP transfer of {} MiB to port {BULK_PORT}, UDP exchange on port {UDP_PORT}",
-        cfg.keepalive.as_secs(),
+        "lab: traffic: scripted stratum miner and pool on port {QUIET_PORT} (a share every {:?} for {}s, watched from {:?}), bulk TCP transfer of {} MiB to port {BULK_PORT}, UDP exchange on port {UDP_PORT}",
+        cfg.keepalive,
         cfg.quiet_for.as_secs(),
+        cfg.watch_after,
         cfg.bulk_bytes >> 20
     );
     let outcome = {
