@@ -85,6 +85,7 @@ fn regular_reconnects_raise_periodic_flow_across_connections_with_their_period()
     let last = alarms.last().expect("an event");
     for a in [opened, last] {
         let ev = &a["sensor"]["evidence"];
+        println!("{} {ev}", a["event"]["action"]);
         assert_eq!(ev["kind"], "across_connections", "{a}");
         let period = ev["period_s"].as_f64().expect("period");
         assert!(
@@ -143,7 +144,9 @@ fn a_fixed_size_request_every_10_s_in_one_session_raises_periodic_flow_in_flow()
         .first()
         .unwrap_or_else(|| panic!("no periodic_flow alarm"));
     let ev = &a["sensor"]["evidence"];
+    println!("{} {ev}", a["event"]["action"]);
     assert_eq!(ev["kind"], "in_flow", "{a}");
+    assert_eq!(ev["direction"], "client", "the request beat: {a}");
     let period = ev["period_s"].as_f64().expect("period");
     assert!((period - 10.0).abs() < 0.5, "period {period}: {a}");
     assert_eq!(ev["size_mode_fraction"].as_f64(), Some(1.0), "{a}");

@@ -73,7 +73,9 @@ impl Detector for PeriodicFlow {
         let series = labels.and_then(|l| l.messages.as_deref())?;
         // Timing started when the flow was first watched: that is the observation window.
         let window = now.saturating_sub(series.since_ns);
-        let (direction, p) = [("client", &series.client), ("server", &series.server)]
+        // `max_by` keeps the last of equals: the client's beat wins a tie (it is the one a
+        // polling miner or beacon controls).
+        let (direction, p) = [("server", &series.server), ("client", &series.client)]
             .into_iter()
             .filter_map(|(d, ring)| Some((d, self.judge(Some(ring), window)?)))
             .max_by(|a, b| a.1.score.total_cmp(&b.1.score))?;
