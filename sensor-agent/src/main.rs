@@ -510,7 +510,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
                 .map(|(r, n)| format!("{r} {n}"))
                 .collect();
             eprint!(
-                "\r\x1b[K{} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | alarms: {}",
+                "\r\x1b[K{} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}",
                 ifaces.join(","),
                 engine.table.counters.packets,
                 engine.table.flow_count(),
@@ -518,6 +518,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
                 engine.table.conversation_count(),
                 counters[counter::FLOWS_CREATED as usize],
                 unattributed,
+                engine.watched().count(),
                 if alarms.is_empty() { "none".to_string() } else { alarms.join(", ") }
             );
             next_status += status_every;
