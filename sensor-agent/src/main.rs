@@ -469,6 +469,8 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         None
     };
     let mut engine = Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg)?);
+    // The kernel traces only what the engine's watch changes tell it to.
+    engine.mirror_watch = live.trace_budget > 0;
     let poll = cfg.sensor.poll_interval.0;
     let status_every = cfg.sensor.status_interval.0;
     let show_status = std::io::stderr().is_terminal();

@@ -575,6 +575,7 @@ fn round3(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Rng;
     use crate::{
         classify::{Direction, Identification, Kind},
         config::FlowConfig,
@@ -585,24 +586,6 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
     const T0: u64 = 1_700_000_000 * S;
-
-    /// xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 {
-                0
-            } else {
-                self.next() % n
-            }
-        }
-    }
 
     fn flow_key(port: u16) -> FlowKey {
         FlowKey::canonical(

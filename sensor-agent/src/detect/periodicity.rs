@@ -505,6 +505,7 @@ pub(crate) fn unit(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Rng;
 
     /// The straightforward implementation (f64 copies, full sorts, one 128-bit division per
     /// timestamp) that the optimised [`super::score_with`] must match bit for bit.
@@ -672,28 +673,6 @@ mod tests {
     }
 
     const S: u64 = 1_000_000_000;
-
-    /// xorshift64* generator.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        /// Uniform in [0, 1).
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 {
-                0
-            } else {
-                self.next() % n
-            }
-        }
-    }
 
     fn assert_valid(p: &Periodicity) {
         for (name, v) in [

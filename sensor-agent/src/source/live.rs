@@ -232,7 +232,6 @@ impl LiveSource {
             let ts = (e.ktime_ns as i128 + mono_to_wall).max(0) as u64;
             engine.message(&e.key, e.dir as usize, u64::from(e.payload_len), ts);
         });
-        engine.mirror_watch = self.trace_budget > 0;
         let (events, ended) = engine.tick(clock.anchor_wall_ns());
         if !ended.is_empty() {
             let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
