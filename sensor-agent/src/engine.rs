@@ -1,28 +1,41 @@
-//! The detection engine: flow table, detectors and alarm manager, driven by any source.
+//! The detection engine: flow table, enrichment, detectors and alarm manager, driven by
+//! whatever source the event loop reads ([`crate::pipeline`]).
 //!
-//! Sources call [`Engine::add_packet`] or [`Engine::update_flow`] with explicit timestamps and
-//! [`Engine::tick`] with the current time (capture time in replay, wall time live); the engine
-//! never reads a clock itself, which is what makes replays deterministic.
+//! Sources hand it events with explicit timestamps ([`Engine::handle`]) and ticks with the
+//! current time (capture time in replay, wall time live); the engine never reads a clock
+//! itself, which is what makes replays deterministic.
 //!
-//! It also chooses which flows to watch (long, low-rate ones: `detect.watch`): their payload
-//! messages are timed for periodicity and size regularity inside one flow. Live, the source
-//! hands the choice to the kernel ([`Engine::take_watch_changes`]) and feeds back the kernel's
-//! message trace; in replay the capture's own packets are timed, for watched flows only, so
-//! both sources time the same flows from about the same moment.
+//! Every tick returns a [`TickOutput`]: the alarm events, the flows that ended, and the
+//! changes of the watch set (long, low-rate flows whose payload messages are timed: see
+//! [`crate::detect::watch`]). The engine never calls back into a source: the loop hands the
+//! ended flows and the watch changes to the source, which mirrors them into the kernel.
+//! [`Engine::stats`] is all that the status line and the summaries read.
+//!
+//! It must never keep state a replay could not rebuild, and never block.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use sensor_common::{FlowKey, FlowStats, PayloadEvent, DIR_LO_TO_HI, PAYLOAD_DNS};
 
 use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
-    config::{Config, WatchConfig},
-    detect::{self, Detector},
+    config::Config,
+    detect::{
+        self,
+        watch::{WatchChanges, WatchSet},
+        Detector,
+    },
+    enrich::{
+        intel::IntelStore,
+        labels::{Labeler, Payload, SampleLimits},
+    },
     flow::{
         record::{ip_of, FlowRecord},
-        table::{Conversation, FlowTable},
+        table::Conversation,
+        table::FlowTable,
     },
-    intel::IntelStore,
-    labels::{Labeler, Payload, SampleLimits},
+    source::SourceEvent,
 };
-use sensor_common::{FlowKey, FlowStats, PayloadEvent, DIR_LO_TO_HI, PAYLOAD_DNS};
-use std::{collections::HashSet, net::IpAddr};
 
 pub struct Engine {
     pub table: FlowTable,
@@ -30,28 +43,41 @@ pub struct Engine {
     pub alarms: AlarmManager,
     pub labels: Labeler,
     skip_multicast: bool,
-    watch_cfg: WatchConfig,
-    watched: HashSet<FlowKey>,
-    watch_added: Vec<FlowKey>,
-    watch_removed: Vec<FlowKey>,
-    /// Flows that qualified for watching while `watch.max_flows` were already watched.
-    pub watch_refused: u64,
-    /// Keep the watch changes for [`Engine::take_watch_changes`] (a live source mirrors them
-    /// into the kernel; replay does not need them).
-    pub mirror_watch: bool,
+    watch: WatchSet,
 }
 
-/// Whether a conversation's current flow should be watched at `now`: it has a flow open with
-/// traffic both ways, has lasted `after`, and averages at most `max_bytes_per_sec`.
-fn wants_watch(cfg: &WatchConfig, conv: &Conversation, now: u64) -> bool {
-    let lasted = now.saturating_sub(conv.start_ns);
-    (conv.key.proto == 6 || conv.key.proto == 17)
-        && conv.open_flows > 0
-        && conv.client_packets > 0
-        && conv.server_packets > 0
-        && lasted >= cfg.after.as_nanos()
-        && lasted > 0
-        && conv.total_bytes() as f64 * 1e9 / lasted as f64 <= cfg.max_bytes_per_sec
+/// What one evaluation produced.
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    pub alarms: Vec<AlarmEvent>,
+    /// Flows that ended (for the source to forget, and for `--flows`).
+    pub ended: Vec<FlowRecord>,
+    /// Flows that started or stopped being watched (for a live source to mirror).
+    pub watch: WatchChanges,
+}
+
+/// Counters for the status line and the summaries: a copy, so presenting never reaches into
+/// the engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub packets: u64,
+    pub flows: usize,
+    pub conversations: usize,
+    /// Flows refused by a full flow table, and conversations likewise.
+    pub flows_dropped: u64,
+    pub conversations_dropped: u64,
+    /// Alarms opened, per rule id.
+    pub opened_by_rule: BTreeMap<&'static str, u64>,
+    /// Alarms open now.
+    pub open_alarms: usize,
+    pub watched: usize,
+    /// Flows that qualified for watching while `watch.max_flows` were already watched.
+    pub watch_refused: u64,
+    pub payloads: u64,
+    pub dns_messages: u64,
+    pub identified_flows: u64,
+    /// Payload messages of watched flows timed.
+    pub messages: u64,
 }
 
 /// Multicast (224.0.0.0/4, ff00::/8) or limited broadcast.
@@ -68,7 +94,7 @@ impl Engine {
         Self::with_intel(cfg, observer, None)
     }
 
-    /// An engine matching servers against `intel` (see [`crate::labels::intel_store`]).
+    /// An engine matching servers against `intel` (see [`crate::enrich::labels::intel_store`]).
     pub fn with_intel(cfg: &Config, observer: Observer, intel: Option<IntelStore>) -> Self {
         let limits = SampleLimits {
             packets: cfg.capture.payload_packets,
@@ -81,39 +107,74 @@ impl Engine {
             alarms: AlarmManager::new(cfg.alarm.clone(), observer),
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
-            watch_cfg: cfg.detect.watch.clone(),
-            watched: HashSet::new(),
-            watch_added: Vec::new(),
-            watch_removed: Vec::new(),
-            watch_refused: 0,
-            mirror_watch: false,
+            watch: WatchSet::new(cfg.detect.watch.clone()),
+        }
+    }
+
+    /// Counters for presenting.
+    pub fn stats(&self) -> EngineStats {
+        let lc = &self.labels.counters;
+        EngineStats {
+            packets: self.table.counters.packets,
+            flows: self.table.flow_count(),
+            conversations: self.table.conversation_count(),
+            flows_dropped: self.table.counters.flows_dropped,
+            conversations_dropped: self.table.counters.conversations_dropped,
+            opened_by_rule: self
+                .alarms
+                .opened_by_rule
+                .iter()
+                .map(|(r, n)| (*r, *n))
+                .collect(),
+            open_alarms: self.alarms.open_count(),
+            watched: self.watch.len(),
+            watch_refused: self.watch.refused,
+            payloads: lc.payloads,
+            dns_messages: lc.dns_messages,
+            identified_flows: lc.identified_flows,
+            messages: lc.messages,
+        }
+    }
+
+    /// One event from a source other than a tick (the loop handles ticks: they produce
+    /// output).
+    pub fn handle(&mut self, event: &SourceEvent) {
+        match event {
+            SourceEvent::Packet(p) => {
+                self.add_packet(&p.key, p.dir, p.wire_len, p.tcp_flags, p.ts_ns);
+                if !p.payload.is_empty() {
+                    self.payload(&p.key, p.dir, p.dns, &p.payload, p.ts_ns);
+                }
+                if p.message_size > 0 {
+                    self.message(&p.key, p.dir, p.message_size, p.ts_ns);
+                }
+            }
+            SourceEvent::Flows(flows) => {
+                for f in flows {
+                    self.update_flow(&f.key, &f.stats, f.first_ns, f.last_ns);
+                }
+            }
+            SourceEvent::Payload(p) => self.payload(&p.key, p.dir, p.dns, &p.data, p.ts_ns),
+            SourceEvent::Message(m) => self.message(&m.key, m.dir, m.size, m.ts_ns),
+            SourceEvent::Tick(_) | SourceEvent::End(_) => {}
         }
     }
 
     /// Whether the engine watches flow `key` (times its payload messages).
     pub fn is_watched(&self, key: &FlowKey) -> bool {
-        self.watched.contains(key)
+        self.watch.contains(key)
     }
 
     /// Flows watched now.
     pub fn watched(&self) -> impl Iterator<Item = &FlowKey> {
-        self.watched.iter()
-    }
-
-    /// The flows that started and stopped being watched since the last call (for the live
-    /// source to mirror into the kernel's watch map).
-    pub fn take_watch_changes(&mut self) -> (Vec<FlowKey>, Vec<FlowKey>) {
-        (
-            std::mem::take(&mut self.watch_added),
-            std::mem::take(&mut self.watch_removed),
-        )
+        self.watch.iter()
     }
 
     /// One payload message of a watched flow: `size` transport payload bytes sent by the
     /// sender with direction index `dir`, at `ts_ns`. Messages of flows not watched are
     /// ignored (a kernel trace may still hold a few after the agent stopped watching).
     pub fn message(&mut self, key: &FlowKey, dir: usize, size: u64, ts_ns: u64) {
-        if !self.watched.contains(key) {
+        if !self.watch.contains(key) {
             return;
         }
         let Some((conv, lo_is_client)) = self.table.orientation(key) else {
@@ -165,9 +226,9 @@ impl Engine {
         self.table.update(key, stats, first_ns, last_ns);
     }
 
-    /// Evaluates every conversation at `now`, then ages the table. Returns the alarm events
-    /// and the flows that ended (for the source to forget, and for `--flows`).
-    pub fn tick(&mut self, now: u64) -> (Vec<AlarmEvent>, Vec<FlowRecord>) {
+    /// Evaluates every conversation that changed (or has an alarm open) at `now`, then ages
+    /// the table.
+    pub fn tick(&mut self, now: u64) -> TickOutput {
         let mut events = Vec::new();
         for conv in self.table.conversations() {
             // Only what changed can newly satisfy a rule; open alarms are re-evaluated every
@@ -178,19 +239,7 @@ impl Engine {
             if self.skip_multicast && is_group_address(conv) {
                 continue;
             }
-            if wants_watch(&self.watch_cfg, conv, now) {
-                let flow = conv.last_flow_key();
-                if !self.watched.contains(&flow) {
-                    if self.watched.len() < self.watch_cfg.max_flows {
-                        self.watched.insert(flow);
-                        if self.mirror_watch {
-                            self.watch_added.push(flow);
-                        }
-                    } else {
-                        self.watch_refused += 1;
-                    }
-                }
-            }
+            self.watch.consider(conv, now);
             self.labels.refresh(&conv.key, conv.start_ns, now);
             let labels = self.labels.get(&conv.key);
             for d in &self.detectors {
@@ -211,12 +260,14 @@ impl Engine {
         }
         for f in &ended.flows {
             self.labels.flow_ended(&f.key);
-            if self.watched.remove(&f.key) && self.mirror_watch {
-                self.watch_removed.push(f.key);
-            }
+            self.watch.flow_ended(&f.key);
         }
         self.labels.tick(now);
-        (events, ended.flows)
+        TickOutput {
+            alarms: events,
+            ended: ended.flows,
+            watch: self.watch.take_changes(),
+        }
     }
 
     /// End of input (a replay's last frame): evaluates once more at `now` and sends the last
@@ -247,8 +298,9 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::{
+        alarm::settings::AllowRule,
         alarm::Action,
-        config::{AllowRule, Cidr, HumanDuration},
+        units::{Cidr, HumanDuration},
     };
     use sensor_common::ipv4_mapped;
 
@@ -280,7 +332,7 @@ mod tests {
             let flags = if t == from { 0x02 } else { 0x18 };
             e.add_packet(&key, dir, bytes, flags, t * S);
             e.add_packet(&key, 1 - dir, bytes, 0x12, t * S);
-            events.extend(e.tick(t * S).0);
+            events.extend(e.tick(t * S).alarms);
             t += 10;
         }
         events
@@ -355,7 +407,7 @@ mod tests {
         assert_eq!(opened[0].json["sensor"]["conversation"]["flows"], 2);
         assert_eq!(opened[0].json["source"]["port"], 40001);
         // Silence past idle timeout + gap: the conversation ends and its alarms close.
-        let (closing, _) = e.tick(400 * S);
+        let closing = e.tick(400 * S).alarms;
         assert!(closing
             .iter()
             .any(|x| x.rule == "long_flow" && x.action == Action::Closed && x.id == opened[0].id));
@@ -414,7 +466,7 @@ mod tests {
 #[cfg(test)]
 mod watch_tests {
     use super::*;
-    use crate::config::HumanDuration;
+    use crate::units::HumanDuration;
     use sensor_common::ipv4_mapped;
 
     const S: u64 = 1_000_000_000;
@@ -432,7 +484,8 @@ mod watch_tests {
 
     /// A session on `port` with `bytes` each way every 10 s from 0 to `to` s, ticking after
     /// each exchange and timing each payload as a message.
-    fn session(e: &mut Engine, port: u16, to: u64, bytes: u64) {
+    fn session(e: &mut Engine, port: u16, to: u64, bytes: u64) -> (Vec<FlowKey>, Vec<FlowKey>) {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
         let (k, dir) = key(port);
         e.add_packet(&k, dir, 60, 0x02, 0);
         e.add_packet(&k, 1 - dir, 60, 0x12, 0);
@@ -442,25 +495,26 @@ mod watch_tests {
             e.message(&k, dir, bytes, t * S);
             e.add_packet(&k, 1 - dir, bytes, 0x18, t * S);
             e.message(&k, 1 - dir, bytes, t * S);
-            let _ = e.tick(t * S);
+            let out = e.tick(t * S);
+            added.extend(out.watch.added);
+            removed.extend(out.watch.removed);
             t += 10;
         }
+        (added, removed)
     }
 
     fn engine(max_flows: usize) -> Engine {
         let mut cfg = Config::default();
         cfg.detect.watch.after = HumanDuration::secs(60);
         cfg.detect.watch.max_flows = max_flows;
-        let mut e = Engine::new(&cfg, Observer::default());
-        e.mirror_watch = true;
-        e
+        Engine::new(&cfg, Observer::default())
     }
 
     #[test]
     fn long_low_rate_flows_are_watched_and_timed_busy_ones_are_not() {
         let mut e = engine(10);
-        session(&mut e, 40000, 200, 100);
-        session(&mut e, 40001, 200, 1_000_000);
+        let quiet_changes = session(&mut e, 40000, 200, 100);
+        let busy_changes = session(&mut e, 40001, 200, 1_000_000);
         let (quiet, _) = key(40000);
         let (busy, _) = key(40001);
         assert!(e.is_watched(&quiet));
@@ -468,8 +522,8 @@ mod watch_tests {
             !e.is_watched(&busy),
             "1 MB every 10 s is far above 2000 B/s"
         );
-        let (added, removed) = e.take_watch_changes();
-        assert_eq!((added, removed), (vec![quiet], vec![]));
+        assert_eq!(quiet_changes, (vec![quiet], vec![]));
+        assert_eq!(busy_changes, (vec![], vec![]));
         let conv = e.table.orientation(&quiet).expect("flow").0;
         let series = e
             .labels
@@ -485,11 +539,11 @@ mod watch_tests {
             .get(&busy_conv)
             .is_none_or(|l| l.messages.is_none()));
         // The flow ends (idle past the timeout): it is unwatched and the change reported.
-        let _ = e.tick(10_000 * S);
+        let out = e.tick(10_000 * S);
         assert!(!e.is_watched(&quiet));
-        let (added, removed) = e.take_watch_changes();
-        assert!(added.is_empty());
-        assert!(removed.contains(&quiet));
+        assert!(out.watch.added.is_empty());
+        assert!(out.watch.removed.contains(&quiet));
+        assert!(out.watch.kept.is_empty(), "nothing is left to re-arm");
     }
 
     #[test]
@@ -499,13 +553,11 @@ mod watch_tests {
             session(&mut e, port, 100, 100);
         }
         assert_eq!(e.watched().count(), 2);
-        assert!(e.watch_refused >= 3, "{}", e.watch_refused);
-        // Without a live source the changes are not kept.
-        let mut replay = engine(2);
-        replay.mirror_watch = false;
-        session(&mut replay, 40000, 100, 100);
-        assert_eq!(replay.watched().count(), 1);
-        assert_eq!(replay.take_watch_changes(), (vec![], vec![]));
+        assert!(e.stats().watch_refused >= 3, "{}", e.stats().watch_refused);
+        // Flows watched before are re-armed at every tick, not added again.
+        let out = e.tick(101 * S);
+        assert!(out.watch.added.is_empty());
+        assert_eq!(out.watch.kept.len(), 2);
     }
 }
 
@@ -541,7 +593,7 @@ mod payload_tests {
             e.table.conversation(&conv).is_some_and(|c| c.dirty),
             "dirty"
         );
-        let (events, _) = e.tick(4_000);
+        let events = e.tick(4_000).alarms;
         assert!(
             events.iter().any(|x| x.rule == "mining_protocol"),
             "{:?}",

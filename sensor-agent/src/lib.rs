@@ -4,14 +4,13 @@
 //! maps, a capture file) into the same flow records with explicit timestamps.
 
 pub mod alarm;
-pub mod classify;
+pub mod clock;
 pub mod config;
-pub mod datapath;
 pub mod detect;
 pub mod engine;
+pub mod enrich;
 pub mod flow;
-pub mod intel;
-pub mod labels;
-pub mod replay;
+pub mod scoring;
 pub mod sink;
 pub mod source;
+pub mod units;

@@ -15,11 +15,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sensor_agent::{
     alarm::{AlarmEvent, Observer},
     config::{self, Config},
-    datapath::LoadOptions,
     engine::Engine,
-    replay::{replay, EngineKind, ReplayOptions},
     sink::{delivery::Delivery, JsonLines},
-    source::live::{default_route_interface, LiveSource},
+    source::{
+        datapath::LoadOptions,
+        live::{default_route_interface, LiveSource},
+        replay::{replay, EngineKind, ReplayOptions},
+    },
 };
 use sensor_common::counter;
 
@@ -166,13 +168,13 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
 
 /// The threat-intelligence feeds of the configuration, loaded once now (later refreshes keep
 /// what loaded if a feed fails). `None` when no feed is configured.
-fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::intel::IntelStore>> {
-    let Some(store) =
-        sensor_agent::labels::intel_store(&cfg.intel).map_err(|e| anyhow::anyhow!("intel: {e}"))?
+fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::enrich::intel::IntelStore>> {
+    let Some(store) = sensor_agent::enrich::labels::intel_store(&cfg.intel)
+        .map_err(|e| anyhow::anyhow!("intel: {e}"))?
     else {
         return Ok(None);
     };
-    let report = store.reload(sensor_agent::source::live::wall_ns());
+    let report = store.reload(sensor_agent::clock::wall_ns());
     let summary = report.to_string();
     let last = summary.lines().last().unwrap_or_default();
     if report.is_clean() {
@@ -470,7 +472,6 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut engine = Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg)?);
     // The kernel traces only what the engine's watch changes tell it to.
-    engine.mirror_watch = live.trace_budget > 0;
     let poll = cfg.sensor.poll_interval.0;
     let status_every = cfg.sensor.status_interval.0;
     let show_status = std::io::stderr().is_terminal();
@@ -558,7 +559,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         eprintln!(
             "sensor-agent: watched flows {} (refused {}), messages traced {}, lost to a full trace ring {}, over budget {}, timed {}",
             engine.watched().count(),
-            engine.watch_refused + live.watch_refused,
+            engine.stats().watch_refused + live.watch_refused,
             counters[counter::TRACE_EVENTS as usize],
             counters[counter::TRACE_DROPS as usize],
             counters[counter::TRACE_OVER_BUDGET as usize],

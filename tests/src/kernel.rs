@@ -4,7 +4,7 @@
 //! Kernel tests need root (or CAP_BPF + CAP_NET_ADMIN). They fail with a message saying so;
 //! they never skip.
 
-use sensor_agent::datapath::{Datapath, LoadOptions};
+use sensor_agent::source::datapath::{Datapath, LoadOptions};
 use sensor_common::{counter, FlowKey, FlowStats};
 
 pub const XDP_PASS: u32 = 2;

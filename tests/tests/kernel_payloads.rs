@@ -2,7 +2,7 @@
 //! through the real ring buffer: what is copied, when copying stops, and that a full ring
 //! loses copies only by counting them.
 
-use sensor_agent::datapath::LoadOptions;
+use sensor_agent::source::datapath::LoadOptions;
 use sensor_common::{
     counter, ipv4_mapped, DatapathSettings, FlowKey, PayloadEvent, PAYLOAD_DNS, PAYLOAD_FIRST,
 };

@@ -5,7 +5,7 @@
 
 use std::{thread, time::Duration};
 
-use sensor_agent::datapath::LoadOptions;
+use sensor_agent::source::datapath::LoadOptions;
 use sensor_common::{counter, ipv4_mapped, FlowKey, TraceEvent, SAMPLE_TRACE};
 use sensor_tests::{
     frames::{TcpConn, TCP_ACK, TCP_PSH, TCP_SYN},

@@ -9,6 +9,8 @@
 //! Rendering follows the alarm contract in DESIGN.md (ECS field names). Strings taken from
 //! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
 
+pub mod settings;
+
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, UNIX_EPOCH},
@@ -18,7 +20,7 @@ use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
 use crate::{
-    config::AlarmConfig,
+    alarm::settings::AlarmConfig,
     detect::Finding,
     flow::{
         record::{ip_of, transport_name, FlowRecord},

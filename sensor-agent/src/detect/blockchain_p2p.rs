@@ -4,7 +4,7 @@
 //! solo miner. A port alone never raises it.
 
 use super::{identified, Detector, Finding};
-use crate::{classify::Kind, flow::table::Conversation, labels::ConvLabels};
+use crate::{enrich::classify::Kind, enrich::labels::ConvLabels, flow::table::Conversation};
 
 pub struct BlockchainP2p {
     pub severity: u8,

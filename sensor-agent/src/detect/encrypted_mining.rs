@@ -68,14 +68,16 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{
-    periodicity::{finite, unit, Periodicity, SampleRing, MIN_SAMPLES},
-    secs, Detector, Finding,
-};
+use super::{secs, Detector, Finding};
+use serde::Deserialize;
+
 use crate::{
-    config::{EncryptedMiningConfig, EncryptedMiningWeights},
+    enrich::labels::{ConvLabels, MessageSeries, TlsInfo},
     flow::table::Conversation,
-    labels::{ConvLabels, MessageSeries, TlsInfo},
+    scoring::periodicity::{finite, unit, Periodicity, SampleRing, MIN_SAMPLES},
+    units::{
+        require_positive, require_rate, require_severity, require_unit, HumanDuration, Invalid,
+    },
 };
 
 /// Every contribution, in the order the evidence lists them (also the names `min_evidence`
@@ -572,15 +574,186 @@ fn round3(x: f64) -> f64 {
     finite((finite(x) * 1000.0).round() / 1000.0)
 }
 
+/// Encrypted (or unrecognised) pool sessions: TLS or unknown payload, long or quiet, regular
+/// message sizes, SNI keywords or a miner's JA4, fused into one score with every contribution
+/// in the evidence (`detect/encrypted_mining.rs` explains the score).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptedMiningConfig {
+    pub enabled: bool,
+    pub severity: u8,
+    /// Fused score (0-1) from which the rule fires.
+    pub min_score: f64,
+    /// A conversation counts as long from this duration (pool sessions last hours; web
+    /// sessions seldom last 30 minutes at a low rate).
+    pub min_duration: HumanDuration,
+    /// A conversation that is quiet (see `quiet_max_bytes_per_sec`) is looked at from this
+    /// duration, before it is long: a rate measured over less says nothing.
+    pub quiet_min_duration: HumanDuration,
+    /// Average rate (bytes/s, both directions) up to which a conversation counts as quiet (real
+    /// pool sessions: 5-140 B/s).
+    pub quiet_max_bytes_per_sec: f64,
+    /// Messages per direction needed before size regularity and cadence count (4-64).
+    pub min_messages: usize,
+    /// SNI labels containing one of these count as a pool name (case-insensitive).
+    pub sni_keywords: Vec<String>,
+    /// JA4 fingerprints of known mining clients (whole `a_b_c`, or an `a_b` prefix); none by
+    /// default: no verified public list exists, add the ones of your own captures.
+    pub miner_ja4: Vec<String>,
+    /// Server ports where TLS is ordinary web traffic; TLS on any other port contributes.
+    pub web_ports: Vec<u16>,
+    /// Minimum evidence: the rule fires only when at least one of these contributions reached
+    /// `min_evidence_strength`. Identity evidence by default: long, quiet, size-regular TLS with
+    /// a 60 s beat is also every MQTT-over-TLS device and push channel.
+    pub min_evidence: Vec<String>,
+    /// Strength (0-1) from which a contribution listed in `min_evidence` counts as present.
+    pub min_evidence_strength: f64,
+    /// Weight (0-1) of each contribution in the fused score.
+    pub weights: EncryptedMiningWeights,
+}
+
+impl Default for EncryptedMiningConfig {
+    fn default() -> Self {
+        EncryptedMiningConfig {
+            enabled: true,
+            severity: 7,
+            min_score: 0.6,
+            min_duration: HumanDuration::secs(30 * 60),
+            quiet_min_duration: HumanDuration::secs(10 * 60),
+            quiet_max_bytes_per_sec: 200.0,
+            min_messages: 8,
+            sni_keywords: [
+                "pool",
+                "mine",
+                "mining",
+                "miner",
+                "stratum",
+                "xmr",
+                "monero",
+                "nicehash",
+                "hashvault",
+                "nanopool",
+                "2miners",
+                "f2pool",
+                "ethermine",
+                "herominers",
+                "supportxmr",
+                "moneroocean",
+                "minexmr",
+                "c3pool",
+                "unmineable",
+                "zpool",
+            ]
+            .map(String::from)
+            .to_vec(),
+            miner_ja4: Vec::new(),
+            web_ports: vec![443, 8443],
+            min_evidence: vec!["sni_keyword".into(), "miner_ja4".into()],
+            min_evidence_strength: 0.5,
+            weights: EncryptedMiningWeights::default(),
+        }
+    }
+}
+
+/// Weights of the `encrypted_mining` contributions. Identity evidence weighs most; behaviour
+/// alone (everything but `sni_keyword` and `miner_ja4`) adds up to at most 0.70.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptedMiningWeights {
+    /// A pool keyword in an SNI label.
+    pub sni_keyword: f64,
+    /// The client's JA4 is on `miner_ja4`.
+    pub miner_ja4: f64,
+    /// The ClientHello offered no ALPN (miners' TLS clients; browsers always send one): weak.
+    pub no_alpn: f64,
+    /// TLS to a port not on `web_ports`.
+    pub tls_on_non_web_port: f64,
+    /// Duration relative to `min_duration`.
+    pub long: f64,
+    /// Average rate at or under `quiet_max_bytes_per_sec`.
+    pub quiet: f64,
+    /// The client's messages have (nearly) constant sizes.
+    pub client_size_regularity: f64,
+    /// The server's messages have (nearly) constant sizes.
+    pub server_size_regularity: f64,
+    /// XMRig habits: 60 s client keepalive, ~55 s server job rebroadcast, ~100 min donation.
+    pub miner_cadence: f64,
+}
+
+impl Default for EncryptedMiningWeights {
+    fn default() -> Self {
+        EncryptedMiningWeights {
+            sni_keyword: 0.30,
+            miner_ja4: 0.30,
+            no_alpn: 0.05,
+            tls_on_non_web_port: 0.10,
+            long: 0.10,
+            quiet: 0.10,
+            client_size_regularity: 0.10,
+            server_size_regularity: 0.10,
+            miner_cadence: 0.15,
+        }
+    }
+}
+
+impl EncryptedMiningConfig {
+    /// The keys that types alone cannot check.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let e = self;
+        require_severity(&[("severity", e.severity)])?;
+        require_positive(&[
+            ("min_duration", e.min_duration),
+            ("quiet_min_duration", e.quiet_min_duration),
+        ])?;
+        require_rate(&[("quiet_max_bytes_per_sec", e.quiet_max_bytes_per_sec)])?;
+        require_unit(&[("min_score", e.min_score)])?;
+        let max = crate::enrich::labels::MESSAGE_SAMPLES;
+        if !(4..=max).contains(&e.min_messages) {
+            return Err(Invalid::new(
+                "min_messages",
+                format!(
+                    "{} is out of range: 4-{max} (messages kept per direction)",
+                    e.min_messages
+                ),
+            ));
+        }
+        let w = &e.weights;
+        require_unit(&[
+            ("min_evidence_strength", e.min_evidence_strength),
+            ("weights.sni_keyword", w.sni_keyword),
+            ("weights.miner_ja4", w.miner_ja4),
+            ("weights.no_alpn", w.no_alpn),
+            ("weights.tls_on_non_web_port", w.tls_on_non_web_port),
+            ("weights.long", w.long),
+            ("weights.quiet", w.quiet),
+            ("weights.client_size_regularity", w.client_size_regularity),
+            ("weights.server_size_regularity", w.server_size_regularity),
+            ("weights.miner_cadence", w.miner_cadence),
+        ])?;
+        for n in &e.min_evidence {
+            if !CONTRIBUTIONS.contains(&n.as_str()) {
+                return Err(Invalid::new(
+                    "min_evidence",
+                    format!(
+                        "unknown contribution {n:?}; accepted: {}",
+                        CONTRIBUTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::detect::Rng;
     use crate::{
-        classify::{Direction, Identification, Kind},
-        config::FlowConfig,
+        enrich::classify::{Direction, Identification, Kind},
+        enrich::labels::{Confidence, MessageSeries, MESSAGE_SAMPLES},
+        flow::settings::FlowConfig,
         flow::table::FlowTable,
-        labels::{Confidence, MessageSeries, MESSAGE_SAMPLES},
     };
     use sensor_common::{ipv4_mapped, FlowKey};
 

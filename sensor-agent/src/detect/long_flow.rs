@@ -5,7 +5,9 @@
 use serde_json::json;
 
 use super::{secs, Detector, Finding};
-use crate::{config::LongFlowConfig, flow::table::Conversation, labels::ConvLabels};
+use serde::Deserialize;
+
+use crate::{enrich::labels::ConvLabels, flow::table::Conversation, units::HumanDuration};
 
 pub struct LongFlow {
     after_ns: u64,
@@ -69,5 +71,41 @@ impl Detector for LongFlow {
             severity: (self.severity as usize + rung - 1).min(10) as u8,
             evidence,
         })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongFlowConfig {
+    pub enabled: bool,
+    /// A conversation observed this long raises the alarm (Cisco Secure Network Analytics: 9h).
+    pub after: HumanDuration,
+    /// Later rungs: each one reached raises the same alarm's severity by one (Zeek's
+    /// long-connections ladder goes 10m, 30m, 1h, 12h, 24h, 3d). Rungs at or below `after`
+    /// are ignored.
+    pub ladder: Vec<HumanDuration>,
+    /// Severity (0-10) at the first rung.
+    pub severity: u8,
+}
+
+impl Default for LongFlowConfig {
+    fn default() -> Self {
+        LongFlowConfig {
+            enabled: true,
+            after: HumanDuration::secs(9 * 3600),
+            ladder: vec![
+                HumanDuration::secs(12 * 3600),
+                HumanDuration::secs(24 * 3600),
+                HumanDuration::secs(72 * 3600),
+            ],
+            severity: 3,
+        }
+    }
+}
+
+impl LongFlowConfig {
+    pub fn validate(&self) -> Result<(), crate::units::Invalid> {
+        crate::units::require_positive(&[("after", self.after)])?;
+        crate::units::require_severity(&[("severity", self.severity)])
     }
 }

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::{Detector, Finding};
-use crate::{flow::table::Conversation, labels::ConvLabels};
+use crate::{enrich::labels::ConvLabels, flow::table::Conversation};
 
 pub struct MiningInfrastructure {
     pub severity: u8,

@@ -4,9 +4,9 @@
 
 use super::{identified, Detector, Finding};
 use crate::{
-    classify::Kind,
+    enrich::classify::Kind,
+    enrich::labels::{Confidence, ConvLabels},
     flow::table::Conversation,
-    labels::{Confidence, ConvLabels},
 };
 
 pub struct MiningProtocol {

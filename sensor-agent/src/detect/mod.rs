@@ -9,12 +9,14 @@ pub mod long_flow;
 pub mod mining_infrastructure;
 pub mod mining_protocol;
 pub mod periodic_flow;
-pub mod periodicity;
 pub mod quiet_long_flow;
+pub mod settings;
+pub mod watch;
 
 use serde_json::{Map, Value};
 
-use crate::{config::DetectConfig, flow::table::Conversation, labels::ConvLabels};
+use crate::{enrich::labels::ConvLabels, flow::table::Conversation};
+pub use settings::{DetectConfig, RuleConfig, RULE_IDS};
 
 /// A rule holding for a conversation at one evaluation.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,8 +88,8 @@ pub(crate) fn secs(ns: u64) -> f64 {
 /// The evidence every payload-based rule shows: the identification and what it came from.
 pub(crate) fn identification_evidence(
     evidence: &mut Map<String, Value>,
-    id: &crate::classify::Identification,
-    confidence: crate::labels::Confidence,
+    id: &crate::enrich::classify::Identification,
+    confidence: crate::enrich::labels::Confidence,
     labels: &ConvLabels,
 ) {
     use serde_json::json;
@@ -95,11 +97,13 @@ pub(crate) fn identification_evidence(
     evidence.insert("signature".into(), json!(id.signature));
     evidence.insert(
         "sent_by".into(),
-        json!(if id.role == crate::classify::Direction::ClientToServer {
-            "client"
-        } else {
-            "server"
-        }),
+        json!(
+            if id.role == crate::enrich::classify::Direction::ClientToServer {
+                "client"
+            } else {
+                "server"
+            }
+        ),
     );
     evidence.insert("confirmed_by_server".into(), json!(id.confirmed_by_server));
     evidence.insert("confidence".into(), json!(confidence.as_str()));
@@ -124,9 +128,9 @@ pub(crate) fn identification_evidence(
 /// `severity` lowered by `minus(confidence, identification)`.
 pub(crate) fn identified(
     labels: Option<&ConvLabels>,
-    kind: crate::classify::Kind,
+    kind: crate::enrich::classify::Kind,
     severity: u8,
-    minus: impl Fn(crate::labels::Confidence, &crate::classify::Identification) -> u8,
+    minus: impl Fn(crate::enrich::labels::Confidence, &crate::enrich::classify::Identification) -> u8,
 ) -> Option<Finding> {
     let labels = labels?;
     let (id, confidence) = labels.identification.as_ref()?;

@@ -9,11 +9,14 @@ use std::cell::RefCell;
 
 use serde_json::json;
 
-use super::{
-    periodicity::{Periodicity, SampleRing, ScoreScratch},
-    Detector, Finding,
+use super::{Detector, Finding};
+use serde::Deserialize;
+
+use crate::{
+    enrich::labels::ConvLabels,
+    flow::table::Conversation,
+    scoring::periodicity::{Periodicity, SampleRing, ScoreScratch},
 };
-use crate::{config::PeriodicFlowConfig, flow::table::Conversation, labels::ConvLabels};
 
 pub struct PeriodicFlow {
     min_samples: usize,
@@ -85,5 +88,34 @@ impl Detector for PeriodicFlow {
             severity: self.severity,
             evidence: e,
         })
+    }
+}
+
+/// Periodicity across connections (RITA-style) and inside one flow.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeriodicFlowConfig {
+    pub enabled: bool,
+    /// Timestamps needed before scoring (RITA needs at least 4).
+    pub min_samples: usize,
+    /// Overall score (0-1) from which the rule fires.
+    pub min_score: f64,
+    pub severity: u8,
+}
+
+impl Default for PeriodicFlowConfig {
+    fn default() -> Self {
+        PeriodicFlowConfig {
+            enabled: true,
+            min_samples: 8,
+            min_score: 0.8,
+            severity: 4,
+        }
+    }
+}
+
+impl PeriodicFlowConfig {
+    pub fn validate(&self) -> Result<(), crate::units::Invalid> {
+        crate::units::require_unit(&[("min_score", self.min_score)])
     }
 }

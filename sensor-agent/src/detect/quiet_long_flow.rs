@@ -5,7 +5,9 @@
 use serde_json::json;
 
 use super::{secs, Detector, Finding};
-use crate::{config::QuietLongFlowConfig, flow::table::Conversation, labels::ConvLabels};
+use serde::Deserialize;
+
+use crate::{enrich::labels::ConvLabels, flow::table::Conversation, units::HumanDuration};
 
 pub struct QuietLongFlow {
     after_ns: u64,
@@ -60,5 +62,34 @@ impl Detector for QuietLongFlow {
             severity: self.severity,
             evidence,
         })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuietLongFlowConfig {
+    pub enabled: bool,
+    pub after: HumanDuration,
+    /// Average over the conversation, both directions (real pool sessions: 5-140 B/s).
+    pub max_bytes_per_sec: f64,
+    pub severity: u8,
+}
+
+impl Default for QuietLongFlowConfig {
+    fn default() -> Self {
+        QuietLongFlowConfig {
+            enabled: true,
+            after: HumanDuration::secs(9 * 3600),
+            max_bytes_per_sec: 200.0,
+            severity: 5,
+        }
+    }
+}
+
+impl QuietLongFlowConfig {
+    pub fn validate(&self) -> Result<(), crate::units::Invalid> {
+        crate::units::require_positive(&[("after", self.after)])?;
+        crate::units::require_rate(&[("max_bytes_per_sec", self.max_bytes_per_sec)])?;
+        crate::units::require_severity(&[("severity", self.severity)])
     }
 }

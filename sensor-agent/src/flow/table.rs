@@ -20,7 +20,9 @@ use ahash::RandomState;
 use hashbrown::HashTable;
 use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
 
-use crate::{config::FlowConfig, detect::periodicity::SampleRing, flow::record::FlowRecord};
+use crate::{
+    flow::record::FlowRecord, flow::settings::FlowConfig, scoring::periodicity::SampleRing,
+};
 
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
@@ -609,7 +611,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
+    use crate::units::HumanDuration;
     use sensor_common::ipv4_mapped;
 
     const S: u64 = 1_000_000_000;

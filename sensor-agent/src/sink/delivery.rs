@@ -42,7 +42,7 @@ pub struct SpoolSection {
     pub when_full: WhenFull,
     pub fsync: FsyncPolicy,
     /// At the end of a replay, how long to wait for the sinks to deliver what is spooled.
-    pub drain_timeout: crate::config::HumanDuration,
+    pub drain_timeout: crate::units::HumanDuration,
 }
 
 impl Default for SpoolSection {
@@ -54,7 +54,7 @@ impl Default for SpoolSection {
             segment_bytes: d.segment_bytes,
             when_full: d.when_full,
             fsync: d.fsync,
-            drain_timeout: crate::config::HumanDuration::secs(60),
+            drain_timeout: crate::units::HumanDuration::secs(60),
         }
     }
 }
@@ -131,7 +131,7 @@ pub struct Delivery {
 }
 
 fn wall_ns() -> u64 {
-    crate::source::live::wall_ns()
+    crate::clock::wall_ns()
 }
 
 fn renderer_for(name: &str, sinks: &[SinkConfig]) -> Renderer {

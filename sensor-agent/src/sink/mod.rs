@@ -6,12 +6,15 @@ pub mod format;
 pub mod spool;
 pub mod transport;
 
+use std::path::PathBuf;
+
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
     path::Path,
 };
 
+use serde::Deserialize;
 use serde_json::Value;
 
 pub struct JsonLines {
@@ -41,4 +44,12 @@ impl JsonLines {
         self.out.write_all(b"\n")?;
         self.out.flush()
     }
+}
+
+/// `[output]`: where alarms go when no `[[sinks]]` are configured.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Where alarms go as JSON lines: a file path, or stdout when unset or "-".
+    pub alarms: Option<PathBuf>,
 }

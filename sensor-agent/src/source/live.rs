@@ -5,95 +5,18 @@
 //! lookups, converts kernel jiffies to wall-clock time, and deletes the flows the agent has
 //! ended. Dropping it detaches everything (aya's links detach on drop).
 
-use std::{
-    ffi::CString,
-    thread,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::ffi::CString;
 
 use aya::programs::{tc, xdp::XdpMode, TcAttachType};
 use sensor_common::FlowKey;
 
 use crate::{
     alarm::AlarmEvent,
-    datapath::{Datapath, DatapathError, LoadOptions},
+    clock::{monotonic_ns, wall_ns, JiffiesClock},
     engine::Engine,
     flow::record::FlowRecord,
+    source::datapath::{Datapath, DatapathError, LoadOptions},
 };
-
-/// Converts `bpf_jiffies64()` values to nanoseconds since the epoch.
-///
-/// The kernel's HZ is not visible to user space, so it is measured once (jiffies against
-/// CLOCK_MONOTONIC over a quarter second, rounded to the nearest configurable HZ); the
-/// anchor (a jiffies reading and the wall time at that moment) is renewed at every poll, so
-/// wall-clock steps and drift never accumulate. Resolution is one jiffy (4 ms at HZ=250).
-#[derive(Clone, Copy, Debug)]
-pub struct JiffiesClock {
-    pub hz: u64,
-    anchor_jiffies: u64,
-    anchor_wall_ns: u64,
-}
-
-impl JiffiesClock {
-    pub fn calibrate(dp: &mut Datapath) -> Result<Self, DatapathError> {
-        let t0 = monotonic_ns();
-        let j0 = dp.jiffies()?;
-        thread::sleep(Duration::from_millis(250));
-        let t1 = monotonic_ns();
-        let j1 = dp.jiffies()?;
-        let measured = (j1 - j0) as f64 * 1e9 / (t1 - t0).max(1) as f64;
-        let hz = [100u64, 250, 300, 1000]
-            .into_iter()
-            .min_by(|a, b| {
-                (*a as f64 - measured)
-                    .abs()
-                    .total_cmp(&(*b as f64 - measured).abs())
-            })
-            .unwrap_or(250);
-        log::info!("kernel HZ measured {measured:.0}, using {hz}");
-        Ok(JiffiesClock {
-            hz,
-            anchor_jiffies: j1,
-            anchor_wall_ns: wall_ns(),
-        })
-    }
-
-    pub fn reanchor(&mut self, dp: &mut Datapath) -> Result<(), DatapathError> {
-        self.anchor_jiffies = dp.jiffies()?;
-        self.anchor_wall_ns = wall_ns();
-        Ok(())
-    }
-
-    pub fn to_wall_ns(&self, jiffies: u64) -> u64 {
-        let per_jiffy = 1_000_000_000 / self.hz;
-        if jiffies >= self.anchor_jiffies {
-            self.anchor_wall_ns + (jiffies - self.anchor_jiffies) * per_jiffy
-        } else {
-            self.anchor_wall_ns
-                .saturating_sub((self.anchor_jiffies - jiffies) * per_jiffy)
-        }
-    }
-
-    pub fn anchor_wall_ns(&self) -> u64 {
-        self.anchor_wall_ns
-    }
-}
-
-pub fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -194,7 +117,7 @@ impl LiveSource {
                 egress,
             });
         }
-        let clock = JiffiesClock::calibrate(&mut dp)?;
+        let clock = JiffiesClock::calibrate(|| dp.jiffies())?;
         Ok(LiveSource {
             dp,
             clock,
@@ -208,7 +131,8 @@ impl LiveSource {
     /// times, evaluates, and deletes from the kernel the flows the engine ended. Returns the
     /// alarm events and the ended flows.
     pub fn poll_into(&mut self, engine: &mut Engine) -> Result<PollResult, LiveError> {
-        self.clock.reanchor(&mut self.dp)?;
+        let j = self.dp.jiffies()?;
+        self.clock.reanchor(j);
         let clock = self.clock;
         let mut kernel_flows = 0;
         self.dp.for_each_flow_batch(|keys, values| {
@@ -232,21 +156,16 @@ impl LiveSource {
             let ts = (e.ktime_ns as i128 + mono_to_wall).max(0) as u64;
             engine.message(&e.key, e.dir as usize, u64::from(e.payload_len), ts);
         });
-        let (events, ended) = engine.tick(clock.anchor_wall_ns());
+        let out = engine.tick(clock.anchor_wall_ns());
+        let (events, ended) = (out.alarms, out.ended);
         if !ended.is_empty() {
             let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
             self.dp.delete_flows(&keys)?;
         }
         if self.trace_budget > 0 {
-            let (added, removed) = engine.take_watch_changes();
+            let (added, removed) = (out.watch.added, out.watch.removed);
             // Fresh budgets for the flows already watched, then the new ones.
-            let new: std::collections::HashSet<&FlowKey> = added.iter().collect();
-            let watched: Vec<FlowKey> = engine
-                .watched()
-                .filter(|k| !new.contains(k))
-                .copied()
-                .collect();
-            self.dp.rearm(&watched, self.trace_budget)?;
+            self.dp.rearm(&out.watch.kept, self.trace_budget)?;
             let taken = self.dp.watch(&added, self.trace_budget)?;
             self.watch_refused += (added.len() - taken) as u64;
             self.dp.unwatch(&removed)?;

@@ -1,6 +1,96 @@
-//! Sources: where frames and flows come from. Each source hands the rest of the agent frames or
-//! flow records with explicit timestamps and never decides anything about them.
+//! Sources: where frames and flows come from. Each source turns what it reads (the kernel's
+//! maps and rings, a capture file) into [`SourceEvent`]s with explicit timestamps and never
+//! decides anything about them: the engine does, and the event loop
+//! ([`crate::pipeline::run`]) carries events from a source to the engine and the engine's
+//! decisions back ([`Feedback`]).
+//!
+//! - [`live`]: the datapath attached to interfaces; flows read on the poll interval, the
+//!   payload and trace rings read as soon as the kernel writes them.
+//! - [`replay`]: capture files, read on a blocking thread, parsed by [`packet`] (or pushed
+//!   through the kernel program by [`datapath`]'s test runs), on the capture's own clock.
 
 pub mod capture;
+pub mod datapath;
 pub mod live;
 pub mod packet;
+pub mod replay;
+pub mod settings;
+
+use bytes::Bytes;
+use sensor_common::{FlowKey, FlowStats};
+
+/// One thing a source saw, in the order the engine must see it.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// A frame parsed in user space (replay with the user engine).
+    Packet(PacketEvent),
+    /// Kernel flow counters read at a poll, with their first and last times.
+    Flows(Vec<FlowUpdate>),
+    /// A payload copy: the first bytes of a flow's first payload packets, or a DNS message.
+    Payload(PayloadCopy),
+    /// One payload message of a watched flow (kernel trace).
+    Message(MessageEvent),
+    /// Evaluate at this time (ns since the epoch): every poll interval, of wall time live or
+    /// of capture time in replay.
+    Tick(u64),
+    /// The input ended at this time (a replay's last frame): evaluate once more and send the
+    /// last state of every open alarm.
+    End(u64),
+}
+
+/// A frame attributed to a flow by the user-space parser.
+#[derive(Clone, Debug)]
+pub struct PacketEvent {
+    pub key: FlowKey,
+    /// Direction index of the sender (`DIR_LO_TO_HI` or `DIR_HI_TO_LO`).
+    pub dir: usize,
+    /// Bytes on the wire.
+    pub wire_len: u64,
+    pub tcp_flags: u8,
+    pub ts_ns: u64,
+    /// Transport payload as captured (empty: none).
+    pub payload: Bytes,
+    /// UDP or TCP port 53.
+    pub dns: bool,
+    /// Transport payload length on the wire, for timing a watched flow's messages (0: none).
+    pub message_size: u64,
+}
+
+/// A flow as the kernel counted it.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowUpdate {
+    pub key: FlowKey,
+    pub stats: FlowStats,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PayloadCopy {
+    pub key: FlowKey,
+    pub dir: usize,
+    pub dns: bool,
+    pub data: Bytes,
+    pub ts_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MessageEvent {
+    pub key: FlowKey,
+    pub dir: usize,
+    /// Transport payload bytes.
+    pub size: u64,
+    pub ts_ns: u64,
+}
+
+/// What the engine decided at a tick that a source must act on: flows to forget (the kernel
+/// deletes them from its map) and the watch set to mirror (the kernel traces watched flows).
+/// Sources that keep no kernel state ignore it.
+#[derive(Clone, Copy, Debug)]
+pub struct Feedback<'a> {
+    pub ended: &'a [FlowKey],
+    pub watch_added: &'a [FlowKey],
+    /// Flows still watched, whose trace budget is renewed.
+    pub watch_kept: &'a [FlowKey],
+    pub watch_removed: &'a [FlowKey],
+}

@@ -17,8 +17,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sensor_agent::{
-    alarm::Observer, config::Config, datapath::LoadOptions, engine::Engine,
-    source::live::LiveSource,
+    alarm::Observer,
+    config::Config,
+    engine::Engine,
+    source::{datapath::LoadOptions, live::LiveSource},
 };
 use sensor_common::{ipv4_mapped, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO};
 use sensor_tests::parse_count;

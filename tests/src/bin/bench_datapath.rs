@@ -35,7 +35,7 @@ use aya::{
 use clap::{Parser, ValueEnum};
 use sensor_agent::{
     config::Config as AgentConfig,
-    datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
+    source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
 };
 use sensor_common::{counter, SAMPLE_HI, SAMPLE_LO};
 use sensor_tests::frames::{self, Frag};

@@ -37,9 +37,9 @@ use std::{
 use anyhow::{bail, Result};
 use clap::Parser;
 use sensor_agent::{
-    config::PeriodicFlowConfig,
-    detect::periodicity::{self, Periodicity, SampleRing, ScoreScratch, MIN_SAMPLES},
+    detect::periodic_flow::PeriodicFlowConfig,
     flow::table::CONNECTION_SAMPLES,
+    scoring::periodicity::{self, Periodicity, SampleRing, ScoreScratch, MIN_SAMPLES},
 };
 use sensor_tests::{parse_count, rng::Rng};
 

@@ -26,7 +26,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv6Addr, path::PathBuf, str::FromStr
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 
 /// The alarm formats a sink may name; the integrator maps them to its format enum.
 pub const FORMATS: &[&str] = &["json", "cef", "leef", "ocsf"];

@@ -4,7 +4,7 @@
 //! The "known infrastructure" detector (DESIGN.md, Detection semantics) needs two things the
 //! flow table cannot give it: lists of pool addresses and pool domain names that other people
 //! maintain ([`feed`]), and, because a flow only carries addresses, which domain names the
-//! sensor saw resolve to an address ([`dns`]). [`lookup_server`] puts the two together for
+//! sensor saw resolve to an address ([`dns`](crate::enrich::dns)). [`lookup_server`] puts the two together for
 //! one server address.
 //!
 //! # What it must never do
@@ -23,16 +23,15 @@
 //!   caller, so a capture replays with its own timestamps.
 //! - Never disable TLS peer verification for URL feeds.
 
-pub mod dns;
 pub mod feed;
 
 use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 
-pub use dns::{
+pub use crate::enrich::dns::{
     parse_tcp, parse_udp, AnswerOutcome, BinderConfig, BinderStats, DnsBinder, DnsError,
     DnsMessage, Question, RData, Record,
 };
@@ -235,8 +234,8 @@ mod tests {
         let mut binder = DnsBinder::new(BinderConfig::default());
         let client: SocketAddr = "10.0.0.5:40000".parse().unwrap();
         let resolver: SocketAddr = "10.0.0.1:53".parse().unwrap();
-        let q = dns::tests::query(7, "EU.pool.example");
-        let a = dns::tests::answer_a(7, "eu.pool.example", [198, 51, 100, 7], 300);
+        let q = crate::enrich::dns::tests::query(7, "EU.pool.example");
+        let a = crate::enrich::dns::tests::answer_a(7, "eu.pool.example", [198, 51, 100, 7], 300);
         binder.observe_payload(client, resolver, &q, false, 5_000_000_000);
         binder.observe_payload(resolver, client, &a, false, 5_000_000_100);
         let now = 6_000_000_000;
@@ -247,8 +246,8 @@ mod tests {
         assert_eq!(m.via_name, None);
         assert!(lookup_server(&snap, &binder, "198.51.100.8".parse().unwrap(), now).is_none());
         // Allowlisted address: no match even through a bound name.
-        let a = dns::tests::answer_a(8, "eu.pool.example", [198, 51, 100, 9], 300);
-        let q = dns::tests::query(8, "eu.pool.example");
+        let a = crate::enrich::dns::tests::answer_a(8, "eu.pool.example", [198, 51, 100, 9], 300);
+        let q = crate::enrich::dns::tests::query(8, "eu.pool.example");
         binder.observe_payload(client, resolver, &q, false, 5_000_000_000);
         binder.observe_payload(resolver, client, &a, false, 5_000_000_100);
         assert!(!binder

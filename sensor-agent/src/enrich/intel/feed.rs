@@ -1478,8 +1478,8 @@ impl IntelStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::HumanDuration;
-    use crate::intel::UrlFeed;
+    use crate::enrich::intel::UrlFeed;
+    use crate::units::HumanDuration;
     use std::{
         io::Write,
         net::{SocketAddr, TcpListener},

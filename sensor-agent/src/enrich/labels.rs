@@ -18,11 +18,11 @@ use sensor_common::{Addr, FlowKey};
 use serde::Deserialize;
 
 use crate::{
-    classify::{parse_client_hello, Direction, FlowClassifier, Identification, Transport},
-    config::HumanDuration,
-    detect::periodicity::SampleRing,
+    enrich::classify::{parse_client_hello, Direction, FlowClassifier, Identification, Transport},
+    enrich::intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
     flow::{record::ip_of, table::ConvKey},
-    intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
+    scoring::periodicity::SampleRing,
+    units::HumanDuration,
 };
 
 /// Messages remembered per direction of a watched flow, for periodicity inside it (16 bytes

@@ -27,9 +27,9 @@ use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent};
 
 use crate::{
     alarm::AlarmEvent,
-    datapath::{Datapath, DatapathError, LoadOptions},
     engine::Engine,
     flow::{record::FlowRecord, table::FlowTable},
+    source::datapath::{Datapath, DatapathError, LoadOptions},
     source::{
         capture::{CaptureError, CaptureReader, Frame},
         packet::parse_frame,
@@ -161,7 +161,7 @@ pub fn replay(
     };
     let mut times: HashMap<FlowKey, Times> = HashMap::new();
     // Whole-input totals per 5-tuple for `--flows`, independent of the engine's aging.
-    let mut totals = FlowTable::new(crate::config::FlowConfig {
+    let mut totals = FlowTable::new(crate::flow::settings::FlowConfig {
         max_flows: usize::MAX,
         max_conversations: usize::MAX,
         ..Default::default()
@@ -331,8 +331,8 @@ pub fn replay(
 }
 
 fn emit_tick(engine: &mut Engine, now: u64, opts: &mut ReplayOptions) -> Result<(), ReplayError> {
-    let (events, _ended) = engine.tick(now);
-    for e in &events {
+    let out = engine.tick(now);
+    for e in &out.alarms {
         (opts.on_alarm)(e).map_err(ReplayError::Sink)?;
     }
     Ok(())

@@ -1,0 +1,133 @@
+//! `[sensor]` and `[capture]`: where the live source attaches, how often it reads the kernel,
+//! and what the datapath copies to the agent. Validated here, where they are used.
+
+use serde::Deserialize;
+
+use crate::{
+    source::datapath::{
+        LoadOptions, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, DEFAULT_TRACE_RING_BYTES,
+    },
+    units::{require_positive, HumanDuration, Invalid},
+};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// Interfaces to attach to; empty means the interface of the default route.
+    pub interfaces: Vec<String>,
+    /// Also count traffic the host sends itself (TC egress).
+    pub egress: bool,
+    /// How often the kernel flow table is read and the detectors run.
+    pub poll_interval: HumanDuration,
+    /// Capacity of the kernel flow map.
+    pub max_kernel_flows: u32,
+    /// How often the status line is refreshed on a terminal.
+    pub status_interval: HumanDuration,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            interfaces: Vec::new(),
+            egress: false,
+            poll_interval: HumanDuration::secs(10),
+            max_kernel_flows: DEFAULT_MAX_FLOWS,
+            status_interval: HumanDuration::secs(5),
+        }
+    }
+}
+
+impl SensorConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        require_positive(&[
+            ("poll_interval", self.poll_interval),
+            ("status_interval", self.status_interval),
+        ])
+    }
+}
+
+/// What the datapath copies to the agent for the payload classifiers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Payload packets copied per sender of each new TCP/UDP flow (0: none; at most 255).
+    pub payload_packets: u32,
+    /// Bytes copied of each (at most 512).
+    pub payload_bytes: u32,
+    /// Bytes copied of every DNS message, UDP and TCP port 53 (0: off; at most 512).
+    pub dns_bytes: u32,
+    /// Ring buffer between the datapath and the agent, bytes (a power of two).
+    pub ring_bytes: u32,
+    /// Payload messages traced per watched flow between two polls (0: no message tracing).
+    pub trace_messages: u32,
+    /// Ring buffer for traced messages, bytes (a power of two; 64 bytes per message).
+    pub trace_ring_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            payload_packets: 4,
+            payload_bytes: 256,
+            dns_bytes: 512,
+            ring_bytes: DEFAULT_RING_BYTES,
+            trace_messages: 64,
+            trace_ring_bytes: DEFAULT_TRACE_RING_BYTES,
+        }
+    }
+}
+
+impl CaptureConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, v, max) in [
+            ("payload_packets", self.payload_packets, 255),
+            (
+                "payload_bytes",
+                self.payload_bytes,
+                sensor_common::PAYLOAD_MAX as u32,
+            ),
+            (
+                "dns_bytes",
+                self.dns_bytes,
+                sensor_common::PAYLOAD_MAX as u32,
+            ),
+        ] {
+            if v > max {
+                return Err(Invalid::new(key, format!("{v} is out of range: 0-{max}")));
+            }
+        }
+        for (key, v) in [
+            ("ring_bytes", self.ring_bytes),
+            ("trace_ring_bytes", self.trace_ring_bytes),
+        ] {
+            if !v.is_power_of_two() || v < 4096 {
+                return Err(Invalid::new(
+                    key,
+                    format!("{v} must be a power of two of at least 4096"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to load the datapath: the kernel map's capacity, what it copies, and how many flows it
+/// may trace (`detect.watch.max_flows`).
+pub fn load_options(
+    sensor: &SensorConfig,
+    capture: &CaptureConfig,
+    max_watched_flows: usize,
+) -> LoadOptions {
+    LoadOptions {
+        max_flows: sensor.max_kernel_flows,
+        settings: sensor_common::DatapathSettings {
+            payload_packets: capture.payload_packets,
+            payload_bytes: capture.payload_bytes,
+            dns_bytes: capture.dns_bytes,
+            watch_gen: 0,
+        },
+        ring_bytes: capture.ring_bytes,
+        max_watched_flows: u32::try_from(max_watched_flows).unwrap_or(u32::MAX),
+        trace_ring_bytes: capture.trace_ring_bytes,
+    }
+}
