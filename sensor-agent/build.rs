@@ -3,7 +3,7 @@
 //! a stale datapath.
 //!
 //! The eBPF crate needs Debian's rustc (its sysroot has `core` for `bpfel-unknown-none`) and
-//! `bpf-linker` built against the same LLVM: `cargo xtask setup` installs both (TOOLCHAIN.md).
+//! `bpf-linker` built against the same LLVM: `cargo xtask setup` installs both (docs/TOOLCHAIN.md).
 
 use std::{
     env,

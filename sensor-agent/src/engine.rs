@@ -95,7 +95,11 @@ impl Engine {
     }
 
     /// An engine matching servers against `intel` (see [`crate::enrich::labels::intel_store`]).
-    pub fn with_intel(cfg: &Config, observer: Observer, intel: Option<IntelStore>) -> Self {
+    pub fn with_intel(
+        cfg: &Config,
+        observer: Observer,
+        intel: Option<std::sync::Arc<IntelStore>>,
+    ) -> Self {
         let limits = SampleLimits {
             packets: cfg.capture.payload_packets,
             bytes: cfg.capture.payload_bytes,

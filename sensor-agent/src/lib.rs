@@ -1,7 +1,18 @@
-//! The sensor agent: sources of flow events, the flow table, detectors, alarms and sinks.
+//! The sensor agent: what the kernel datapath counted, judged while flows are still open.
+//!
+//! ```text
+//!  datapath (XDP/TC, sensor-ebpf) ─► kernel maps + rings ─► source::{live, replay}
+//!        ▲ WATCH map                                            │ SourceEvent (timestamped)
+//!        └──────────── Feedback (watch set, ended flows) ◄──┐   ▼
+//!  pipeline::run: one loop ─► engine: flow ─► enrich ─► detect ─► alarm ─► sink
+//! ```
 //!
 //! Detectors never know which source fed them: every source turns what it reads (the kernel
-//! maps, a capture file) into the same flow records with explicit timestamps.
+//! maps and rings, a capture file) into the same events with explicit timestamps, and the
+//! engine never reads a clock, so a replay is deterministic. Modules are layered bottom-up
+//! (`units`, `clock`, `scoring`, `flow`, `source`, `enrich`, `detect`, `alarm`, `sink`,
+//! `config`, `engine`, `pipeline`); `cargo xtask test` fails on an import cycle between them.
+//! `docs/ARCHITECTURE.md` draws the whole design.
 
 pub mod alarm;
 pub mod clock;
@@ -10,6 +21,7 @@ pub mod detect;
 pub mod engine;
 pub mod enrich;
 pub mod flow;
+pub mod pipeline;
 pub mod scoring;
 pub mod sink;
 pub mod source;

@@ -1,29 +1,39 @@
-//! `sensor-agent`: the command-line entry point. Parses arguments, runs one subcommand, and
-//! turns every error into one line on stderr and a non-zero exit.
+//! `sensor-agent`: the command-line entry point. Parses arguments, starts the tokio runtime,
+//! wires a source, the engine and the outputs into the one event loop
+//! ([`sensor_agent::pipeline::run`]), and presents what came out: status lines and summaries
+//! from [`Engine::stats`]. It holds no detection logic. Every error becomes one line on
+//! stderr and a non-zero exit.
+//!
+//! Tasks of the runtime: the event loop (main task; the live source's ring buffers are woken
+//! through `AsyncFd` inside it), the capture reader (replay, blocking), one worker per sink
+//! (blocking), the intel refresh, and the signal watcher (Ctrl-C, SIGTERM, `--duration`).
 
 use std::{
     fs::File,
     io::{BufWriter, IsTerminal, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sensor_agent::{
-    alarm::{AlarmEvent, Observer},
+    alarm::Observer,
     config::{self, Config},
-    engine::Engine,
-    sink::{delivery::Delivery, JsonLines},
+    engine::{Engine, EngineStats},
+    enrich::{intel::IntelStore, labels},
+    pipeline::{self, Observers},
+    sink::{AlarmOutput, JsonLines},
     source::{
         datapath::LoadOptions,
         live::{default_route_interface, LiveSource},
-        replay::{replay, EngineKind, ReplayOptions},
+        replay::{EngineKind, ReplayOptions, ReplaySource},
     },
 };
 use sensor_common::counter;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -132,9 +142,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => cmd_run(args),
-        Command::Replay(args) => cmd_replay(args),
         Command::Validate(args) => cmd_validate(&args),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(cmd_run(args))),
+        Command::Replay(args) => runtime().and_then(|rt| rt.block_on(cmd_replay(args))),
     };
     match result {
         Ok(code) => code,
@@ -143,6 +153,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sensor-agent")
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn load_config(args: &ConfigArgs) -> Result<Config> {
@@ -166,15 +184,19 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The threat-intelligence feeds of the configuration, loaded once now (later refreshes keep
-/// what loaded if a feed fails). `None` when no feed is configured.
-fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::enrich::intel::IntelStore>> {
-    let Some(store) = sensor_agent::enrich::labels::intel_store(&cfg.intel)
-        .map_err(|e| anyhow::anyhow!("intel: {e}"))?
+/// The threat-intelligence feeds of the configuration, loaded once now, and their refresh
+/// task started (a failed refresh keeps what loaded). `None` when no feed is configured.
+async fn load_intel(cfg: &Config) -> Result<Option<Arc<IntelStore>>> {
+    let Some(store) = labels::intel_store(&cfg.intel).map_err(|e| anyhow::anyhow!("intel: {e}"))?
     else {
         return Ok(None);
     };
-    let report = store.reload(sensor_agent::clock::wall_ns());
+    let store = Arc::new(store);
+    let loading = store.clone();
+    let report =
+        tokio::task::spawn_blocking(move || loading.reload(sensor_agent::clock::wall_ns()))
+            .await
+            .context("intel: the first load stopped")?;
     let summary = report.to_string();
     let last = summary.lines().last().unwrap_or_default();
     if report.is_clean() {
@@ -182,105 +204,85 @@ fn load_intel(cfg: &Config) -> Result<Option<sensor_agent::enrich::intel::IntelS
     } else {
         eprintln!("warning: {last}");
     }
+    tokio::spawn(labels::refresh_intel(store.clone(), cfg.intel.refresh.0));
     Ok(Some(store))
 }
 
-/// Where alarms go: JSON lines written directly (stdout or a file), or the configured
-/// `[[sinks]]` through the durable spool.
-enum AlarmOutput {
-    Direct(JsonLines),
-    Delivered(Delivery),
+fn open_alarms(cli: Option<&std::path::Path>, cfg: &Config) -> Result<AlarmOutput> {
+    let target = cli.or(cfg.output.alarms.as_deref());
+    AlarmOutput::open(cli, &cfg.sinks, &cfg.spool, &cfg.output).with_context(|| match target {
+        Some(p) if cli.is_some() || cfg.sinks.is_empty() => {
+            format!("cannot open alarm output {}", p.display())
+        }
+        _ => "cannot start the sinks".to_string(),
+    })
 }
 
-impl AlarmOutput {
-    /// `--alarms FILE` wins; else `[[sinks]]` when configured; else `output.alarms` or stdout.
-    fn open(cli: Option<&Path>, cfg: &Config) -> Result<Self> {
-        if cli.is_none() {
-            if let Some(d) = Delivery::start(&cfg.sinks, &cfg.spool)? {
-                return Ok(AlarmOutput::Delivered(d));
+/// One line per sink: sent, errors, pending, oldest undelivered; then the spool's counters.
+fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
+    let Some((sinks, c)) = alarms.status() else {
+        return Vec::new();
+    };
+    let mut lines: Vec<String> = sinks
+        .iter()
+        .map(|s| {
+            let mut line = format!(
+                "sink {}: {} sent, {} errors, {} retries, {} pending",
+                s.name, s.sent, s.errors, s.retries, s.pending
+            );
+            if let Some(age) = s.oldest_undelivered {
+                line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
             }
-        }
-        match cli.or(cfg.output.alarms.as_deref()) {
-            None => Ok(AlarmOutput::Direct(JsonLines::stdout())),
-            Some(p) => Ok(AlarmOutput::Direct(JsonLines::open(p).with_context(
-                || format!("cannot open alarm output {}", p.display()),
-            )?)),
-        }
-    }
-
-    fn emit(&mut self, alarm: &serde_json::Value) -> std::io::Result<()> {
-        match self {
-            AlarmOutput::Direct(j) => j.emit(alarm),
-            AlarmOutput::Delivered(d) => d.submit(alarm).map_err(std::io::Error::other),
-        }
-    }
-
-    /// Once per tick: makes spooled alarms durable per the fsync policy.
-    fn flush(&mut self) -> Result<()> {
-        if let AlarmOutput::Delivered(d) = self {
-            d.flush()?;
-        }
-        Ok(())
-    }
-
-    /// One line per sink: sent, errors, pending, oldest undelivered.
-    fn report(&self) -> Vec<String> {
-        match self {
-            AlarmOutput::Direct(_) => Vec::new(),
-            AlarmOutput::Delivered(d) => {
-                let c = d.spool_counters();
-                let mut lines: Vec<String> = d
-                    .status()
-                    .iter()
-                    .map(|s| {
-                        let mut line = format!(
-                            "sink {}: {} sent, {} errors, {} retries, {} pending",
-                            s.name, s.sent, s.errors, s.retries, s.pending
-                        );
-                        if let Some(age) = s.oldest_undelivered {
-                            line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
-                        }
-                        if let (Some(e), true) = (&s.last_error, s.pending > 0) {
-                            line.push_str(&format!(" (last error: {e})"));
-                        }
-                        line
-                    })
-                    .collect();
-                let mut spool = format!("spool: {} bytes", c.bytes);
-                for (n, what) in [
-                    (c.dropped_full, "alarms dropped (spool full)"),
-                    (c.dropped_too_large, "alarms dropped (too large)"),
-                    (
-                        c.would_block,
-                        "appends waited for room (spool full, when_full = block)",
-                    ),
-                    (c.torn_records_skipped, "torn records skipped at start"),
-                    (
-                        c.corrupt_records_skipped,
-                        "corrupt records skipped at start",
-                    ),
-                ] {
-                    if n > 0 {
-                        spool.push_str(&format!(", {n} {what}"));
-                    }
-                }
-                lines.push(spool);
-                lines
+            if let (Some(e), true) = (&s.last_error, s.pending > 0) {
+                line.push_str(&format!(" (last error: {e})"));
             }
+            line
+        })
+        .collect();
+    let mut spool = format!("spool: {} bytes", c.bytes);
+    for (n, what) in [
+        (c.dropped_full, "alarms dropped (spool full)"),
+        (c.dropped_too_large, "alarms dropped (too large)"),
+        (
+            c.would_block,
+            "appends waited for room (spool full, when_full = block)",
+        ),
+        (c.torn_records_skipped, "torn records skipped at start"),
+        (
+            c.corrupt_records_skipped,
+            "corrupt records skipped at start",
+        ),
+    ] {
+        if n > 0 {
+            spool.push_str(&format!(", {n} {what}"));
         }
     }
+    lines.push(spool);
+    lines
 }
 
-fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
+/// "rule n, rule n" or "none".
+fn alarms_by_rule(stats: &EngineStats) -> String {
+    if stats.opened_by_rule.is_empty() {
+        return "none".to_string();
+    }
+    stats
+        .opened_by_rule
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let cfg = load_config(&args.config)?;
     let kind = match args.engine {
         EngineArg::User => EngineKind::User,
         EngineArg::Kernel => EngineKind::Kernel,
     };
-    let mut sink = AlarmOutput::open(args.alarms.as_deref(), &cfg)?;
-    let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg)?);
-    let mut on_alarm = |e: &AlarmEvent| sink.emit(&e.json);
-    let mut opts = ReplayOptions {
+    let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
+    let opts = ReplayOptions {
         engine: kind,
         load: LoadOptions {
             max_flows: args.max_flows.unwrap_or(cfg.sensor.max_kernel_flows),
@@ -288,19 +290,29 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         },
         poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
         progress: !args.no_progress,
-        on_alarm: &mut on_alarm,
     };
-    let outcome = replay(&args.captures, &mut engine, &mut opts)
-        .with_context(|| format!("replay with the {} engine", kind.name()))?;
-    sink.flush()?;
-    if let AlarmOutput::Delivered(d) = &sink {
-        if !d.drain(cfg.spool.drain_timeout.0) {
+    let mut source = ReplaySource::start(args.captures.clone(), opts);
+    let looped = pipeline::run(
+        &mut source,
+        &mut engine,
+        &mut alarms,
+        &mut Observers::default(),
+    )
+    .await;
+    let outcome = source.finish().await;
+    let context = || format!("replay with the {} engine", kind.name());
+    looped.with_context(context)?;
+    let outcome = outcome.with_context(context)?;
+    alarms.flush().context("write alarms")?;
+    if let AlarmOutput::Delivered(_) = &alarms {
+        if !alarms.drain(cfg.spool.drain_timeout.0).await {
             eprintln!("warning: not every alarm was delivered within {}; the rest stay in the spool {} for the next run", cfg.spool.drain_timeout, cfg.spool.dir.display());
         }
     }
-    for line in sink.report() {
+    for line in sink_report(&alarms) {
         eprintln!("{line}");
     }
+    alarms.shutdown().await;
 
     if let Some(path) = &args.flows {
         let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
@@ -318,6 +330,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         w.flush().context("write flow records")?;
     }
 
+    let stats = engine.stats();
     let mut summary = format!(
         "replayed {} frames with the {} engine: {} flows, {} packets attributed",
         outcome.frames,
@@ -335,30 +348,16 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     if !unattributed.is_empty() {
         summary.push_str(&format!(", unattributed: {}", unattributed.join(", ")));
     }
-    let alarms: Vec<String> = engine
-        .alarms
-        .opened_by_rule
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    summary.push_str(&format!(
-        "; alarms: {}",
-        if alarms.is_empty() {
-            "none".to_string()
-        } else {
-            alarms.join(", ")
-        }
-    ));
-    if engine.alarms.open_count() > 0 {
+    summary.push_str(&format!("; alarms: {}", alarms_by_rule(&stats)));
+    if stats.open_alarms > 0 {
         summary.push_str(&format!(
             " ({} still open at the end of the input)",
-            engine.alarms.open_count()
+            stats.open_alarms
         ));
     }
-    let lc = &engine.labels.counters;
     summary.push_str(&format!(
         "; payload copies {}, DNS messages {}, identified flows {}",
-        lc.payloads, lc.dns_messages, lc.identified_flows
+        stats.payloads, stats.dns_messages, stats.identified_flows
     ));
     let notes = [
         (
@@ -378,7 +377,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             "kernel flows without capture times",
         ),
         (
-            engine.table.counters.flows_dropped + engine.table.counters.conversations_dropped,
+            stats.flows_dropped + stats.conversations_dropped,
             "flows dropped by a full flow table (raise flow.max_flows)",
         ),
     ];
@@ -388,9 +387,9 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         }
     }
     eprintln!("{summary}");
-    if lc.messages > 0 {
+    if stats.messages > 0 {
         // A line of its own: only the user engine times messages (see README).
-        eprintln!("watched flows: {} messages timed", lc.messages);
+        eprintln!("watched flows: {} messages timed", stats.messages);
     }
     for e in &outcome.errors {
         eprintln!("error: {e}");
@@ -402,31 +401,29 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     })
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-/// Sleeps until `deadline` in short steps, returning early when a stop was requested.
-fn sleep_until(deadline: Instant) {
-    while !STOP.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
+/// The signal watcher task: turns `stop` true at Ctrl-C, SIGTERM or the end of `duration`.
+fn watch_signals(duration: Option<Duration>) -> Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::spawn(async move {
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            () = deadline => {}
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
-    }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
 }
 
-fn cmd_run(args: RunArgs) -> Result<ExitCode> {
+async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let cfg = load_config(&args.config)?;
     let ifaces = if !args.ifaces.is_empty() {
         args.ifaces.clone()
@@ -436,17 +433,24 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         vec![default_route_interface()?]
     };
     let egress = args.egress || cfg.sensor.egress;
-    let mut sink = AlarmOutput::open(args.alarms.as_deref(), &cfg)?;
+    let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut flow_out = match &args.flows {
         Some(p) => Some(
-            JsonLines::open(p)
+            JsonLines::open(Some(p), "flow output")
                 .with_context(|| format!("cannot open flow output {}", p.display()))?,
         ),
         None => None,
     };
-    install_signal_handlers();
-    let mut live = LiveSource::start(&ifaces, egress, &cfg.load_options())?;
+    let stop = watch_signals(args.duration)?;
+    let mut live = LiveSource::start(
+        &ifaces,
+        egress,
+        &cfg.load_options(),
+        cfg.sensor.poll_interval.0,
+    )?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
+    live.watch_rings()?;
+    live.stop_on(stop);
     let attached: Vec<String> = live
         .attachments
         .iter()
@@ -470,104 +474,72 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut engine = Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg)?);
-    // The kernel traces only what the engine's watch changes tell it to.
-    let poll = cfg.sensor.poll_interval.0;
-    let status_every = cfg.sensor.status_interval.0;
+    let mut engine =
+        Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg).await?);
+
+    // The status line, on a terminal only, at most every status interval, after a poll.
     let show_status = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut next_poll = Instant::now();
+    let status_every = cfg.sensor.status_interval.0;
     let mut next_status = Instant::now() + status_every;
-    let mut kernel_flows = 0usize;
-    while !STOP.load(Ordering::SeqCst) {
-        if args.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
+    let kernel = live.shared_stats();
+    let iface_list = ifaces.join(",");
+    let mut ticked = |stats: &EngineStats| {
+        if !show_status || Instant::now() < next_status {
+            return;
         }
-        if Instant::now() >= next_poll {
-            let polled = live.poll_into(&mut engine)?;
-            kernel_flows = polled.kernel_flows;
-            for e in &polled.events {
-                sink.emit(&e.json).context("write alarm")?;
-            }
-            sink.flush()?;
-            if let Some(out) = flow_out.as_mut() {
-                for f in &polled.ended {
-                    out.emit(&f.to_json("kernel"))
-                        .context("write flow record")?;
-                }
-            }
-            next_poll += poll;
-            if next_poll < Instant::now() {
-                next_poll = Instant::now() + poll;
-            }
-        }
-        if show_status && Instant::now() >= next_status {
-            let counters = live.dp.counters()?;
-            let unattributed: u64 = counters[..counter::UNATTRIBUTED_REASONS as usize]
-                .iter()
-                .sum();
-            let alarms: Vec<String> = engine
-                .alarms
-                .opened_by_rule
-                .iter()
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            eprint!(
-                "\r\x1b[K{} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}",
-                ifaces.join(","),
-                engine.table.counters.packets,
-                engine.table.flow_count(),
-                kernel_flows,
-                engine.table.conversation_count(),
-                counters[counter::FLOWS_CREATED as usize],
-                unattributed,
-                engine.watched().count(),
-                if alarms.is_empty() { "none".to_string() } else { alarms.join(", ") }
-            );
-            next_status += status_every;
-        }
-        let wake = if args.duration.is_some() {
-            next_poll.min(started + args.duration.unwrap_or_default())
-        } else {
-            next_poll
-        };
-        sleep_until(if show_status {
-            wake.min(next_status)
-        } else {
-            wake
-        });
-    }
+        next_status = Instant::now() + status_every;
+        let k = kernel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let unattributed: u64 = k.counters[..counter::UNATTRIBUTED_REASONS as usize]
+            .iter()
+            .sum();
+        eprint!(
+            "\r\x1b[K{iface_list} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}",
+            stats.packets,
+            stats.flows,
+            k.kernel_flows,
+            stats.conversations,
+            k.counters[counter::FLOWS_CREATED as usize],
+            unattributed,
+            stats.watched,
+            alarms_by_rule(stats)
+        );
+    };
+    let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
+        Some(out) => out.emit(&f.to_json("kernel")),
+        None => Ok(()),
+    };
+    let mut observers = Observers {
+        ended_flows: Some(&mut write_flow),
+        ticked: Some(&mut ticked),
+    };
+    pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
     if show_status {
         eprintln!();
     }
-    let alarms: Vec<String> = engine
-        .alarms
-        .opened_by_rule
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
+    let stats = engine.stats();
     eprintln!(
         "sensor-agent: detached from {}; alarms: {}",
         ifaces.join(", "),
-        if alarms.is_empty() {
-            "none".to_string()
-        } else {
-            alarms.join(", ")
-        }
+        alarms_by_rule(&stats)
     );
     if let Ok(counters) = live.dp.counters() {
+        let ls = live.stats();
         eprintln!(
             "sensor-agent: watched flows {} (refused {}), messages traced {}, lost to a full trace ring {}, over budget {}, timed {}",
-            engine.watched().count(),
-            engine.stats().watch_refused + live.watch_refused,
+            stats.watched,
+            stats.watch_refused + ls.watch_refused,
             counters[counter::TRACE_EVENTS as usize],
             counters[counter::TRACE_DROPS as usize],
             counters[counter::TRACE_OVER_BUDGET as usize],
-            engine.labels.counters.messages,
+            stats.messages,
         );
     }
-    for line in sink.report() {
+    for line in sink_report(&alarms) {
         eprintln!("{line}");
     }
+    alarms.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

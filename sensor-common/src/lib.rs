@@ -56,7 +56,7 @@ pub const CLIENT_BY_SYN: u8 = 1;
 ///
 /// Index 0 of each pair counts packets sent by `lo` (see [`DIR_LO_TO_HI`]). Times are
 /// `bpf_jiffies64()` values: seconds-scale detection does not need nanoseconds, and jiffies
-/// cost nothing per packet (TOOLCHAIN.md). The agent converts them to wall time.
+/// cost nothing per packet (docs/TOOLCHAIN.md). The agent converts them to wall time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {

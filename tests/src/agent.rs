@@ -114,14 +114,14 @@ fn check_fresh(bin: &Path) {
     }
 }
 
-/// A capture from `shared/pcaps` (beside the checkout, as CI lays it out).
+/// A real capture from `tests/pcaps` (see its README for sources and licences).
 pub fn shared_pcap(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/pcaps")
+        .join("pcaps")
         .join(name);
     assert!(
         p.is_file(),
-        "test capture {} is missing (shared/ must sit beside the checkout)",
+        "test capture {} is missing from the repository",
         p.display()
     );
     p

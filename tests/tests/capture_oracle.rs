@@ -1,6 +1,6 @@
 //! Flow counters of `sensor-agent replay` checked against tshark as an independent oracle.
 //!
-//! Every capture (the real ones in `shared/pcaps` and captures built here with the frame
+//! Every capture (the real ones in `tests/pcaps` and captures built here with the frame
 //! builders: VLAN and QinQ, IPv4 options and fragments, IPv6 extension headers and fragments,
 //! GRE and VXLAN tunnels, Linux cooked SLL/SLL2, raw IP, pcapng) is replayed through the
 //! kernel engine, and for every TCP and UDP conversation the packets and bytes each side sent
@@ -953,7 +953,7 @@ fn to_sll2(eth: &[u8]) -> Vec<u8> {
 }
 
 fn shared_pcaps() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps");
     assert!(
         p.is_dir(),
         "the real captures are missing: {} is not a directory",
@@ -981,7 +981,7 @@ fn count(c: &Checked, transport: &str) -> usize {
 fn kernel_oracle_real_captures() {
     let dir = setup("oracle-real");
     let pcaps = shared_pcaps();
-    // (file, TCP conversations, UDP conversations) as listed in shared/pcaps/README.md and
+    // (file, TCP conversations, UDP conversations) as listed in tests/pcaps/README.md and
     // seen by tshark.
     for (file, tcp, udp) in [
         ("stratum-getwork-gbt.pcap", 15, 0),

@@ -15,7 +15,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-/// Debian packages the build and the tests need (TOOLCHAIN.md).
+mod layers;
+
+/// Debian packages the build and the tests need (docs/TOOLCHAIN.md).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     (
         "rustc-web",
@@ -79,6 +81,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the agent's structure (no import cycle between its top-level modules, no file
+    /// over 1200 lines of code) and print its layers, bottom first. `test` runs the check.
+    Layers,
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
         /// Which benchmark: `datapath`, `agent`, `sinks` or `detect`.
@@ -122,6 +127,21 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup(false)?;
             test(&args)
+        }
+        Cmd::Layers => {
+            let src = root().join("sensor-agent/src");
+            layers::check(&src)?;
+            for (module, uses) in layers::layers(&src)? {
+                println!(
+                    "{module:<10} uses {}",
+                    if uses.is_empty() {
+                        "-".to_string()
+                    } else {
+                        uses.join(", ")
+                    }
+                );
+            }
+            Ok(())
         }
         Cmd::Bench { which, args } => {
             setup(false)?;
@@ -178,7 +198,7 @@ fn missing_debian_packages() -> Result<Vec<&'static str>> {
         .args(&names)
         .stderr(Stdio::null())
         .output()
-        .context("cannot run dpkg-query: this is not a Debian system (see TOOLCHAIN.md for what to install)")?;
+        .context("cannot run dpkg-query: this is not a Debian system (see docs/TOOLCHAIN.md for what to install)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(names
         .into_iter()
@@ -291,6 +311,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// `kernel_*`), so a run shows how many really touched the kernel. Any ignored test fails the
 /// run: tests never skip silently.
 fn test(extra: &[String]) -> Result<()> {
+    layers::check(&root().join("sensor-agent/src"))
+        .context("the agent's structure check failed (see docs/ARCHITECTURE.md, Layers)")?;
     cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
     cargo(&[
         "clippy",

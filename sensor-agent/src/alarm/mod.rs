@@ -6,7 +6,7 @@
 //! (derived from the rule, the endpoints and the conversation's start), so a replay of the
 //! same capture yields the same ids. Allowlisted conversations never raise alarms.
 //!
-//! Rendering follows the alarm contract in DESIGN.md (ECS field names). Strings taken from
+//! Rendering follows the alarm contract in docs/ARCHITECTURE.md (ECS field names). Strings taken from
 //! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
 
 pub mod settings;

@@ -12,7 +12,7 @@
 //! It never raises alarms itself (detectors read [`ConvLabels`]), never trusts an answer it did
 //! not see asked for, and bounds everything it keeps per flow.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use sensor_common::{Addr, FlowKey};
 use serde::Deserialize;
@@ -150,7 +150,7 @@ pub struct Labeler {
     convs: HashMap<ConvKey, ConvLabels>,
     cache: HashMap<(Addr, Addr), (Identification, u64)>,
     dns: DnsBinder,
-    intel: Option<IntelStore>,
+    intel: Option<Arc<IntelStore>>,
     /// Conversations with a message series (bounded by [`MAX_MESSAGE_SERIES`]).
     message_series: usize,
     pub counters: LabelCounters,
@@ -168,7 +168,7 @@ pub struct Payload<'a> {
 }
 
 impl Labeler {
-    pub fn new(cfg: LabelConfig, limits: SampleLimits, intel: Option<IntelStore>) -> Self {
+    pub fn new(cfg: LabelConfig, limits: SampleLimits, intel: Option<Arc<IntelStore>>) -> Self {
         Labeler {
             cfg,
             limits,
@@ -183,7 +183,7 @@ impl Labeler {
     }
 
     pub fn intel(&self) -> Option<&IntelStore> {
-        self.intel.as_ref()
+        self.intel.as_deref()
     }
 
     pub fn dns(&self) -> &DnsBinder {
@@ -388,20 +388,38 @@ impl Labeler {
         }
     }
 
-    /// Periodic upkeep at `now`: expired cache entries and DNS bindings go, feeds refresh when
-    /// due (a failed refresh keeps the previous feeds and is logged).
+    /// Periodic upkeep at `now`: expired cache entries and DNS bindings go. Feeds are
+    /// refreshed by a task of their own ([`refresh_intel`]), never here: a slow feed server
+    /// must not hold up detection.
     pub fn tick(&mut self, now_ns: u64) {
         self.cache.retain(|_, (_, expiry)| *expiry >= now_ns);
         self.dns.prune(now_ns);
-        if let Some(store) = &self.intel {
-            // The feed module logs each problem itself; only the summary line here.
-            if let Some(report) = store.maybe_refresh(now_ns) {
-                let text = report.to_string();
-                log::info!(
-                    "threat intelligence: {}",
-                    text.lines().last().unwrap_or_default()
-                );
-            }
+    }
+}
+
+/// Reloads `store` whenever its refresh interval has passed, on wall-clock time, until the
+/// runtime shuts down: the intel refresh task. Each reload runs on a blocking thread (URL
+/// feeds are fetched with a blocking client, each bounded by `fetch_timeout`); a failed
+/// refresh keeps the previous feeds and is logged.
+pub async fn refresh_intel(store: Arc<IntelStore>, every: Duration) {
+    // Checked at least once a minute, so a refresh interval change of the feeds' own takes
+    // effect; the store itself decides whether a reload is due.
+    let mut ticks =
+        tokio::time::interval(every.clamp(Duration::from_secs(1), Duration::from_secs(60)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let s = store.clone();
+        let report =
+            tokio::task::spawn_blocking(move || s.maybe_refresh(crate::clock::wall_ns())).await;
+        // The feed module logs each problem itself; only the summary line here.
+        if let Ok(Some(report)) = report {
+            let text = report.to_string();
+            log::info!(
+                "threat intelligence: {}",
+                text.lines().last().unwrap_or_default()
+            );
         }
     }
 }

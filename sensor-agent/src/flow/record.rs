@@ -1,5 +1,5 @@
 //! Flow records (`--flows`): one JSON object per line with the ECS endpoint fields of the
-//! alarm contract (DESIGN.md), `event.kind = "event"`, source = client.
+//! alarm contract (docs/ARCHITECTURE.md), `event.kind = "event"`, source = client.
 //!
 //! Every value here comes from packet headers that an attacker controls; serde_json escapes
 //! strings, and nothing else is interpolated.

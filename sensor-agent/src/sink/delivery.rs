@@ -2,7 +2,7 @@
 //! from there at its own pace, in its own format, over its own transport.
 //!
 //! The detection loop only appends (and, with `when_full = "block"`, waits for room); one
-//! worker thread per sink peeks records after its cursor, renders them, sends the batch and
+//! worker per sink, a task of the agent's tokio runtime, peeks records after its cursor, renders them, sends the batch and
 //! acknowledges what the receiver took, so a slow or dead receiver delays only itself and
 //! loses nothing: records stay in the spool until every sink has them, across restarts and
 //! crashes of the agent. Failures retry forever with capped exponential backoff and jitter.
@@ -11,6 +11,12 @@
 //!
 //! It never renders or sends on the detection thread, and never acknowledges a record the
 //! transport did not report as taken.
+//!
+//! The workers are blocking tasks (`spawn_blocking`): the transports are blocking clients
+//! (rustls streams for syslog, ureq for HEC and webhooks) and the spool is a file that is
+//! fsynced. An async client would bring a second TLS and HTTP stack and nothing else: each
+//! sink already has a worker of its own, so a slow receiver never delays another sink or the
+//! detection loop. Outside a runtime (benchmarks, unit tests) they are plain threads.
 
 use std::{
     path::PathBuf,
@@ -18,7 +24,6 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -126,8 +131,26 @@ impl Shared {
 
 pub struct Delivery {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<Worker>,
     dir: String,
+}
+
+/// One sink's worker: a blocking task of the runtime, or a thread outside one.
+enum Worker {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl Worker {
+    fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<Worker> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Ok(Worker::Task(rt.spawn_blocking(f))),
+            Err(_) => std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map(Worker::Thread),
+        }
+    }
 }
 
 fn wall_ns() -> u64 {
@@ -218,13 +241,12 @@ impl Delivery {
         for (i, (t, r)) in transports.into_iter().enumerate() {
             let shared = shared.clone();
             workers.push(
-                std::thread::Builder::new()
-                    .name(format!("sink-{i}"))
-                    .spawn(move || worker(shared, i, t, r))
-                    .map_err(|e| DeliveryError::Sink {
+                Worker::spawn(format!("sink-{i}"), move || worker(shared, i, t, r)).map_err(
+                    |e| DeliveryError::Sink {
                         name: names[i].clone(),
                         message: e.to_string(),
-                    })?,
+                    },
+                )?,
             );
         }
         Ok(Some(Delivery {
@@ -284,6 +306,41 @@ impl Delivery {
             })
     }
 
+    /// [`Self::drain`] without blocking the runtime.
+    pub async fn drain_async(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.status().iter().all(|s| s.pending == 0) {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the workers once they finish what they are sending, and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        for w in self.workers.drain(..) {
+            match w {
+                Worker::Task(t) => {
+                    let _ = t.await;
+                }
+                Worker::Thread(t) => {
+                    let _ = tokio::task::spawn_blocking(move || t.join()).await;
+                }
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let _ = self.shared.lock().flush();
+    }
+
     /// Waits until every sink has taken every record, or `timeout`; whether all were taken.
     pub fn drain(&self, timeout: Duration) -> bool {
         let start = Instant::now();
@@ -330,12 +387,14 @@ impl Delivery {
 }
 
 impl Drop for Delivery {
+    /// Without [`Delivery::shutdown`]: threads are joined; tasks are told to stop and finish
+    /// on their own (a runtime thread must not block on them), their records safe in the spool.
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_all();
-        let _ = self.shared.lock().flush();
+        self.stop();
         for w in self.workers.drain(..) {
-            let _ = w.join();
+            if let Worker::Thread(t) = w {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -1,48 +1,155 @@
-//! Sinks: where alarms and flow records go. For now JSON lines to stdout or a file, flushed
-//! per event so a reader (or a test) sees each alarm as soon as it is raised.
+//! Sinks: where alarms and flow records go, and the one path every alarm takes to get there.
+//!
+//! [`AlarmOutput`] is that path. With `[[sinks]]` configured, alarms go through the durable
+//! spool to every sink ([`delivery`]), each running as its own task; otherwise (or with
+//! `--alarms FILE`) they are rendered as JSON and written by the same `stdout` and `file`
+//! transports the configured sinks use, flushed per alarm so a reader sees each one as soon
+//! as it is raised. Either way the detection loop only hands alarms over: it never renders
+//! for a remote receiver, retries or waits on a network.
+//!
+//! Flow records (`--flows`) are JSON lines through the same transports ([`JsonLines`]).
 
 pub mod delivery;
 pub mod format;
 pub mod spool;
 pub mod transport;
 
-use std::path::PathBuf;
-
-use std::{
-    fs::OpenOptions,
-    io::{self, BufWriter, Write},
-    path::Path,
-};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use self::{
+    delivery::{Delivery, DeliveryError, SinkStatus, SpoolSection},
+    format::{Format, Renderer},
+    spool::SpoolCounters,
+    transport::{FileConfig, SinkConfig, StdoutConfig, Transport, TransportError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("cannot render a record: {0}")]
+    Render(#[from] serde_json::Error),
+}
+
+/// JSON lines on standard output (`None` or "-") or appended to a file, one record per
+/// line, flushed per record.
 pub struct JsonLines {
-    out: Box<dyn Write + Send>,
+    transport: Box<dyn Transport>,
 }
 
 impl JsonLines {
-    pub fn stdout() -> Self {
-        JsonLines {
-            out: Box::new(io::stdout()),
-        }
-    }
-
-    /// Appends to `path` (created if missing); "-" means stdout.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        if path.as_os_str() == "-" {
-            return Ok(Self::stdout());
-        }
-        let f = OpenOptions::new().create(true).append(true).open(path)?;
+    /// `what` names the output in errors ("alarm output", "flow output").
+    pub fn open(path: Option<&Path>, what: &str) -> Result<Self, OutputError> {
+        let cfg = match path {
+            None => SinkConfig::Stdout(StdoutConfig {
+                name: Some(what.to_string()),
+                format: None,
+            }),
+            Some(p) if p.as_os_str() == "-" => SinkConfig::Stdout(StdoutConfig {
+                name: Some(what.to_string()),
+                format: None,
+            }),
+            Some(p) => SinkConfig::File(FileConfig {
+                name: Some(format!("{what} {}", p.display())),
+                path: p.to_path_buf(),
+                format: None,
+                max_bytes: None,
+                keep: 0,
+            }),
+        };
         Ok(JsonLines {
-            out: Box::new(BufWriter::new(f)),
+            transport: transport::build(&cfg)?,
         })
     }
 
-    pub fn emit(&mut self, v: &Value) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, v)?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
+    pub fn emit(&mut self, v: &Value) -> Result<(), OutputError> {
+        self.emit_rendered(serde_json::to_vec(v)?)
+    }
+
+    fn emit_rendered(&mut self, line: Vec<u8>) -> Result<(), OutputError> {
+        let taken = self.transport.send(std::slice::from_ref(&line))?;
+        if taken == 1 {
+            Ok(())
+        } else {
+            Err(OutputError::Transport(TransportError::Io(format!(
+                "{}: the record was not written",
+                self.transport.name()
+            ))))
+        }
+    }
+}
+
+/// Where alarms go: the configured `[[sinks]]` through the spool, or JSON lines.
+pub enum AlarmOutput {
+    Direct { renderer: Renderer, out: JsonLines },
+    Delivered(Delivery),
+}
+
+impl AlarmOutput {
+    /// `cli` (`--alarms FILE`) wins; else `[[sinks]]` when configured; else `output.alarms`
+    /// or stdout.
+    pub fn open(
+        cli: Option<&Path>,
+        sinks: &[SinkConfig],
+        spool: &SpoolSection,
+        output: &OutputConfig,
+    ) -> Result<Self, OutputError> {
+        if cli.is_none() {
+            if let Some(d) = Delivery::start(sinks, spool)? {
+                return Ok(AlarmOutput::Delivered(d));
+            }
+        }
+        Ok(AlarmOutput::Direct {
+            renderer: Renderer::new(Format::Json, None),
+            out: JsonLines::open(cli.or(output.alarms.as_deref()), "alarm output")?,
+        })
+    }
+
+    /// Hands one alarm over. With the spool's `when_full = "block"` this waits for room: the
+    /// back-pressure reaches the detection loop on purpose, so nothing is lost.
+    pub fn emit(&mut self, alarm: &Value) -> Result<(), OutputError> {
+        match self {
+            AlarmOutput::Direct { renderer, out } => out.emit_rendered(renderer.render(alarm)),
+            AlarmOutput::Delivered(d) => Ok(d.submit(alarm)?),
+        }
+    }
+
+    /// Once per tick: makes spooled alarms durable per the fsync policy.
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        if let AlarmOutput::Delivered(d) = self {
+            d.flush()?;
+        }
+        Ok(())
+    }
+
+    /// At the end of a bounded input: waits up to `timeout` for the sinks to take what is
+    /// spooled; whether they did (always true without sinks).
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        match self {
+            AlarmOutput::Direct { .. } => true,
+            AlarmOutput::Delivered(d) => d.drain_async(timeout).await,
+        }
+    }
+
+    /// Each sink's delivery state and the spool's counters (none without sinks).
+    pub fn status(&self) -> Option<(Vec<SinkStatus>, SpoolCounters)> {
+        match self {
+            AlarmOutput::Direct { .. } => None,
+            AlarmOutput::Delivered(d) => Some((d.status(), d.spool_counters())),
+        }
+    }
+
+    /// Stops the sink tasks after they finish what they are sending; spooled alarms stay for
+    /// the next start.
+    pub async fn shutdown(self) {
+        if let AlarmOutput::Delivered(d) = self {
+            d.shutdown().await;
+        }
     }
 }
 

@@ -466,6 +466,17 @@ impl Datapath {
         Ok(out)
     }
 
+    /// The payload ring, for a reader that waits on it (the live source's `AsyncFd`); after
+    /// this [`Self::drain_payloads`] finds nothing.
+    pub fn take_payload_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.payloads.take()
+    }
+
+    /// The trace ring, likewise.
+    pub fn take_trace_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.traces.take()
+    }
+
     /// Hands every payload copy waiting in the ring buffer to `f`, oldest first; returns how
     /// many there were. Records of an unexpected size (never, unless the ABI broke) are skipped.
     pub fn drain_payloads(&mut self, mut f: impl FnMut(&PayloadEvent)) -> usize {

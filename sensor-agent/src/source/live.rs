@@ -1,22 +1,50 @@
-//! The live source: the datapath attached to network interfaces, read periodically.
+//! The live source: the datapath attached to network interfaces.
 //!
 //! It attaches XDP to each interface (native mode, falling back to generic with the reason
-//! logged) and optionally the TC egress program, reads the kernel flow map with batched
-//! lookups, converts kernel jiffies to wall-clock time, and deletes the flows the agent has
-//! ended. Dropping it detaches everything (aya's links detach on drop).
+//! logged) and optionally the TC egress program. Two kinds of reading run side by side on
+//! the agent's tokio runtime:
+//! - the kernel flow map is read with batched lookups on the poll interval, its jiffies
+//!   converted to wall-clock time;
+//! - the payload and trace ring buffers are read through `AsyncFd` as soon as the kernel
+//!   writes to them (woken on data, not polled), so a burst between two polls does not fill
+//!   them. What they hold is handed on at the next poll, after the flows, so every copy finds
+//!   its flow (and its orientation) in the table, exactly as when the rings were read at the
+//!   poll.
+//!
+//! The engine's decisions come back as [`Feedback`]: the flows it ended are deleted from the
+//! kernel map, and its watch set is mirrored into the kernel's watch map (fresh trace budgets
+//! every poll). Dropping the source detaches everything (aya's links detach on drop).
+//!
+//! It must never block the runtime for long (one batched map read per poll), never lose a
+//! ring record silently (what it cannot keep is counted), and never decide anything about a
+//! flow.
 
-use std::ffi::CString;
+use std::{
+    collections::VecDeque,
+    ffi::CString,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use aya::programs::{tc, xdp::XdpMode, TcAttachType};
-use sensor_common::FlowKey;
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{tc, xdp::XdpMode, TcAttachType},
+};
+use bytes::Bytes;
+use sensor_common::{counter, PayloadEvent, TraceEvent, PAYLOAD_DNS};
+use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
 
 use crate::{
-    alarm::AlarmEvent,
     clock::{monotonic_ns, wall_ns, JiffiesClock},
-    engine::Engine,
-    flow::record::FlowRecord,
-    source::datapath::{Datapath, DatapathError, LoadOptions},
+    source::{
+        datapath::{Datapath, DatapathError, LoadOptions},
+        Feedback, FlowUpdate, MessageEvent, PayloadCopy, Source, SourceEvent,
+    },
 };
+
+/// Ring records kept between two polls, at most, per ring: beyond this a burst is dropped
+/// and counted rather than growing without bound (the kernel ring itself is the first buffer).
+const MAX_PENDING_RECORDS: usize = 1 << 18;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -34,6 +62,8 @@ pub enum LiveError {
     AttachTc { iface: String, reason: String },
     #[error("no default route: name an interface with --iface")]
     NoDefaultRoute,
+    #[error("cannot watch a ring buffer for data: {0}")]
+    Ring(std::io::Error),
 }
 
 /// How XDP ended up attached to an interface.
@@ -44,12 +74,34 @@ pub struct Attachment {
     pub egress: bool,
 }
 
-/// What one poll cycle produced.
-pub struct PollResult {
-    /// Flows in the kernel map at this poll.
+/// What the live source counted, for the status line and the summary.
+#[derive(Clone, Debug)]
+pub struct LiveStats {
+    /// Flows in the kernel map at the last poll.
     pub kernel_flows: usize,
-    pub events: Vec<AlarmEvent>,
-    pub ended: Vec<FlowRecord>,
+    /// Watched flows the kernel's watch map refused (full).
+    pub watch_refused: u64,
+    /// Ring records dropped because [`MAX_PENDING_RECORDS`] were waiting for the next poll.
+    pub ring_records_dropped: u64,
+    /// The datapath's counters ([`sensor_common::counter`]) at the last poll.
+    pub counters: [u64; counter::COUNT as usize],
+}
+
+impl Default for LiveStats {
+    fn default() -> Self {
+        LiveStats {
+            kernel_flows: 0,
+            watch_refused: 0,
+            ring_records_dropped: 0,
+            counters: [0; counter::COUNT as usize],
+        }
+    }
+}
+
+/// The ring buffers, read as soon as they have data.
+struct Rings {
+    payloads: AsyncFd<RingBuf<MapData>>,
+    traces: AsyncFd<RingBuf<MapData>>,
 }
 
 pub struct LiveSource {
@@ -59,8 +111,17 @@ pub struct LiveSource {
     /// Messages each watched flow may trace between two polls (`capture.trace_messages`; 0:
     /// no kernel tracing).
     pub trace_budget: u64,
-    /// Watched flows the kernel's watch map refused (full).
-    pub watch_refused: u64,
+    stats: LiveStats,
+    /// A copy of `stats` as of the last poll, for a presenter on another task.
+    shared: Arc<Mutex<LiveStats>>,
+    /// Present once [`LiveSource::watch_rings`] ran inside the runtime; without it the rings
+    /// are drained at each poll.
+    rings: Option<Rings>,
+    pending_payloads: VecDeque<PayloadEvent>,
+    pending_traces: VecDeque<TraceEvent>,
+    poll: Option<tokio::time::Interval>,
+    poll_interval: Duration,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -72,10 +133,32 @@ fn check_iface(iface: &str) -> Result<(), LiveError> {
     Ok(())
 }
 
+/// Reads every record waiting in `ring` into `pending`, counting what does not fit.
+fn drain_ring<T: Copy>(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<T>, dropped: &mut u64) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<T>() {
+            continue;
+        }
+        if pending.len() >= MAX_PENDING_RECORDS {
+            *dropped += 1;
+            continue;
+        }
+        // SAFETY: T is a plain-data record of the kernel ABI (PayloadEvent or TraceEvent) and
+        // the ring record holds at least its size; read_unaligned makes no alignment
+        // assumption about the ring's memory.
+        pending.push_back(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+    }
+}
+
 impl LiveSource {
     /// Loads the datapath, attaches it to `ifaces` (none: loaded only, as benchmarks use it)
-    /// and calibrates the clock.
-    pub fn start(ifaces: &[String], egress: bool, load: &LoadOptions) -> Result<Self, LiveError> {
+    /// and calibrates the clock. Polls every `poll_interval` once it runs as a [`Source`].
+    pub fn start(
+        ifaces: &[String],
+        egress: bool,
+        load: &LoadOptions,
+        poll_interval: Duration,
+    ) -> Result<Self, LiveError> {
         let mut dp = Datapath::load(load)?;
         let mut attachments = Vec::new();
         for iface in ifaces {
@@ -123,59 +206,201 @@ impl LiveSource {
             clock,
             attachments,
             trace_budget: 64,
-            watch_refused: 0,
+            stats: LiveStats::default(),
+            shared: Arc::default(),
+            rings: None,
+            pending_payloads: VecDeque::new(),
+            pending_traces: VecDeque::new(),
+            poll: None,
+            poll_interval,
+            stop: None,
         })
     }
 
-    /// One poll cycle: reads every kernel flow (batched), feeds the engine with wall-clock
-    /// times, evaluates, and deletes from the kernel the flows the engine ended. Returns the
-    /// alarm events and the ended flows.
-    pub fn poll_into(&mut self, engine: &mut Engine) -> Result<PollResult, LiveError> {
+    /// Ends the source (its next batch is `None`) once `stop` turns true: Ctrl-C, SIGTERM or
+    /// `--duration`, decided by the caller.
+    pub fn stop_on(&mut self, stop: watch::Receiver<bool>) {
+        self.stop = Some(stop);
+    }
+
+    /// Registers the ring buffers with the runtime's reactor. Must run inside the runtime.
+    pub fn watch_rings(&mut self) -> Result<(), LiveError> {
+        let (Some(payloads), Some(traces)) =
+            (self.dp.take_payload_ring(), self.dp.take_trace_ring())
+        else {
+            return Ok(());
+        };
+        // SAFETY: a RingBuf owns its map's file descriptor (and its mmap) for as long as it
+        // lives and always reports that same descriptor; the AsyncFd owns the RingBuf.
+        // Readable interest only: the kernel writes the ring, the agent only reads it.
+        let register = |ring| unsafe {
+            AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+                .map_err(|e| LiveError::Ring(e.into()))
+        };
+        self.rings = Some(Rings {
+            payloads: register(payloads)?,
+            traces: register(traces)?,
+        });
+        Ok(())
+    }
+
+    pub fn stats(&self) -> LiveStats {
+        self.stats.clone()
+    }
+
+    /// The stats as of the last poll, readable while the loop runs.
+    pub fn shared_stats(&self) -> Arc<Mutex<LiveStats>> {
+        self.shared.clone()
+    }
+
+    /// One poll: the kernel's flows (batched) with wall-clock times, then every payload copy
+    /// and traced message read since the last poll, then a tick at the poll's time.
+    pub fn poll_now(&mut self) -> Result<Vec<SourceEvent>, LiveError> {
         let j = self.dp.jiffies()?;
         self.clock.reanchor(j);
         let clock = self.clock;
-        let mut kernel_flows = 0;
+        let mut flows = Vec::new();
         self.dp.for_each_flow_batch(|keys, values| {
-            kernel_flows += keys.len();
-            for (key, stats) in keys.iter().zip(values) {
-                engine.update_flow(
-                    key,
-                    stats,
-                    clock.to_wall_ns(stats.first_seen),
-                    clock.to_wall_ns(stats.last_seen),
+            flows.extend(keys.iter().zip(values).map(|(key, stats)| FlowUpdate {
+                key: *key,
+                stats: *stats,
+                first_ns: clock.to_wall_ns(stats.first_seen),
+                last_ns: clock.to_wall_ns(stats.last_seen),
+            }));
+        })?;
+        self.stats.kernel_flows = flows.len();
+        // What arrived since the reactor last woke us.
+        match self.rings.as_mut() {
+            Some(r) => {
+                drain_ring(
+                    r.payloads.get_mut(),
+                    &mut self.pending_payloads,
+                    &mut self.stats.ring_records_dropped,
+                );
+                drain_ring(
+                    r.traces.get_mut(),
+                    &mut self.pending_traces,
+                    &mut self.stats.ring_records_dropped,
                 );
             }
-        })?;
-        // After the flows, so every copy finds its flow (and orientation) in the table.
-        self.dp
-            .drain_payloads(|e| engine.payload_event(e, clock.to_wall_ns(e.jiffies)));
+            None => {
+                let (p, t) = (&mut self.pending_payloads, &mut self.pending_traces);
+                self.dp.drain_payloads(|e| p.push_back(*e));
+                self.dp.drain_traces(|e| t.push_back(*e));
+            }
+        }
+        let mut events =
+            Vec::with_capacity(2 + self.pending_payloads.len() + self.pending_traces.len());
+        events.push(SourceEvent::Flows(flows));
+        for e in self.pending_payloads.drain(..) {
+            let len = (e.len as usize).min(e.data.len());
+            events.push(SourceEvent::Payload(PayloadCopy {
+                key: e.key,
+                dir: e.dir as usize,
+                dns: e.kind == PAYLOAD_DNS,
+                data: Bytes::copy_from_slice(&e.data[..len]),
+                ts_ns: clock.to_wall_ns(e.jiffies),
+            }));
+        }
         // Trace times are CLOCK_MONOTONIC (bpf_ktime_get_ns); the offset to wall time is taken
         // now, so a wall-clock step moves later messages, never earlier ones apart.
         let mono_to_wall = wall_ns() as i128 - monotonic_ns() as i128;
-        self.dp.drain_traces(|e| {
-            let ts = (e.ktime_ns as i128 + mono_to_wall).max(0) as u64;
-            engine.message(&e.key, e.dir as usize, u64::from(e.payload_len), ts);
-        });
-        let out = engine.tick(clock.anchor_wall_ns());
-        let (events, ended) = (out.alarms, out.ended);
-        if !ended.is_empty() {
-            let keys: Vec<FlowKey> = ended.iter().map(|f| f.key).collect();
-            self.dp.delete_flows(&keys)?;
+        for e in self.pending_traces.drain(..) {
+            events.push(SourceEvent::Message(MessageEvent {
+                key: e.key,
+                dir: e.dir as usize,
+                size: u64::from(e.payload_len),
+                ts_ns: (e.ktime_ns as i128 + mono_to_wall).max(0) as u64,
+            }));
+        }
+        events.push(SourceEvent::Tick(clock.anchor_wall_ns()));
+        self.stats.counters = self.dp.counters()?;
+        *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = self.stats.clone();
+        Ok(events)
+    }
+
+    /// Acts on the engine's decisions: forgets ended flows and mirrors the watch set.
+    pub fn apply(&mut self, fb: Feedback<'_>) -> Result<(), LiveError> {
+        if !fb.ended.is_empty() {
+            self.dp.delete_flows(fb.ended)?;
         }
         if self.trace_budget > 0 {
-            let (added, removed) = (out.watch.added, out.watch.removed);
             // Fresh budgets for the flows already watched, then the new ones.
-            self.dp.rearm(&out.watch.kept, self.trace_budget)?;
-            let taken = self.dp.watch(&added, self.trace_budget)?;
-            self.watch_refused += (added.len() - taken) as u64;
-            self.dp.unwatch(&removed)?;
+            self.dp.rearm(fb.watch_kept, self.trace_budget)?;
+            let taken = self.dp.watch(fb.watch_added, self.trace_budget)?;
+            self.stats.watch_refused += (fb.watch_added.len() - taken) as u64;
+            self.dp.unwatch(fb.watch_removed)?;
         }
         self.dp.flush_log();
-        Ok(PollResult {
-            kernel_flows,
-            events,
-            ended,
-        })
+        Ok(())
+    }
+}
+
+impl Source for LiveSource {
+    type Error = LiveError;
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<SourceEvent>>, LiveError> {
+        if self.poll.is_none() {
+            // The first tick of an interval fires at once: the first poll is one interval
+            // after the start, as before.
+            let mut poll = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.poll_interval,
+                self.poll_interval,
+            );
+            poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            self.poll = Some(poll);
+        }
+        loop {
+            if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+                return Ok(None);
+            }
+            let stats = &mut self.stats.ring_records_dropped;
+            let (pending_p, pending_t) = (&mut self.pending_payloads, &mut self.pending_traces);
+            let Some(poll) = self.poll.as_mut() else {
+                return Ok(None);
+            };
+            let stop_rx = &mut self.stop;
+            let stop = async {
+                match stop_rx.as_mut() {
+                    Some(s) => {
+                        // A closed channel means nobody can ask us to stop any more.
+                        if s.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            match self.rings.as_mut() {
+                Some(rings) => {
+                    tokio::select! {
+                        _ = poll.tick() => break,
+                        () = stop => continue,
+                        guard = rings.payloads.readable_mut() => {
+                            let mut guard = guard.map_err(LiveError::Ring)?;
+                            drain_ring(guard.get_inner_mut(), pending_p, stats);
+                            guard.clear_ready();
+                        }
+                        guard = rings.traces.readable_mut() => {
+                            let mut guard = guard.map_err(LiveError::Ring)?;
+                            drain_ring(guard.get_inner_mut(), pending_t, stats);
+                            guard.clear_ready();
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = poll.tick() => break,
+                        () = stop => continue,
+                    }
+                }
+            }
+        }
+        self.poll_now().map(Some)
+    }
+
+    fn feedback(&mut self, fb: Feedback<'_>) -> Result<(), LiveError> {
+        self.apply(fb)
     }
 }
 

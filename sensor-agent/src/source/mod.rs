@@ -19,6 +19,21 @@ pub mod settings;
 use bytes::Bytes;
 use sensor_common::{FlowKey, FlowStats};
 
+/// Something the event loop can read events from.
+///
+/// `next_batch` yields the next events in order (ending with a [`SourceEvent::Tick`] or
+/// [`SourceEvent::End`] when the engine should evaluate), `None` when the input ended or the
+/// source was stopped. `feedback` receives what the engine decided at each tick.
+pub trait Source {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn next_batch(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<SourceEvent>>, Self::Error>>;
+
+    fn feedback(&mut self, fb: Feedback<'_>) -> Result<(), Self::Error>;
+}
+
 /// One thing a source saw, in the order the engine must see it.
 #[derive(Clone, Debug)]
 pub enum SourceEvent {

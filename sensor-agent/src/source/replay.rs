@@ -1,4 +1,7 @@
-//! Replaying capture files through a flow engine with the captures' own timestamps.
+//! Replaying capture files with the captures' own timestamps: a source for the event loop.
+//!
+//! The captures are read on a blocking thread of the runtime and handed to the loop in
+//! batches of events, so reading and parsing overlap with detection.
 //!
 //! Two engines count the frames: `kernel` pushes every frame through the loaded XDP program
 //! with BPF_PROG_TEST_RUN (so anyone can check the datapath against any capture), `user` runs
@@ -23,18 +26,25 @@ use std::{
     time::Instant,
 };
 
-use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent};
+use bytes::Bytes;
+use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS, PAYLOAD_MAX};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    alarm::AlarmEvent,
-    engine::Engine,
-    flow::{record::FlowRecord, table::FlowTable},
-    source::datapath::{Datapath, DatapathError, LoadOptions},
+    flow::{record::FlowRecord, settings::FlowConfig, table::FlowTable},
     source::{
         capture::{CaptureError, CaptureReader, Frame},
+        datapath::{Datapath, DatapathError, LoadOptions},
         packet::parse_frame,
+        Feedback, FlowUpdate, PacketEvent, PayloadCopy, Source, SourceEvent,
     },
 };
+
+/// Events per batch handed to the loop: large enough to amortise the channel, small enough
+/// that the loop starts at once.
+const BATCH_EVENTS: usize = 1024;
+/// Batches in flight between the reader and the loop.
+const BATCHES_IN_FLIGHT: usize = 16;
 
 /// Largest frame handed to BPF_PROG_TEST_RUN; XDP multi-buffer test runs take up to the
 /// linear page plus 17 fragment pages, and 64 KiB covers every GSO frame.
@@ -97,8 +107,8 @@ pub struct ReplayOutcome {
 pub enum ReplayError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-    #[error("cannot write an alarm: {0}")]
-    Sink(#[source] std::io::Error),
+    #[error("the capture reader stopped unexpectedly: {0}")]
+    Reader(String),
 }
 
 #[derive(Clone, Copy)]
@@ -107,13 +117,13 @@ struct Times {
     last: u64,
 }
 
-/// How often (capture time) the engine is ticked, and where alarm events go.
-pub struct ReplayOptions<'a> {
+/// Which engine counts the frames, and how often (capture time) the engine is ticked.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
     pub engine: EngineKind,
     pub load: LoadOptions,
     pub poll_interval_ns: u64,
     pub progress: bool,
-    pub on_alarm: &'a mut dyn FnMut(&AlarmEvent) -> std::io::Result<()>,
 }
 
 struct Progress {
@@ -148,20 +158,97 @@ impl Progress {
     }
 }
 
-/// Reads every capture in order into one flow table and one detection engine.
-pub fn replay(
+/// Capture files as a source: read on a blocking thread, handed over in batches.
+pub struct ReplaySource {
+    batches: mpsc::Receiver<Vec<SourceEvent>>,
+    reader: Option<JoinHandle<Result<ReplayOutcome, ReplayError>>>,
+}
+
+impl ReplaySource {
+    /// Starts reading `paths` in order. Must be called inside the runtime.
+    pub fn start(paths: Vec<PathBuf>, opts: ReplayOptions) -> Self {
+        let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut out = Batcher {
+                tx,
+                batch: Vec::with_capacity(BATCH_EVENTS),
+            };
+            read_captures(&paths, &opts, &mut out)
+        });
+        ReplaySource {
+            batches: rx,
+            reader: Some(reader),
+        }
+    }
+
+    /// What the reader counted, once the loop has read every batch.
+    pub async fn finish(mut self) -> Result<ReplayOutcome, ReplayError> {
+        // Whatever the loop did not read (it stopped early) is not needed any more.
+        self.batches.close();
+        match self.reader.take() {
+            Some(reader) => reader
+                .await
+                .map_err(|e| ReplayError::Reader(e.to_string()))?,
+            None => Ok(ReplayOutcome::default()),
+        }
+    }
+}
+
+impl Source for ReplaySource {
+    type Error = ReplayError;
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<SourceEvent>>, ReplayError> {
+        Ok(self.batches.recv().await)
+    }
+
+    /// A capture keeps no kernel state to act on: ended flows and the watch set only matter
+    /// to the engine, which already applied them.
+    fn feedback(&mut self, _fb: Feedback<'_>) -> Result<(), ReplayError> {
+        Ok(())
+    }
+}
+
+/// Collects events into batches for the loop.
+struct Batcher {
+    tx: mpsc::Sender<Vec<SourceEvent>>,
+    batch: Vec<SourceEvent>,
+}
+
+impl Batcher {
+    /// Queues one event; false once the loop is gone (nothing more needs reading).
+    fn push(&mut self, e: SourceEvent) -> bool {
+        self.batch.push(e);
+        if self.batch.len() >= BATCH_EVENTS {
+            return self.send();
+        }
+        true
+    }
+
+    fn send(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        self.tx.blocking_send(batch).is_ok()
+    }
+}
+
+/// Reads every capture in order, turning frames into events (user engine) or pushing them
+/// through the kernel program (kernel engine), with ticks on the capture's clock.
+fn read_captures(
     paths: &[PathBuf],
-    engine: &mut Engine,
-    opts: &mut ReplayOptions,
+    opts: &ReplayOptions,
+    events: &mut Batcher,
 ) -> Result<ReplayOutcome, ReplayError> {
     let mut out = ReplayOutcome::default();
     let mut kernel = match opts.engine {
         EngineKind::Kernel => Some(Datapath::load(&opts.load)?),
         EngineKind::User => None,
     };
+    let user = opts.engine == EngineKind::User;
     let mut times: HashMap<FlowKey, Times> = HashMap::new();
     // Whole-input totals per 5-tuple for `--flows`, independent of the engine's aging.
-    let mut totals = FlowTable::new(crate::flow::settings::FlowConfig {
+    let mut totals = FlowTable::new(FlowConfig {
         max_flows: usize::MAX,
         max_conversations: usize::MAX,
         ..Default::default()
@@ -181,8 +268,9 @@ pub fn replay(
         done_before: 0,
         last: Instant::now(),
     };
+    let mut loop_gone = false;
 
-    for path in paths {
+    'captures: for path in paths {
         let mut reader = match CaptureReader::open(path) {
             Ok(r) => r,
             Err(e) => {
@@ -210,9 +298,10 @@ pub fn replay(
                 Some(now) if ts < now => out.time_jumps_back += 1,
                 _ => {
                     clock = Some(ts);
-                    if opts.engine == EngineKind::User && ts >= next_tick {
-                        if next_tick != 0 {
-                            emit_tick(engine, ts, opts)?;
+                    if user && ts >= next_tick {
+                        if next_tick != 0 && !events.push(SourceEvent::Tick(ts)) {
+                            loop_gone = true;
+                            break 'captures;
                         }
                         next_tick = ts.saturating_add(opts.poll_interval_ns);
                     }
@@ -227,26 +316,37 @@ pub fn replay(
                     });
                     t.first = t.first.min(ts);
                     t.last = t.last.max(ts);
-                    if opts.engine == EngineKind::User {
-                        totals.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
-                        engine.add_packet(&p.key, p.dir, frame.wire_len as u64, p.tcp_flags, ts);
-                        if let Some(payload) = frame
+                    if user {
+                        let wire_len = frame.wire_len as u64;
+                        totals.add_packet(&p.key, p.dir, wire_len, p.tcp_flags, ts);
+                        // The engine looks at no more than the datapath would copy.
+                        let payload = frame
                             .data
                             .get(p.payload_off..)
                             .filter(|d| p.payload_off > 0 && !d.is_empty())
-                        {
-                            engine.payload(&p.key, p.dir, is_dns(&p.key), payload, ts);
-                        }
-                        // Timed by its length on the wire, as the kernel trace does, even
-                        // when the capture cut the bytes.
-                        let size = p.payload_len(frame.wire_len as usize) as u64;
-                        if size > 0 {
-                            engine.message(&p.key, p.dir, size, ts);
+                            .map_or_else(Bytes::new, |d| {
+                                Bytes::copy_from_slice(&d[..d.len().min(PAYLOAD_MAX)])
+                            });
+                        let event = PacketEvent {
+                            key: p.key,
+                            dir: p.dir,
+                            wire_len,
+                            tcp_flags: p.tcp_flags,
+                            ts_ns: ts,
+                            payload,
+                            dns: is_dns(&p.key),
+                            // Timed by its length on the wire, as the kernel trace does, even
+                            // when the capture cut the bytes.
+                            message_size: p.payload_len(frame.wire_len as usize) as u64,
+                        };
+                        if !events.push(SourceEvent::Packet(event)) {
+                            loop_gone = true;
+                            break 'captures;
                         }
                     }
                 }
                 Err(reason) => {
-                    if opts.engine == EngineKind::User {
+                    if user {
                         user_unattributed[*reason as usize] += 1;
                     }
                 }
@@ -275,6 +375,9 @@ pub fn replay(
         progress.done_before += reader.offset();
     }
     progress.finish();
+    if loop_gone {
+        return Ok(out);
+    }
 
     let end = clock.unwrap_or(0);
     match kernel.as_mut() {
@@ -287,11 +390,17 @@ pub fn replay(
             out.unattributed[counter::TRUNCATED as usize] += runts;
             out.evicted_flows =
                 counters[counter::FLOWS_CREATED as usize].saturating_sub(kflows.len() as u64);
+            let mut updates = Vec::with_capacity(kflows.len());
             for (key, stats) in kflows {
                 out.attributed += stats.packets[0] + stats.packets[1];
                 let t = times.get(&key);
                 match t {
-                    Some(t) => engine.update_flow(&key, &stats, t.first, t.last),
+                    Some(t) => updates.push(FlowUpdate {
+                        key,
+                        stats,
+                        first_ns: t.first,
+                        last_ns: t.last,
+                    }),
                     None => out.unstamped_flows += 1,
                 }
                 let stats = FlowStats {
@@ -306,8 +415,17 @@ pub fn replay(
                     end_ns: t.map(|t| t.last),
                 });
             }
+            let mut alive = events.push(SourceEvent::Flows(updates));
             for (e, ts) in &kernel_payloads {
-                engine.payload_event(e, *ts);
+                let len = (e.len as usize).min(e.data.len());
+                alive = alive
+                    && events.push(SourceEvent::Payload(PayloadCopy {
+                        key: e.key,
+                        dir: e.dir as usize,
+                        dns: e.kind == PAYLOAD_DNS,
+                        data: Bytes::copy_from_slice(&e.data[..len]),
+                        ts_ns: *ts,
+                    }));
             }
         }
         None => {
@@ -321,21 +439,11 @@ pub fn replay(
         }
     }
     if clock.is_some() {
-        emit_tick(engine, end, opts)?;
-        for e in &engine.finish(end) {
-            (opts.on_alarm)(e).map_err(ReplayError::Sink)?;
-        }
+        events.push(SourceEvent::End(end));
     }
+    events.send();
     out.flows.sort_by_key(|f| (f.start_ns, f.key));
     Ok(out)
-}
-
-fn emit_tick(engine: &mut Engine, now: u64, opts: &mut ReplayOptions) -> Result<(), ReplayError> {
-    let out = engine.tick(now);
-    for e in &out.alarms {
-        (opts.on_alarm)(e).map_err(ReplayError::Sink)?;
-    }
-    Ok(())
 }
 
 fn pad_to_wire(frame: &mut Frame) {

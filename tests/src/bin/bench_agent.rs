@@ -4,8 +4,8 @@
 //! packets are needed), in one run:
 //! - the map read rate with BPF_MAP_LOOKUP_BATCH against key-by-key reads (aya's iterator:
 //!   get_next_key + lookup per flow), alternating, median of the rounds;
-//! - the agent's CPU per poll cycle (the same `LiveSource::poll_into` that `sensor-agent run`
-//!   calls: batched read, jiffies to wall time, flow table and conversations, detectors,
+//! - the agent's CPU per poll cycle (what the event loop does at each poll of `sensor-agent
+//!   run`: `LiveSource::poll_now` and `pipeline::process` of every event: batched read, jiffies to wall time, flow table and conversations, detectors,
 //!   aging), from getrusage, and what that is as a share of one core at a 10 s poll;
 //! - the agent's resident memory per flow once the engine holds every flow.
 //!
@@ -20,8 +20,18 @@ use sensor_agent::{
     alarm::Observer,
     config::Config,
     engine::Engine,
+    pipeline::{self, Observers},
+    sink::AlarmOutput,
     source::{datapath::LoadOptions, live::LiveSource},
 };
+
+/// One poll of `sensor-agent run`: read the kernel, then the loop's work for every event.
+fn poll_cycle(live: &mut LiveSource, engine: &mut Engine, alarms: &mut AlarmOutput) -> Result<()> {
+    for event in &live.poll_now()? {
+        pipeline::process(live, engine, event, alarms, &mut Observers::default())?;
+    }
+    Ok(())
+}
 use sensor_common::{ipv4_mapped, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO};
 use sensor_tests::parse_count;
 
@@ -82,8 +92,13 @@ fn main() -> Result<()> {
     let mut verdicts = Vec::new();
     for spec in &args.flows {
         let n = parse_count(spec)?;
-        let mut live = LiveSource::start(&[], false, &LoadOptions::flows_only((n + n / 4) as u32))
-            .context("load the datapath")?;
+        let mut live = LiveSource::start(
+            &[],
+            false,
+            &LoadOptions::flows_only((n + n / 4) as u32),
+            std::time::Duration::from_secs(10),
+        )
+        .context("load the datapath")?;
         let now = live.dp.jiffies()?;
         let flows: Vec<(FlowKey, FlowStats)> = (0..n)
             .map(|i| {
@@ -131,9 +146,15 @@ fn main() -> Result<()> {
         let (b, k) = (median(&mut batched), median(&mut keyed));
 
         let mut engine = Engine::new(&Config::default(), Observer::local(None));
+        let mut alarms = AlarmOutput::open(
+            Some(std::path::Path::new("/dev/null")),
+            &[],
+            &Default::default(),
+            &Default::default(),
+        )?;
         let rss_before = rss_bytes();
         let c0 = cpu_ns();
-        live.poll_into(&mut engine)?;
+        poll_cycle(&mut live, &mut engine, &mut alarms)?;
         let first = cpu_ns() - c0;
         let rss_after = rss_bytes();
         if engine.table.flow_count() != n {
@@ -145,7 +166,7 @@ fn main() -> Result<()> {
         let mut steady = Vec::new();
         for _ in 0..args.polls {
             let c = cpu_ns();
-            live.poll_into(&mut engine)?;
+            poll_cycle(&mut live, &mut engine, &mut alarms)?;
             steady.push((cpu_ns() - c) as f64);
         }
         let steady = median(&mut steady);

@@ -1,7 +1,7 @@
 //! Payload classification: what the first bytes of a flow say about mining and blockchain peers.
 //!
 //! # Why it exists
-//! The `mining_protocol` and `blockchain_p2p` rules (DESIGN.md, "Detection semantics") decide
+//! The `mining_protocol` and `blockchain_p2p` rules (docs/ARCHITECTURE.md, "Detection semantics") decide
 //! from what a flow *says*, not from where it goes: stratum v1, CryptoNote (XMRig) login/job,
 //! getwork, getblocktemplate and ethproxy JSON-RPC, the getwork-era HTTP headers
 //! (`X-Stratum`, `X-Mining-Extensions`), Bitcoin P2P message headers, Monero Levin headers,
@@ -99,7 +99,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The alarm `rule.id` this kind feeds (DESIGN.md, alarm contract).
+    /// The alarm `rule.id` this kind feeds (docs/ARCHITECTURE.md, alarm contract).
     pub fn rule_id(self) -> &'static str {
         match self {
             Kind::MiningProtocol => "mining_protocol",
@@ -818,7 +818,7 @@ mod tests {
     }
 
     fn pcaps() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pcaps")
     }
 
     /// (client port) -> (protocol, signature, confirmed) expected from the flow classifier.

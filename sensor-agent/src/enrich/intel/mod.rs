@@ -1,7 +1,7 @@
 //! Known mining infrastructure: threat-intelligence feeds and DNS-answer binding.
 //!
 //! # Why it exists
-//! The "known infrastructure" detector (DESIGN.md, Detection semantics) needs two things the
+//! The "known infrastructure" detector (docs/ARCHITECTURE.md, Detection semantics) needs two things the
 //! flow table cannot give it: lists of pool addresses and pool domain names that other people
 //! maintain ([`feed`]), and, because a flow only carries addresses, which domain names the
 //! sensor saw resolve to an address ([`dns`](crate::enrich::dns)). [`lookup_server`] puts the two together for

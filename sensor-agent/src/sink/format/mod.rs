@@ -2,7 +2,7 @@
 //! LEEF 2.0 and OCSF 1.1 Detection Finding, optionally inside an RFC 5424 syslog header.
 //!
 //! # Why this module exists
-//! The alarm model is one `serde_json::Value` in ECS field names (DESIGN.md, "Alarm contract").
+//! The alarm model is one `serde_json::Value` in ECS field names (docs/ARCHITECTURE.md, "Alarm contract").
 //! SIEMs want it in their own shapes, and every shape is a *text* format with its own
 //! separators: `|` and `=` in CEF, the declared delimiter in LEEF, `"`, `\` and `]` in syslog
 //! structured data, and LF (or NUL, RFC 6587) between syslog messages. Many of the strings in an
