@@ -351,6 +351,20 @@ impl Datapath {
         })
     }
 
+    /// The next batch of a walk over the flow map (see [`batch::Walk`]).
+    #[allow(clippy::type_complexity)]
+    pub fn next_flow_batch<'w>(
+        &self,
+        walk: &'w mut batch::Walk,
+    ) -> Result<Option<(&'w [FlowKey], &'w [FlowStats])>, DatapathError> {
+        walk.next(self.flow_map_fd()?)
+            .map_err(|source| DatapathError::Syscall {
+                op: "BPF_MAP_LOOKUP_BATCH",
+                name: FLOW_MAP,
+                source,
+            })
+    }
+
     /// Every flow in the kernel map (batched reads) into `out`, which is cleared first.
     pub fn flows_batched(&self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<(), DatapathError> {
         out.clear();
@@ -589,37 +603,76 @@ pub mod batch {
     /// Walks the whole map in batches, handing each batch to `f` (keys and values side by
     /// side), so a caller never needs a second copy of the map.
     pub fn lookup_all(fd: RawFd, mut f: impl FnMut(&[FlowKey], &[FlowStats])) -> io::Result<()> {
-        let mut keys = vec![FlowKey::default(); BATCH];
-        let mut values = vec![FlowStats::default(); BATCH];
+        let mut walk = Walk::new();
+        while let Some((keys, values)) = walk.next(fd)? {
+            f(keys, values);
+        }
+        Ok(())
+    }
+
+    /// One walk over a map with BPF_MAP_LOOKUP_BATCH that the caller advances a batch at a
+    /// time, so a reader can hand each batch on before reading the next.
+    pub struct Walk {
+        keys: Vec<FlowKey>,
+        values: Vec<FlowStats>,
         // Hash map batch tokens are bucket indices (u32); 8 bytes leaves room.
-        let mut token_in = 0u64;
-        let mut token_out = 0u64;
-        let mut first = true;
-        loop {
+        token_in: u64,
+        token_out: u64,
+        first: bool,
+        done: bool,
+    }
+
+    impl Default for Walk {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Walk {
+        pub fn new() -> Self {
+            Walk {
+                keys: vec![FlowKey::default(); BATCH],
+                values: vec![FlowStats::default(); BATCH],
+                token_in: 0,
+                token_out: 0,
+                first: true,
+                done: false,
+            }
+        }
+
+        /// The next batch (possibly empty), or `None` once the walk is complete.
+        #[allow(clippy::type_complexity)]
+        pub fn next(&mut self, fd: RawFd) -> io::Result<Option<(&[FlowKey], &[FlowStats])>> {
+            if self.done {
+                return Ok(None);
+            }
             let mut attr = BatchAttr {
-                in_batch: if first {
+                in_batch: if self.first {
                     0
                 } else {
-                    &mut token_in as *mut u64 as u64
+                    &mut self.token_in as *mut u64 as u64
                 },
-                out_batch: &mut token_out as *mut u64 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
+                out_batch: &mut self.token_out as *mut u64 as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
                 count: BATCH as u32,
                 map_fd: fd as u32,
                 ..Default::default()
             };
             let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
             let n = (attr.count as usize).min(BATCH);
-            f(&keys[..n], &values[..n]);
             match result {
                 Ok(()) => {}
                 // ENOENT: the walk is complete (the last batch may still hold entries).
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
             }
-            token_in = token_out;
-            first = false;
+            self.token_in = self.token_out;
+            self.first = false;
+            Ok(Some((&self.keys[..n], &self.values[..n])))
         }
     }
 

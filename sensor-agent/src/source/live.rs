@@ -37,7 +37,7 @@ use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
 use crate::{
     clock::{monotonic_ns, wall_ns, JiffiesClock},
     source::{
-        datapath::{Datapath, DatapathError, LoadOptions},
+        datapath::{batch, Datapath, DatapathError, LoadOptions},
         Feedback, FlowUpdate, MessageEvent, PayloadCopy, Source, SourceEvent,
     },
 };
@@ -120,6 +120,9 @@ pub struct LiveSource {
     pending_payloads: VecDeque<PayloadEvent>,
     pending_traces: VecDeque<TraceEvent>,
     poll: Option<tokio::time::Interval>,
+    /// The poll under way: the flow map is handed on one kernel batch at a time, so a million
+    /// flows never sit in memory twice.
+    walk: Option<batch::Walk>,
     poll_interval: Duration,
     stop: Option<watch::Receiver<bool>>,
 }
@@ -212,6 +215,7 @@ impl LiveSource {
             pending_payloads: VecDeque::new(),
             pending_traces: VecDeque::new(),
             poll: None,
+            walk: None,
             poll_interval,
             stop: None,
         })
@@ -253,22 +257,35 @@ impl LiveSource {
         self.shared.clone()
     }
 
-    /// One poll: the kernel's flows (batched) with wall-clock times, then every payload copy
-    /// and traced message read since the last poll, then a tick at the poll's time.
-    pub fn poll_now(&mut self) -> Result<Vec<SourceEvent>, LiveError> {
-        let j = self.dp.jiffies()?;
-        self.clock.reanchor(j);
+    /// The next step of a poll, starting one if none is under way: the kernel's flows one
+    /// batch at a time (wall-clock times), then, as the poll's last step, every payload copy
+    /// and traced message read since the last poll and a tick at the poll's time. Whether the
+    /// poll is complete is `events.last()` being a [`SourceEvent::Tick`].
+    pub fn poll_step(&mut self) -> Result<Vec<SourceEvent>, LiveError> {
+        if self.walk.is_none() {
+            let j = self.dp.jiffies()?;
+            self.clock.reanchor(j);
+            self.stats.kernel_flows = 0;
+            self.walk = Some(batch::Walk::new());
+        }
         let clock = self.clock;
-        let mut flows = Vec::new();
-        self.dp.for_each_flow_batch(|keys, values| {
-            flows.extend(keys.iter().zip(values).map(|(key, stats)| FlowUpdate {
-                key: *key,
-                stats: *stats,
-                first_ns: clock.to_wall_ns(stats.first_seen),
-                last_ns: clock.to_wall_ns(stats.last_seen),
-            }));
-        })?;
-        self.stats.kernel_flows = flows.len();
+        if let Some(walk) = self.walk.as_mut() {
+            if let Some((keys, values)) = self.dp.next_flow_batch(walk)? {
+                self.stats.kernel_flows += keys.len();
+                let flows = keys
+                    .iter()
+                    .zip(values)
+                    .map(|(key, stats)| FlowUpdate {
+                        key: *key,
+                        stats: *stats,
+                        first_ns: clock.to_wall_ns(stats.first_seen),
+                        last_ns: clock.to_wall_ns(stats.last_seen),
+                    })
+                    .collect();
+                return Ok(vec![SourceEvent::Flows(flows)]);
+            }
+        }
+        self.walk = None;
         // What arrived since the reactor last woke us.
         match self.rings.as_mut() {
             Some(r) => {
@@ -290,8 +307,7 @@ impl LiveSource {
             }
         }
         let mut events =
-            Vec::with_capacity(2 + self.pending_payloads.len() + self.pending_traces.len());
-        events.push(SourceEvent::Flows(flows));
+            Vec::with_capacity(1 + self.pending_payloads.len() + self.pending_traces.len());
         for e in self.pending_payloads.drain(..) {
             let len = (e.len as usize).min(e.data.len());
             events.push(SourceEvent::Payload(PayloadCopy {
@@ -340,6 +356,10 @@ impl Source for LiveSource {
     type Error = LiveError;
 
     async fn next_batch(&mut self) -> Result<Option<Vec<SourceEvent>>, LiveError> {
+        if self.walk.is_some() {
+            // A poll under way goes on at once: its flows, then its tick.
+            return self.poll_step().map(Some);
+        }
         if self.poll.is_none() {
             // The first tick of an interval fires at once: the first poll is one interval
             // after the start, as before.
@@ -396,7 +416,7 @@ impl Source for LiveSource {
                 }
             }
         }
-        self.poll_now().map(Some)
+        self.poll_step().map(Some)
     }
 
     fn feedback(&mut self, fb: Feedback<'_>) -> Result<(), LiveError> {

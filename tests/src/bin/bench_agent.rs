@@ -5,7 +5,7 @@
 //! - the map read rate with BPF_MAP_LOOKUP_BATCH against key-by-key reads (aya's iterator:
 //!   get_next_key + lookup per flow), alternating, median of the rounds;
 //! - the agent's CPU per poll cycle (what the event loop does at each poll of `sensor-agent
-//!   run`: `LiveSource::poll_now` and `pipeline::process` of every event: batched read, jiffies to wall time, flow table and conversations, detectors,
+//!   run`: `LiveSource::poll_step` and `pipeline::process` of every event: batched read, jiffies to wall time, flow table and conversations, detectors,
 //!   aging), from getrusage, and what that is as a share of one core at a 10 s poll;
 //! - the agent's resident memory per flow once the engine holds every flow.
 //!
@@ -22,15 +22,20 @@ use sensor_agent::{
     engine::Engine,
     pipeline::{self, Observers},
     sink::AlarmOutput,
-    source::{datapath::LoadOptions, live::LiveSource},
+    source::{datapath::LoadOptions, live::LiveSource, SourceEvent},
 };
 
 /// One poll of `sensor-agent run`: read the kernel, then the loop's work for every event.
 fn poll_cycle(live: &mut LiveSource, engine: &mut Engine, alarms: &mut AlarmOutput) -> Result<()> {
-    for event in &live.poll_now()? {
-        pipeline::process(live, engine, event, alarms, &mut Observers::default())?;
+    loop {
+        let events = live.poll_step()?;
+        for event in &events {
+            pipeline::process(live, engine, event, alarms, &mut Observers::default())?;
+        }
+        if matches!(events.last(), Some(SourceEvent::Tick(_))) {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 use sensor_common::{ipv4_mapped, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO};
 use sensor_tests::parse_count;
