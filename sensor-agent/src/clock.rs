@@ -2,8 +2,17 @@
 //! sinks and the intel refresher do, through these functions, so there is one place that
 //! says which clock means what: wall time (ns since the Unix epoch) for records and alarms,
 //! CLOCK_MONOTONIC for the kernel's `bpf_ktime_get_ns`, and jiffies for flow timestamps.
+//! It also says how wall time is written: the RFC 3339 forms of records, alarms, sinks and
+//! intel reports, so every timestamp the agent prints comes from one calendar (the `time`
+//! crate's) and the forms cannot drift apart. Nothing here ever parses a timestamp or decides
+//! which clock a caller should read.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use time::{
+    format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime,
+    PrimitiveDateTime,
+};
 
 /// Converts `bpf_jiffies64()` values to nanoseconds since the epoch.
 ///
@@ -79,4 +88,100 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `2021-06-10T15:41:22.384993Z`: microseconds, always six digits, always `Z`. The form of
+/// flow records, alarms and RFC 5424 syslog timestamps (which allow at most six digits).
+pub const RFC3339_MICROS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// `2024-05-01T12:34:56.789Z`: milliseconds, always three digits, always `Z`.
+pub const RFC3339_MILLIS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// `2023-11-14T22:13:20Z`: whole seconds, always `Z`.
+pub const RFC3339_SECONDS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// `ns` since the Unix epoch in UTC. Past the last instant a four-digit year can write
+/// (9999-12-31T23:59:59.999999999Z) the time is clamped to it: RFC 3339 has no way to write a
+/// later one, and a timestamp must never make its writer fail.
+pub fn utc_from_nanos(ns: i128) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .unwrap_or_else(|_| PrimitiveDateTime::MAX.assume_utc())
+}
+
+/// `t` written in `layout`. Formatting an `OffsetDateTime` into a `String` cannot fail: the
+/// value carries every component a layout can name and writing to memory has no I/O error;
+/// the empty string only stands in for that impossible case so no timestamp can panic.
+pub fn format_utc(t: OffsetDateTime, layout: &[BorrowedFormatItem<'_>]) -> String {
+    t.format(layout).unwrap_or_default()
+}
+
+/// [`RFC3339_MICROS`] of `ns` since the Unix epoch.
+pub fn rfc3339_micros(ns: u64) -> String {
+    format_utc(utc_from_nanos(i128::from(ns)), RFC3339_MICROS)
+}
+
+/// [`RFC3339_SECONDS`] of `ns` since the Unix epoch.
+pub fn rfc3339_seconds(ns: u64) -> String {
+    format_utc(utc_from_nanos(i128::from(ns)), RFC3339_SECONDS)
+}
+
+/// [`RFC3339_MILLIS`] of a time given as its distance from the Unix epoch.
+pub fn rfc3339_millis(since_epoch: Duration) -> String {
+    let ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
+    format_utc(utc_from_nanos(ns), RFC3339_MILLIS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forms are the ones the agent always wrote (SIEM parsers and stored alarms depend on
+    /// them byte for byte): humantime's for micros and seconds, and the sinks' own for millis.
+    #[test]
+    fn rfc3339_forms_are_unchanged() {
+        const S: u64 = 1_000_000_000;
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_623_339_682 * S + 384_993_999),
+            "2021-06-10T15:41:22.384993Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400 * S + 5_000),
+            "2000-02-29T00:00:00.000005Z"
+        );
+        assert_eq!(rfc3339_micros(u64::MAX), "2554-07-21T23:34:33.709551Z");
+        assert_eq!(
+            rfc3339_seconds(1_700_000_000 * S + 999_999_999),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            rfc3339_millis(Duration::new(1_709_251_199, 999_999_999)),
+            "2024-02-29T23:59:59.999Z"
+        );
+        assert_eq!(
+            rfc3339_millis(Duration::from_secs(4_107_542_400)),
+            "2100-03-01T00:00:00.000Z"
+        );
+        // Past year 9999: clamped, never a panic.
+        assert_eq!(
+            rfc3339_millis(Duration::from_secs(u64::MAX)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        let mut rng = fastrand::Rng::with_seed(0x3339);
+        for _ in 0..20_000 {
+            let ns = rng.u64(..);
+            let t = UNIX_EPOCH + Duration::from_nanos(ns);
+            assert_eq!(
+                rfc3339_micros(ns),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+            assert_eq!(
+                rfc3339_seconds(ns),
+                humantime::format_rfc3339_seconds(t).to_string()
+            );
+        }
+    }
 }

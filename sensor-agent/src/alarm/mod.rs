@@ -11,10 +11,7 @@
 
 pub mod settings;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::{Duration, UNIX_EPOCH},
-};
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -330,7 +327,7 @@ impl AlarmManager {
 }
 
 fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+    crate::clock::rfc3339_micros(ns)
 }
 
 /// Stable id: the same rule on the same conversation (endpoints, server port, transport,

@@ -938,19 +938,9 @@ pub(crate) mod tests {
         }
     }
 
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn intel_dns_random_and_mutated_inputs_never_panic() {
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
         let seeds = [
             cname_chain_answer(1),
             answer_a(2, "pool.example", [192, 0, 2, 1], 5),
@@ -966,8 +956,8 @@ pub(crate) mod tests {
         let mut parsed = 0;
         for i in 0..100_000u64 {
             let buf: Vec<u8> = if i % 2 == 0 {
-                let len = (rng.next() % 600) as usize;
-                let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let len = (rng.u64(..) % 600) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| rng.u64(..) as u8).collect();
                 // Random bytes rarely make a plausible header: make counts small half the time.
                 if b.len() >= 12 && i % 4 == 0 {
                     b[4] = 0;
@@ -977,12 +967,12 @@ pub(crate) mod tests {
                 b
             } else {
                 let mut b = seeds[(i % 3) as usize].clone();
-                for _ in 0..1 + rng.next() % 4 {
-                    let at = (rng.next() as usize) % b.len();
-                    b[at] = rng.next() as u8;
+                for _ in 0..1 + rng.u64(..) % 4 {
+                    let at = (rng.u64(..) as usize) % b.len();
+                    b[at] = rng.u64(..) as u8;
                 }
-                if rng.next().is_multiple_of(4) {
-                    let keep = (rng.next() as usize) % (b.len() + 1);
+                if rng.u64(..).is_multiple_of(4) {
+                    let keep = (rng.u64(..) as usize) % (b.len() + 1);
                     b.truncate(keep);
                 }
                 b

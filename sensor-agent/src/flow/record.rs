@@ -4,10 +4,7 @@
 //! Every value here comes from packet headers that an attacker controls; serde_json escapes
 //! strings, and nothing else is interpolated.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, UNIX_EPOCH},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::Engine as _;
 use sensor_common::{
@@ -83,7 +80,7 @@ pub fn tcp_flag_letters(flags: u8) -> String {
 }
 
 fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+    crate::clock::rfc3339_micros(ns)
 }
 
 impl FlowRecord {

@@ -3,7 +3,7 @@
 //! # Why it exists
 //! The "known infrastructure" detector (docs/ARCHITECTURE.md, Detection semantics) needs two things the
 //! flow table cannot give it: lists of pool addresses and pool domain names that other people
-//! maintain ([`feed`]), and, because a flow only carries addresses, which domain names the
+//! maintain ([`IntelStore`]), and, because a flow only carries addresses, which domain names the
 //! sensor saw resolve to an address ([`dns`](crate::enrich::dns)). [`lookup_server`] puts the two together for
 //! one server address.
 //!
@@ -23,7 +23,19 @@
 //!   caller, so a capture replays with its own timestamps.
 //! - Never disable TLS peer verification for URL feeds.
 
-pub mod feed;
+// One module per concern: what an entry is and the tables that index entries, the snapshot
+// readers hold, how a feed's bytes are got and parsed (one module per format), and the store
+// that reloads feeds and reports on them.
+mod allowlist;
+mod fetch;
+mod format;
+mod indicator;
+mod prefix;
+mod report;
+mod snapshot;
+mod store;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::{net::IpAddr, path::PathBuf};
 
@@ -35,9 +47,11 @@ pub use crate::enrich::dns::{
     parse_tcp, parse_udp, AnswerOutcome, BinderConfig, BinderStats, DnsBinder, DnsError,
     DnsMessage, Question, RData, Record,
 };
-pub use feed::{
-    FeedFormat, FeedReport, FeedStatus, IntelSnapshot, IntelStore, LoadedFeed, Match, ReloadReport,
-};
+pub use format::{FeedFormat, MAX_PROBLEMS_PER_FEED};
+pub use indicator::{normalize_domain, Entry, Indicator};
+pub use report::{FeedReport, FeedStatus, ReloadReport};
+pub use snapshot::{IntelSnapshot, LoadedFeed, Match};
+pub use store::IntelStore;
 
 /// Default cap on one feed's size: 16 MiB.
 pub const DEFAULT_MAX_FEED_BYTES: u64 = 16 * 1024 * 1024;
@@ -99,7 +113,7 @@ impl IntelConfig {
     /// Every problem is one line naming the key.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
-        if let Err(mut e) = feed::Allowlist::parse(&self.allow) {
+        if let Err(mut e) = allowlist::Allowlist::parse(&self.allow) {
             errors.append(&mut e);
         }
         let mut names = std::collections::HashSet::new();
@@ -221,7 +235,7 @@ mod tests {
 
     #[test]
     fn intel_lookup_server_through_dns_binding() {
-        let dir = feed::tests::TempDir::new("lookup");
+        let dir = testutil::TempDir::new("lookup");
         dir.write("pools.txt", "pool.example\n192.0.2.0/24\n");
         let store = IntelStore::new(IntelConfig {
             directory: Some(dir.path().to_path_buf()),

@@ -72,6 +72,11 @@ mod syslog;
 mod testkit;
 
 use serde_json::Value;
+use time::{
+    format_description::{well_known::Rfc3339, BorrowedFormatItem},
+    macros::format_description,
+    OffsetDateTime,
+};
 
 /// Device vendor written into the CEF and LEEF headers and OCSF `metadata.product`.
 pub const VENDOR: &str = "FlowSensor";
@@ -261,6 +266,10 @@ fn compact_json(v: &Value) -> String {
 
 // ---- time --------------------------------------------------------------------------------
 
+/// Java `yyyy-MM-dd'T'HH:mm:ss.SSSZ` (LEEF `devTime`): milliseconds and a `+0000` offset.
+const LEEF_MILLIS: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]+0000");
+
 /// A UTC instant read from an RFC 3339 timestamp (the alarm's own format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct UtcTime {
@@ -272,140 +281,58 @@ impl UtcTime {
     /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`; `t`/`z` accepted in lower case.
     /// Fractions beyond nanoseconds are truncated.
     fn parse(s: &str) -> Option<UtcTime> {
-        let b = s.as_bytes();
-        let num = |from: usize, len: usize| -> Option<i64> {
-            let part = b.get(from..from + len)?;
-            part.iter().try_fold(0i64, |acc, &d| {
-                d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
-            })
-        };
-        let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
-        if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
-            return None;
-        }
-        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-        if !(1..=12).contains(&month)
-            || day < 1
-            || day > days_in_month(year, month)
-            || hour > 23
-            || minute > 59
-            || second > 60
+        // `time` takes any character between date and time (RFC 3339 5.6 lets applications
+        // use a space); alarms are written with `T` and nothing else was ever read as one.
+        if !s
+            .as_bytes()
+            .get(10)
+            .is_some_and(|c| matches!(c, b'T' | b't'))
         {
             return None;
         }
-        let mut i = 19;
-        let mut nanos = 0u32;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let start = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                if i - start < 9 {
-                    nanos = nanos * 10 + u32::from(b[i] - b'0');
-                }
-                i += 1;
-            }
-            let digits = i - start;
-            if digits == 0 {
-                return None;
-            }
-            for _ in digits..9 {
-                nanos *= 10;
-            }
+        // A leap second (`:60`) has always been read as the second after `:59`, wherever it
+        // falls; `time` only takes one at the end of a UTC month and folds it into
+        // `:59.999999999`. It is read as `:59` here and the second added back.
+        let leap = s.get(17..19) == Some("60");
+        let t = if leap {
+            let s = format!("{}59{}", &s[..17], &s[19..]);
+            OffsetDateTime::parse(&s, &Rfc3339)
+        } else {
+            OffsetDateTime::parse(s, &Rfc3339)
         }
-        let offset = match b.get(i)? {
-            b'Z' | b'z' if i + 1 == b.len() => 0,
-            sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-                let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
-                if oh > 23 || om > 59 {
-                    return None;
-                }
-                let o = oh * 3600 + om * 60;
-                if *sign == b'+' {
-                    o
-                } else {
-                    -o
-                }
-            }
-            _ => return None,
-        };
-        let days = days_from_civil(year, month, day);
-        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-        Some(UtcTime { secs, nanos })
+        .ok()?;
+        Some(UtcTime {
+            secs: t.unix_timestamp() + i64::from(leap),
+            nanos: t.nanosecond(),
+        })
     }
 
     fn unix_millis(self) -> i64 {
         self.secs * 1000 + i64::from(self.nanos / 1_000_000)
     }
 
-    /// (year, month, day, hour, minute, second)
-    fn civil(self) -> (i64, i64, i64, i64, i64, i64) {
-        let days = self.secs.div_euclid(86_400);
-        let rem = self.secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+    /// The instant in UTC, if its year has four digits: RFC 5424 and LEEF dates have four, so
+    /// a time read with an offset that moves it to year -1 or 10000 is not written.
+    fn four_digit_year(self) -> Option<OffsetDateTime> {
+        let t = OffsetDateTime::from_unix_timestamp(self.secs)
+            .ok()?
+            .replace_nanosecond(self.nanos)
+            .ok()?;
+        (0..=9999).contains(&t.year()).then_some(t)
     }
 
     /// `2021-06-10T15:41:22.384993Z`: RFC 5424 TIMESTAMP with microseconds, always UTC.
     /// `None` outside years 0000..=9999 (RFC 5424 dates have four digits).
     fn rfc3339_micros(self) -> Option<String> {
-        let (y, mo, d, h, mi, s) = self.civil();
-        (0..=9999).contains(&y).then(|| {
-            format!(
-                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
-                self.nanos / 1000
-            )
-        })
+        self.four_digit_year()
+            .map(|t| crate::clock::format_utc(t, crate::clock::RFC3339_MICROS))
     }
 
     /// `2021-06-10T15:41:22.384+0000`: Java `yyyy-MM-dd'T'HH:mm:ss.SSSZ` (LEEF `devTime`).
     fn leef_millis(self) -> Option<String> {
-        let (y, mo, d, h, mi, s) = self.civil();
-        (0..=9999).contains(&y).then(|| {
-            format!(
-                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}+0000",
-                self.nanos / 1_000_000
-            )
-        })
+        self.four_digit_year()
+            .map(|t| crate::clock::format_utc(t, LEEF_MILLIS))
     }
-}
-
-fn is_leap(y: i64) -> bool {
-    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the well-known era/day-of-era method).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -455,13 +382,61 @@ mod tests {
         }
     }
 
+    /// Formatting and parsing agree on every fourth-century day from year 0000 to 9999 (the
+    /// calendar is the `time` crate's; this guards the glue around it).
     #[test]
-    fn civil_round_trips_over_four_centuries() {
-        for days in (-800_000..800_000).step_by(17) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-            assert!((1..=days_in_month(y, m)).contains(&d));
+    fn rfc3339_round_trips_over_the_four_digit_years() {
+        for days in (-719_528..2_932_897).step_by(17) {
+            let t = UtcTime {
+                secs: days * 86_400 + 86_399,
+                nanos: 123_456_000,
+            };
+            let s = t.rfc3339_micros().unwrap();
+            assert_eq!(UtcTime::parse(&s), Some(t), "{s}");
         }
+        let before = UtcTime {
+            secs: -719_528 * 86_400 - 1,
+            nanos: 0,
+        };
+        assert_eq!(before.rfc3339_micros(), None);
+        assert_eq!(before.leef_millis(), None);
+    }
+
+    #[test]
+    fn time_edge_cases_read_as_before() {
+        let secs = |s: &str| UtcTime::parse(s).map(|t| (t.secs, t.nanos));
+        // Leap second: the second after :59, anywhere.
+        assert_eq!(secs("2021-06-10T15:41:60Z"), secs("2021-06-10T15:42:00Z"));
+        assert_eq!(
+            secs("2016-12-31T23:59:60.5Z"),
+            Some((1_483_228_800, 500_000_000))
+        );
+        // Lower-case separators, digits past nanoseconds truncated, offsets to the minute.
+        assert_eq!(
+            secs("2021-06-10t15:41:22.1234567899z"),
+            Some((1_623_339_682, 123_456_789))
+        );
+        assert_eq!(
+            secs("2021-06-10T15:41:22-00:30"),
+            Some((1_623_339_682 + 1800, 0))
+        );
+        assert_eq!(secs("2021-06-10T15:41:22+24:00"), None);
+        assert_eq!(secs("2021-06-10T24:00:00Z"), None);
+        assert_eq!(secs("2021-06-10T15:60:00Z"), None);
+        // Year 0000 with a positive offset lands in year -1: read, but never written.
+        let t = UtcTime::parse("0000-01-01T00:00:00+01:00").unwrap();
+        assert_eq!(t.rfc3339_micros(), None);
+        assert_eq!(
+            UtcTime::parse("9999-12-31T23:59:59.999999Z")
+                .unwrap()
+                .rfc3339_micros()
+                .as_deref(),
+            Some("9999-12-31T23:59:59.999999Z")
+        );
+        assert_eq!(
+            UtcTime::parse("9999-12-31T23:59:59-01:00").map(UtcTime::unix_millis),
+            Some(253_402_304_399_000)
+        );
     }
 
     #[test]

@@ -215,32 +215,7 @@ pub(crate) fn epoch(t: SystemTime) -> Duration {
 /// `t` as an RFC 3339 UTC timestamp with milliseconds (`2024-05-01T12:34:56.789Z`), the form
 /// RFC 5424 asks for.
 pub(crate) fn rfc3339_utc(t: SystemTime) -> String {
-    let d = epoch(t);
-    let secs = d.as_secs();
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01. Works in 400-year eras of 146097
-/// days, counted from 0000-03-01 so that the leap day is the last day of a year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
-    let mp = (5 * doy + 2) / 153; // month index from March, 0..=11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::clock::rfc3339_millis(epoch(t))
 }
 
 /// Decimal epoch seconds with milliseconds, the `time` HEC expects.
