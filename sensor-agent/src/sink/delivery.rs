@@ -446,8 +446,7 @@ fn report_drops(shared: &Shared) {
 /// The `sensor_degraded` alarm for alarms the spool had to drop.
 fn degraded_alarm(dropped: u64) -> Value {
     let now = wall_ns();
-    let ts = humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_nanos(now))
-        .to_string();
+    let ts = crate::clock::rfc3339_micros(now);
     json!({
         "@timestamp": ts,
         "event": {
