@@ -1735,6 +1735,8 @@ mod tests {
                 );
                 thread::sleep(Duration::from_millis(1));
             }
+            // The test's subject, not synchronisation: a random moment of the child's appends
+            // at which to SIGKILL it.
             thread::sleep(Duration::from_micros(rng.u64(..120_000)));
             assert!(
                 child.try_wait().unwrap().is_none(),
