@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::netns::NetnsPair;
+use crate::{netns::NetnsPair, wait::wait_until};
 
 pub const QUIET_PORT: u16 = 3333;
 pub const BULK_PORT: u16 = 5001;
@@ -80,18 +80,11 @@ pub fn agent_sets(cfg: &LabConfig) -> Vec<String> {
 }
 
 fn wait_for(path: &Path, needle: &str, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "{} never said {needle:?} within {timeout:?}: {}",
-        path.display(),
-        fs::read_to_string(path).unwrap_or_default()
-    ))
+    let what = format!("{} to say {needle:?}", path.display());
+    wait_until(timeout, &what, || {
+        fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+    })
+    .map_err(|e| format!("{e}: {}", fs::read_to_string(path).unwrap_or_default()))
 }
 
 /// Runs the scenario with the agent binary `agent` in `pair`, writing scratch files to `dir`.
@@ -144,9 +137,12 @@ pub fn run(
     wait_for(&agent_log, "watching", Duration::from_secs(20))?;
 
     let server_ip = pair.addr_b_str();
-    let servers = NetnsPair::in_ns(&pair.b, move || serve(cfg_timeout()));
-    // Give the listeners a moment to bind.
-    std::thread::sleep(Duration::from_millis(300));
+    // The servers say when their sockets are bound; the clients start only then.
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let servers = NetnsPair::in_ns(&pair.b, move || serve(cfg_timeout(), bound_tx));
+    bound_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("the lab servers did not bind their ports: {e}"))?;
     let quiet_target: SocketAddr = format!("{server_ip}:{QUIET_PORT}")
         .parse()
         .map_err(|e| format!("{e}"))?;
@@ -164,6 +160,8 @@ pub fn run(
         quiet_client(quiet_target, quiet_for, keepalive)
     });
     let others = NetnsPair::in_ns(&pair.a, move || -> Result<(), String> {
+        // Scenario timing, not synchronisation: the bulk transfer and the UDP exchange happen
+        // a second into the quiet session, as other traffic of the same host would.
         std::thread::sleep(Duration::from_secs(1));
         bulk_client(bulk_target, bulk_bytes)?;
         udp_client(udp_target)
@@ -179,7 +177,10 @@ pub fn run(
     joined(others, "bulk and udp clients")?;
     joined(quiet, "quiet client")?;
     joined(servers, "servers")?;
-    // One more poll so the agent sees the last packets, then stop everything.
+    // One more poll so the agent sees the last packets, then stop everything. This one is
+    // still a timed wait: the agent reports nothing per poll when its stderr is not a terminal
+    // and does not poll once more on SIGTERM, so there is no signal to wait on; a poll
+    // interval plus margin is what "the agent polled again" takes.
     std::thread::sleep(cfg.poll + Duration::from_millis(500));
     pair.stop(agent_pid);
     if let Some(pid) = tcpdump {
@@ -204,8 +205,9 @@ fn cfg_timeout() -> Duration {
 }
 
 /// Quiet echo on QUIET_PORT, a byte sink on BULK_PORT, UDP echo on UDP_PORT; returns when
-/// the quiet session and the bulk transfer are over.
-fn serve(timeout: Duration) -> Result<(), String> {
+/// the quiet session and the bulk transfer are over. `bound` is told once every socket is
+/// bound, so the clients never race the listeners.
+fn serve(timeout: Duration, bound: std::sync::mpsc::Sender<()>) -> Result<(), String> {
     let quiet = TcpListener::bind(("0.0.0.0", QUIET_PORT))
         .map_err(|e| format!("bind {QUIET_PORT}: {e}"))?;
     let bulk =
@@ -214,6 +216,8 @@ fn serve(timeout: Duration) -> Result<(), String> {
         UdpSocket::bind(("0.0.0.0", UDP_PORT)).map_err(|e| format!("bind udp {UDP_PORT}: {e}"))?;
     udp.set_read_timeout(Some(Duration::from_secs(timeout.as_secs())))
         .map_err(|e| e.to_string())?;
+    // Nobody listening for it means the lab already gave up; the servers carry on regardless.
+    let _ = bound.send(());
     let udp_thread = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         for _ in 0..5 {
@@ -310,6 +314,8 @@ fn quiet_client(target: SocketAddr, duration: Duration, keepalive: Duration) -> 
     let mut tick = 1u32;
     while start.elapsed() < duration {
         let deadline = start + keepalive * tick;
+        // Pacing, not synchronisation: the fixed keepalive period is what the detectors are
+        // shown.
         if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }

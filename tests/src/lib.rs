@@ -8,8 +8,8 @@ pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod pcap;
-pub mod rng;
 pub mod rsyslog;
+pub mod wait;
 
 /// A count written `500`, `100k` or `10M` (k = 1,000, M = 1,000,000), for benchmark flags.
 pub fn parse_count(s: &str) -> anyhow::Result<usize> {

@@ -10,8 +10,10 @@ use std::{
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use crate::wait::wait_until;
 
 /// CA, server certificate and key for the TLS input, and a second CA nobody trusts.
 pub struct TestPki {
@@ -212,30 +214,32 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="sink" streamDriver.
             .spawn()
             .map_err(|e| format!("cannot start rsyslogd: {e}"))?;
         self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            let (tls, tcp) = (self.tls_port, self.tcp_port);
-            let probe = move || {
-                std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
-                    && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
-            };
-            let up = match &self.netns {
-                Some(ns) => crate::netns::NetnsPair::in_ns(ns, probe)
-                    .join()
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(false),
-                None => probe(),
-            };
-            if up {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "rsyslogd did not open its inputs: {}",
-            fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
-        ))
+        let (tls, tcp) = (self.tls_port, self.tcp_port);
+        let netns = self.netns.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "rsyslogd's TCP and TLS inputs",
+            || {
+                let probe = move || {
+                    std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok()
+                        && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+                };
+                match &netns {
+                    Some(ns) => crate::netns::NetnsPair::in_ns(ns, probe)
+                        .join()
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(false),
+                    None => probe(),
+                }
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "rsyslogd did not open its inputs ({e}): {}",
+                fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default()
+            )
+        })
     }
 
     /// Stops rsyslogd (SIGTERM to the process we started, then wait).
@@ -257,15 +261,12 @@ input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="sink" streamDriver.
     }
 
     /// Waits until at least `n` messages arrived (or the timeout passed); returns them.
+    /// A timeout is not an error here: the caller's assertion on what arrived says what is
+    /// missing.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let m = self.messages();
-            if m.len() >= n || start.elapsed() > timeout {
-                return m;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("{n} messages at rsyslog");
+        let _ = wait_until(timeout, &what, || self.messages().len() >= n);
+        self.messages()
     }
 }
 

@@ -4,11 +4,11 @@
 //! `encrypted_mining` listing every contribution; a TLS session to `www.example.com:443` with
 //! ALPN h2 and random record sizes and timing raises none; neither do the real captures.
 
+use fastrand::Rng;
 use sensor_tests::{
     agent::{self, TempDir},
     frames::{TcpConn, TCP_ACK, TCP_PSH, TCP_SYN},
     pcap::{self, Record},
-    rng::Rng,
 };
 use serde_json::Value;
 
@@ -50,10 +50,17 @@ fn record(kind: u8, version: u16, body: &[u8]) -> Vec<u8> {
     r
 }
 
+/// `n` random bytes (key shares, randoms, AEAD ciphertext).
+fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut b = vec![0; n];
+    rng.fill(&mut b);
+    b
+}
+
 /// An application-data record of `total` bytes on the wire (5-byte header included), as a
 /// TLS 1.3 AEAD record: opaque bytes.
 fn app_data(total: usize, rng: &mut Rng) -> Vec<u8> {
-    record(0x17, 0x0303, &rng.bytes(total.saturating_sub(5)))
+    record(0x17, 0x0303, &random_bytes(rng, total.saturating_sub(5)))
 }
 
 /// A TLS 1.3 ClientHello in one handshake record, as an OpenSSL-based client sends it:
@@ -92,7 +99,7 @@ fn client_hello(sni: &str, alpn: &[&str], rng: &mut Rng) -> Vec<u8> {
     exts.push(ext(0x002b, &[4, 0x03, 0x04, 0x03, 0x03])); // supported_versions
     exts.push(ext(0x002d, &[1, 1])); // psk_key_exchange_modes
     let mut share = vec![0x00, 0x1d, 0x00, 0x20];
-    share.extend(rng.bytes(32));
+    share.extend(random_bytes(rng, 32));
     let mut d = u16be(share.len()).to_vec();
     d.extend(share);
     exts.push(ext(0x0033, &d)); // key_share
@@ -101,9 +108,9 @@ fn client_hello(sni: &str, alpn: &[&str], rng: &mut Rng) -> Vec<u8> {
         0x1302, 0x1303, 0x1301, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc02b, 0xc02f,
     ];
     let mut body = 0x0303u16.to_be_bytes().to_vec();
-    body.extend(rng.bytes(32)); // random
+    body.extend(random_bytes(rng, 32)); // random
     body.push(32);
-    body.extend(rng.bytes(32)); // legacy session id
+    body.extend(random_bytes(rng, 32)); // legacy session id
     body.extend_from_slice(&u16be(ciphers.len() * 2));
     for c in ciphers {
         body.extend_from_slice(&c.to_be_bytes());
@@ -124,12 +131,12 @@ fn client_hello(sni: &str, alpn: &[&str], rng: &mut Rng) -> Vec<u8> {
 fn server_flight(rng: &mut Rng) -> (Vec<u8>, Vec<u8>) {
     let mut exts = ext(0x002b, &[0x03, 0x04]);
     let mut share = vec![0x00, 0x1d, 0x00, 0x20];
-    share.extend(rng.bytes(32));
+    share.extend(random_bytes(rng, 32));
     exts.extend(ext(0x0033, &share));
     let mut body = 0x0303u16.to_be_bytes().to_vec();
-    body.extend(rng.bytes(32));
+    body.extend(random_bytes(rng, 32));
     body.push(32);
-    body.extend(rng.bytes(32));
+    body.extend(random_bytes(rng, 32));
     body.extend_from_slice(&0x1302u16.to_be_bytes());
     body.push(0);
     body.extend_from_slice(&u16be(exts.len()));
@@ -247,13 +254,13 @@ fn rule(alarms: &[Value], id: &str) -> Vec<Value> {
 
 /// Uniform in `[lo, hi)` seconds, in ns.
 fn secs_between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
-    lo * S + rng.below(((hi - lo) * 1000) as usize) as u64 * MS
+    lo * S + rng.u64(..(hi - lo) * 1000) * MS
 }
 
 #[test]
 fn a_quiet_long_tls_session_to_a_pool_sni_with_constant_record_sizes_raises_encrypted_mining() {
     let dir = TempDir::new("encrypted-pool");
-    let mut rng = Rng::new(0x5EED);
+    let mut rng = Rng::with_seed(0x5EED);
     // Client: a 181-byte keepalive or share every 30-60 s. Server: a 251-byte job every
     // 53-57 s (rebroadcast). 2.5 h, about 15 B/s.
     let recs = tls_session(
@@ -355,20 +362,17 @@ fn a_quiet_long_tls_session_to_a_pool_sni_with_constant_record_sizes_raises_encr
 #[test]
 fn a_tls_web_session_with_irregular_record_sizes_raises_no_encrypted_mining() {
     let dir = TempDir::new("encrypted-web");
-    let mut rng = Rng::new(0xB0B);
+    let mut rng = Rng::with_seed(0xB0B);
     // Exponential gaps (mean 45 s) and sizes uniform in 60-1400 bytes, both ways, 2.5 h.
-    let exp = |r: &mut Rng| {
-        let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ((-(1.0 - u).ln() * 45.0).max(0.01) * S as f64) as u64
-    };
+    let exp = |r: &mut Rng| ((-(1.0 - r.f64()).ln() * 45.0).max(0.01) * S as f64) as u64;
     let recs = tls_session(
         443,
         "www.example.com",
         &["h2", "http/1.1"],
         9000,
         &mut rng,
-        |r| (exp(r), 60 + r.below(1341)),
-        |r| (exp(r), 60 + r.below(1341)),
+        |r| (exp(r), 60 + r.usize(..1341)),
+        |r| (exp(r), 60 + r.usize(..1341)),
     );
     let alarms = replay(&dir, "web.pcap", &recs, &[]);
     let enc = rule(&alarms, "encrypted_mining");

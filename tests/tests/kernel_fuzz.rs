@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 
+use fastrand::Rng;
 use sensor_agent::source::packet::parse_frame;
 use sensor_common::{counter, FlowKey};
 use sensor_tests::{
     frames::{self, Ext, Frag, TCP_ACK, TCP_SYN, TPID_8021AD, TPID_8021Q},
     kernel::{pin_to_cpu, tc_test_run_accepts, test_run_fd, Kernel},
-    rng::Rng,
 };
 
 const FRAMES: usize = 1_000_000;
@@ -108,59 +108,63 @@ fn templates() -> Vec<Vec<u8>> {
 
 /// One frame: pure garbage, or a template with a few random mutations.
 fn frame(rng: &mut Rng, templates: &[Vec<u8>]) -> Vec<u8> {
-    if rng.below(10) < 3 {
-        let len = 14 + rng.below(200);
-        let mut f = rng.bytes(len);
+    if rng.usize(..10) < 3 {
+        let len = 14 + rng.usize(..200);
+        let mut f = vec![0; len];
+        rng.fill(&mut f);
         let types = [0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806];
-        if rng.below(4) != 0 {
-            f[12..14].copy_from_slice(&types[rng.below(types.len())].to_be_bytes());
+        if rng.usize(..4) != 0 {
+            f[12..14].copy_from_slice(&types[rng.usize(..types.len())].to_be_bytes());
         }
         return f;
     }
-    let mut f = templates[rng.below(templates.len())].clone();
-    for _ in 0..1 + rng.below(4) {
+    let mut f = templates[rng.usize(..templates.len())].clone();
+    for _ in 0..1 + rng.usize(..4) {
         let len = f.len();
-        match rng.below(8) {
+        match rng.usize(..8) {
             // Flip a bit in the headers.
             0 | 1 => {
-                let at = rng.below(len.min(120));
-                f[at] ^= 1 << rng.below(8);
+                let at = rng.usize(..len.min(120));
+                f[at] ^= 1 << rng.usize(..8);
             }
             // Overwrite a header byte.
             2 => {
-                let at = rng.below(len.min(120));
-                f[at] = rng.next_u64() as u8;
+                let at = rng.usize(..len.min(120));
+                f[at] = rng.u8(..);
             }
             // Cut the frame short (never below an Ethernet header).
             3 => {
-                let keep = 14 + rng.below(len - 13);
+                let keep = 14 + rng.usize(..len - 13);
                 f.truncate(keep);
             }
             // Randomise addresses and ports: many distinct flows.
             4 | 5 => {
                 for _ in 0..4 {
-                    let at = 26 + rng.below(len.saturating_sub(26).clamp(1, 60));
+                    let at = 26 + rng.usize(..len.saturating_sub(26).clamp(1, 60));
                     if at < f.len() {
-                        f[at] = rng.next_u64() as u8;
+                        f[at] = rng.u8(..);
                     }
                 }
             }
             // Grow it.
             6 => {
-                let n = rng.below(64);
-                let extra = rng.bytes(n);
-                f.extend_from_slice(&extra);
+                let n = rng.usize(..64);
+                f.extend((0..n).map(|_| rng.u8(..)));
             }
             // Push one more VLAN tag.
-            7 if rng.below(2) == 0 => {
-                let tpid = if rng.below(2) == 0 { 0x8100u16 } else { 0x88a8 };
-                let tag = [(tpid >> 8) as u8, tpid as u8, 0, rng.next_u64() as u8];
+            7 if rng.usize(..2) == 0 => {
+                let tpid = if rng.usize(..2) == 0 {
+                    0x8100u16
+                } else {
+                    0x88a8
+                };
+                let tag = [(tpid >> 8) as u8, tpid as u8, 0, rng.u8(..)];
                 f.splice(12..12, tag);
             }
             // Replace the ethertype.
             _ => {
                 let types = [0x0800u16, 0x86dd, 0x8100, 0x88a8];
-                f[12..14].copy_from_slice(&types[rng.below(types.len())].to_be_bytes());
+                f[12..14].copy_from_slice(&types[rng.usize(..types.len())].to_be_bytes());
             }
         }
     }
@@ -247,7 +251,7 @@ fn balance(k: &Kernel, books: &Books, pushed: usize, what: &str) {
 fn kernel_fuzz_a_million_frames_all_pass_and_counters_add_up() {
     println!("seed {SEED:#x}");
     let templates = templates();
-    let mut rng = Rng::new(SEED);
+    let mut rng = Rng::with_seed(SEED);
     let mut k = Kernel::load(1 << 21);
     let mut books = Books::default();
     for _ in 0..FRAMES {

@@ -3,13 +3,14 @@
 //! and payload size (Ethernet padding excluded), within the flow's budget; unwatching stops it
 //! and clears the flow's bit; the TC egress path traces too; a full ring counts its losses.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use sensor_agent::source::datapath::LoadOptions;
 use sensor_common::{counter, ipv4_mapped, FlowKey, TraceEvent, SAMPLE_TRACE};
 use sensor_tests::{
     frames::{TcpConn, TCP_ACK, TCP_PSH, TCP_SYN},
     kernel::Kernel,
+    wait::wait_until,
 };
 
 const CLIENT: [u8; 4] = [10, 4, 0, 1];
@@ -38,10 +39,16 @@ fn drain(k: &mut Kernel) -> Vec<TraceEvent> {
     out
 }
 
-/// A flow notices a change of the watched set at its first packet in a new jiffy (at most 10
-/// ms at HZ=100).
-fn next_jiffy() {
-    thread::sleep(Duration::from_millis(12));
+/// A flow notices a change of the watched set at its first packet in a new jiffy: waits until
+/// the kernel's jiffies (as the datapath reads them) have moved on.
+fn next_jiffy(k: &mut Kernel) {
+    let start =
+        k.dp.jiffies()
+            .unwrap_or_else(|e| panic!("read jiffies: {e}"));
+    wait_until(Duration::from_secs(1), "the next jiffy", || {
+        k.dp.jiffies().is_ok_and(|j| j > start)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn handshake(k: &mut Kernel, cport: u16) {
@@ -57,7 +64,7 @@ fn kernel_trace_times_watched_flows_only_with_direction_and_size() {
     handshake(&mut k, 41000);
     handshake(&mut k, 41001);
     assert_eq!(k.dp.watch(&[watched], 100).expect("watch"), 1);
-    next_jiffy();
+    next_jiffy(&mut k);
     let sizes = [181usize, 251, 7, 1200];
     for (i, &n) in sizes.iter().enumerate() {
         let from_client = i % 2 == 0;
@@ -106,7 +113,7 @@ fn kernel_trace_budget_rearm_and_unwatch() {
     let (flow, _) = key(42000);
     handshake(&mut k, 42000);
     k.dp.watch(&[flow], 3).expect("watch");
-    next_jiffy();
+    next_jiffy(&mut k);
     for _ in 0..5 {
         k.xdp(&tcp(42000, true, TCP_ACK | TCP_PSH, b"keepalive"));
     }
@@ -142,7 +149,7 @@ fn kernel_trace_tc_egress_and_full_ring_counts_losses() {
     let (flow, _) = key(43000);
     handshake(&mut k, 43000);
     k.dp.watch(&[flow], 1000).expect("watch");
-    next_jiffy();
+    next_jiffy(&mut k);
     k.tc(&tcp(43000, true, TCP_ACK | TCP_PSH, &[0x17; 99]));
     let events = drain(&mut k);
     assert_eq!(events.len(), 1, "the TC egress path traces too");

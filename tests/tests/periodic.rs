@@ -7,7 +7,6 @@ use sensor_tests::{
     agent::{self, TempDir},
     frames::{TcpConn, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN},
     pcap::{self, Record},
-    rng::Rng,
 };
 use serde_json::Value;
 
@@ -69,12 +68,12 @@ fn periodic_alarms(dir: &TempDir, name: &str, recs: &[Record]) -> Vec<Value> {
 #[test]
 fn regular_reconnects_raise_periodic_flow_across_connections_with_their_period() {
     let dir = TempDir::new("periodic-regular");
-    let mut rng = Rng::new(60);
+    let mut rng = fastrand::Rng::with_seed(60);
     let mut recs = Vec::new();
     let mut t = T0;
     for i in 0..180u16 {
         connection(&mut recs, t, 40000 + i, 120);
-        let jitter = rng.below(4001) as i64 - 2000;
+        let jitter = rng.i64(-2000..=2000);
         t = (t as i64 + 60 * S as i64 + jitter * 1_000_000) as u64;
     }
     let alarms = periodic_alarms(&dir, "regular.pcap", &recs);
@@ -105,14 +104,13 @@ fn regular_reconnects_raise_periodic_flow_across_connections_with_their_period()
 #[test]
 fn poisson_arrivals_with_random_sizes_raise_nothing() {
     let dir = TempDir::new("periodic-poisson");
-    let mut rng = Rng::new(7);
+    let mut rng = fastrand::Rng::with_seed(7);
     let mut recs = Vec::new();
     let mut t = T0;
     for i in 0..180u16 {
-        connection(&mut recs, t, 40000 + i, 40 + rng.below(1400));
+        connection(&mut recs, t, 40000 + i, 40 + rng.usize(..1400));
         // Exponential interval with mean 60 s.
-        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let gap = -(1.0 - u).ln() * 60.0;
+        let gap = -(1.0 - rng.f64()).ln() * 60.0;
         t += (gap.max(0.01) * S as f64) as u64;
     }
     let alarms = periodic_alarms(&dir, "poisson.pcap", &recs);

@@ -7,6 +7,7 @@ use sensor_tests::{
     agent::{self, TempDir},
     captures, pcap,
     rsyslog::{Rsyslog, TestPki},
+    wait::wait_until,
 };
 
 fn ids(lines: &[String]) -> BTreeSet<String> {
@@ -49,15 +50,19 @@ fn every_alarm_spooled_before_a_sigkill_is_delivered_after_the_restart() {
         .spawn()
         .expect("start the agent");
     // The file sink shows what was produced; the syslog sink keeps retrying a dead receiver.
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(&produced).map_or(0, |t| t.lines().count()) < 100 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the agent did not produce its alarms"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    // The file sink takes its records from the spool, so 100 lines there mean 100 alarms
+    // spooled: nothing more to wait for before the kill.
+    let spooled = wait_until(
+        Duration::from_secs(30),
+        "100 alarms in the file sink",
+        || std::fs::read_to_string(&produced).map_or(0, |t| t.lines().count()) >= 100,
+    );
+    if let Err(e) = spooled {
+        // Do not leave the agent running behind a failed test.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent did not produce its alarms: {e}");
     }
-    std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill on the pid of the child we started and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let status = child.wait().expect("reap the agent");

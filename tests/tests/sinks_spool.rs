@@ -8,6 +8,7 @@ use sensor_tests::{
     agent::{self, TempDir},
     captures, pcap,
     rsyslog::{Rsyslog, TestPki},
+    wait::wait_until,
 };
 
 const CONVERSATIONS: u16 = 100;
@@ -22,16 +23,36 @@ fn mining_capture(dir: &TempDir) -> std::path::PathBuf {
     )
 }
 
+/// The spool's cap, small so that 100 alarms overflow it.
+const MAX_BYTES: u64 = 65536;
+/// More than one of these alarms takes in the spool (about 1 KiB of JSON plus the record
+/// header): a full spool (one that refused a record) is within this of `MAX_BYTES`.
+const ROOM_FOR_ONE_RECORD: u64 = 4096;
+
 fn config(dir: &TempDir, port: u16, when_full: &str) -> std::path::PathBuf {
     let text = format!(
-        "[spool]\ndir = \"{}\"\nmax_bytes = 65536\nsegment_bytes = 16384\nwhen_full = \"{when_full}\"\ndrain_timeout = \"30s\"\n\n[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\n",
+        "[spool]\ndir = \"{}\"\nmax_bytes = {MAX_BYTES}\nsegment_bytes = 16384\nwhen_full = \"{when_full}\"\ndrain_timeout = \"30s\"\n\n[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\n",
         dir.path().join("spool").display()
     );
     dir.write("sensor.toml", text.as_bytes())
 }
 
-/// Runs a replay of the mining capture against a receiver that only starts 3 s later, so the
-/// spool certainly fills; returns the agent's stderr and the receiver.
+/// Total size of the spool's segment files (what `max_bytes` caps).
+fn spool_bytes(dir: &TempDir) -> u64 {
+    std::fs::read_dir(dir.path().join("spool"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a replay of the mining capture against a receiver that only starts once the spool is
+/// full; returns the agent's stderr and the receiver.
 fn replay_with_late_receiver(dir: &TempDir, when_full: &str) -> (String, Rsyslog) {
     let pki = TestPki::create(dir.path()).unwrap_or_else(|e| panic!("sink test cannot run: {e}"));
     let mut rsyslog = Rsyslog::configure(dir.path(), &pki)
@@ -50,7 +71,22 @@ fn replay_with_late_receiver(dir: &TempDir, when_full: &str) -> (String, Rsyslog
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the agent");
-    std::thread::sleep(Duration::from_secs(3));
+    // Full: the segments are within a record of MAX_BYTES and stopped growing between two
+    // checks (the producer is blocked, or dropping), the capture's 100 alarms being far over
+    // the cap. Only then does the receiver start.
+    let mut last = u64::MAX;
+    let full = wait_until(Duration::from_secs(30), "the spool to fill", || {
+        let now = spool_bytes(dir);
+        let stable = now == last;
+        last = now;
+        stable && now + ROOM_FOR_ONE_RECORD > MAX_BYTES
+    });
+    if let Err(e) = full {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{e} ({last} bytes)");
+    }
     rsyslog
         .resume()
         .unwrap_or_else(|e| panic!("sink test cannot run: {e}"));

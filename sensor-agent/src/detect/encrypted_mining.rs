@@ -80,19 +80,18 @@ use crate::{
     },
 };
 
-/// Every contribution, in the order the evidence lists them (also the names `min_evidence`
-/// accepts).
-pub const CONTRIBUTIONS: &[&str] = &[
-    "sni_keyword",
-    "miner_ja4",
-    "no_alpn",
-    "tls_on_non_web_port",
-    "long",
-    "quiet",
-    "client_size_regularity",
-    "server_size_regularity",
-    "miner_cadence",
-];
+/// Every contribution's name, in the order the evidence lists them (also the names
+/// `min_evidence` accepts). Derived from [`Contribution::ALL`] so the list that validation
+/// checks against can never drift from the list that is scored.
+pub const CONTRIBUTIONS: &[&str] = &{
+    let mut names = [""; Contribution::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Contribution::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// XMRig's keepalive: a client message every 60 s when it has nothing else to send.
 pub const KEEPALIVE_S: f64 = 60.0;
@@ -129,27 +128,329 @@ impl EncryptedMining {
     }
 }
 
-/// One line of the score.
-struct Contribution {
-    name: &'static str,
+/// One piece of evidence the score fuses. Each knows its name (in the evidence and in
+/// `min_evidence`), its weight and how it is measured, so adding one is one variant and its
+/// arms, never a change to the scoring loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contribution {
+    SniKeyword,
+    MinerJa4,
+    NoAlpn,
+    TlsOnNonWebPort,
+    Long,
+    Quiet,
+    ClientSizeRegularity,
+    ServerSizeRegularity,
+    MinerCadence,
+}
+
+impl Contribution {
+    /// Every contribution, in the order the evidence lists them: analysts and tests read the
+    /// list by position, so the order is part of the output.
+    const ALL: [Contribution; 9] = [
+        Contribution::SniKeyword,
+        Contribution::MinerJa4,
+        Contribution::NoAlpn,
+        Contribution::TlsOnNonWebPort,
+        Contribution::Long,
+        Contribution::Quiet,
+        Contribution::ClientSizeRegularity,
+        Contribution::ServerSizeRegularity,
+        Contribution::MinerCadence,
+    ];
+
+    /// The name in the evidence, in `min_evidence` and in `weights.*`.
+    const fn name(self) -> &'static str {
+        match self {
+            Contribution::SniKeyword => "sni_keyword",
+            Contribution::MinerJa4 => "miner_ja4",
+            Contribution::NoAlpn => "no_alpn",
+            Contribution::TlsOnNonWebPort => "tls_on_non_web_port",
+            Contribution::Long => "long",
+            Contribution::Quiet => "quiet",
+            Contribution::ClientSizeRegularity => "client_size_regularity",
+            Contribution::ServerSizeRegularity => "server_size_regularity",
+            Contribution::MinerCadence => "miner_cadence",
+        }
+    }
+
+    fn weight(self, w: &EncryptedMiningWeights) -> f64 {
+        match self {
+            Contribution::SniKeyword => w.sni_keyword,
+            Contribution::MinerJa4 => w.miner_ja4,
+            Contribution::NoAlpn => w.no_alpn,
+            Contribution::TlsOnNonWebPort => w.tls_on_non_web_port,
+            Contribution::Long => w.long,
+            Contribution::Quiet => w.quiet,
+            Contribution::ClientSizeRegularity => w.client_size_regularity,
+            Contribution::ServerSizeRegularity => w.server_size_regularity,
+            Contribution::MinerCadence => w.miner_cadence,
+        }
+    }
+
+    /// Strength in `[0, 1]` and the sentence that explains it.
+    fn measure(self, i: &Inputs) -> (f64, String) {
+        match self {
+            Contribution::SniKeyword => i.sni_keyword(),
+            Contribution::MinerJa4 => i.miner_ja4(),
+            Contribution::NoAlpn => i.no_alpn(),
+            Contribution::TlsOnNonWebPort => i.tls_on_non_web_port(),
+            Contribution::Long => i.long(),
+            Contribution::Quiet => i.quiet(),
+            Contribution::ClientSizeRegularity => {
+                i.size_regularity("client", i.series.map(|s| &s.client), i.client.as_ref())
+            }
+            Contribution::ServerSizeRegularity => {
+                i.size_regularity("server", i.series.map(|s| &s.server), i.server.as_ref())
+            }
+            Contribution::MinerCadence => i.miner_cadence(),
+        }
+    }
+}
+
+/// One line of the score: a contribution as measured on one conversation.
+struct Line {
+    contribution: Contribution,
     weight: f64,
     strength: f64,
     detail: String,
 }
 
-impl Contribution {
+impl Line {
+    fn name(&self) -> &'static str {
+        self.contribution.name()
+    }
+
     fn points(&self) -> f64 {
         unit(self.weight * self.strength)
     }
 
     fn to_json(&self) -> Value {
         json!({
-            "name": self.name,
+            "name": self.name(),
             "weight": round3(self.weight),
             "strength": round3(self.strength),
             "points": round3(self.points()),
             "detail": self.detail,
         })
+    }
+}
+
+/// What the contributions are measured on: one evaluation's conversation and labels, with the
+/// message and connection timing scored once for all the contributions that read it.
+struct Inputs<'a> {
+    rule: &'a EncryptedMining,
+    conv: &'a Conversation,
+    tls: Option<&'a TlsInfo>,
+    series: Option<&'a MessageSeries>,
+    /// Average bytes per second, both directions (finite).
+    rate: f64,
+    duration: u64,
+    min_messages: usize,
+    client: Option<Periodicity>,
+    server: Option<Periodicity>,
+    connections: Option<Periodicity>,
+}
+
+const NO_TLS: &str = "no TLS ClientHello seen";
+
+impl<'a> Inputs<'a> {
+    fn new(
+        rule: &'a EncryptedMining,
+        conv: &'a Conversation,
+        tls: Option<&'a TlsInfo>,
+        series: Option<&'a MessageSeries>,
+        rate: f64,
+        duration: u64,
+        now: u64,
+    ) -> Self {
+        let window = series.map_or(0, |s| now.saturating_sub(s.since_ns));
+        let min_messages = rule.cfg.min_messages.max(MIN_SAMPLES);
+        let score_of = |ring: Option<&SampleRing>| ring?.score(window, min_messages);
+        let connections = conv
+            .connections
+            .as_deref()
+            .and_then(|r| r.score(now.saturating_sub(conv.start_ns), MIN_SAMPLES));
+        Inputs {
+            rule,
+            conv,
+            tls,
+            series,
+            rate,
+            duration,
+            min_messages,
+            client: score_of(series.map(|s| &s.client)),
+            server: score_of(series.map(|s| &s.server)),
+            connections,
+        }
+    }
+
+    fn sni_keyword(&self) -> (f64, String) {
+        match self.tls {
+            None => (0.0, NO_TLS.into()),
+            Some(TlsInfo { sni: None, .. }) => (0.0, "the ClientHello named no server".into()),
+            Some(TlsInfo { sni: Some(sni), .. }) => match sni_match(sni, &self.rule.keywords) {
+                Some(m) if m.whole => (
+                    1.0,
+                    format!(
+                        "keyword {:?} is {} label {:?} of SNI {sni:?}",
+                        m.keyword,
+                        if m.label == m.keyword {
+                            "the"
+                        } else {
+                            "a part of the"
+                        },
+                        m.label
+                    ),
+                ),
+                Some(m) => (
+                    SNI_SUBSTRING_STRENGTH,
+                    format!(
+                        "keyword {:?} is inside label {:?} of SNI {sni:?}",
+                        m.keyword, m.label
+                    ),
+                ),
+                None => (0.0, format!("no pool keyword in SNI {sni:?}")),
+            },
+        }
+    }
+
+    fn miner_ja4(&self) -> (f64, String) {
+        let ja4s = &self.rule.ja4s;
+        match self.tls {
+            None => (0.0, NO_TLS.into()),
+            Some(t) => match ja4s.iter().find(|e| ja4_matches(&t.ja4, e)) {
+                Some(entry) => (
+                    1.0,
+                    format!("JA4 {} matches miner_ja4 entry {entry}", t.ja4),
+                ),
+                None if ja4s.is_empty() => (0.0, format!("JA4 {}; miner_ja4 is empty", t.ja4)),
+                None => (0.0, format!("JA4 {} is not on miner_ja4", t.ja4)),
+            },
+        }
+    }
+
+    fn no_alpn(&self) -> (f64, String) {
+        match self.tls {
+            None => (0.0, NO_TLS.into()),
+            Some(t) if t.alpn.is_empty() => (
+                1.0,
+                "the ClientHello offered no ALPN (JA4 ALPN code 00), as miners' TLS clients do"
+                    .to_string(),
+            ),
+            Some(t) => (0.0, format!("ALPN offered: {}", t.alpn.join(", "))),
+        }
+    }
+
+    fn tls_on_non_web_port(&self) -> (f64, String) {
+        let port = self.conv.key.server_port;
+        let web_ports = &self.rule.cfg.web_ports;
+        match self.tls {
+            None => (0.0, NO_TLS.into()),
+            Some(_) if web_ports.contains(&port) => (0.0, format!("TLS to web port {port}")),
+            Some(_) => (
+                1.0,
+                format!(
+                    "TLS to port {port}, not a web port ({})",
+                    web_ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+
+    fn long(&self) -> (f64, String) {
+        let min_duration = self.rule.cfg.min_duration.as_nanos();
+        // Validation forbids a zero min_duration; were it zero anyway, everything is long
+        // rather than a division by zero.
+        let strength = if min_duration == 0 {
+            1.0
+        } else {
+            unit(self.duration as f64 / min_duration as f64)
+        };
+        (
+            strength,
+            format!(
+                "lasted {:.0} s of the {:.0} s that count as long",
+                secs(self.duration),
+                secs(min_duration)
+            ),
+        )
+    }
+
+    fn quiet(&self) -> (f64, String) {
+        let (rate, q) = (self.rate, self.rule.cfg.quiet_max_bytes_per_sec);
+        let strength = if rate <= q {
+            1.0
+        } else if q > 0.0 {
+            unit(2.0 - rate / q)
+        } else {
+            0.0
+        };
+        (
+            strength,
+            format!("{rate:.2} B/s on average, quiet up to {q} B/s"),
+        )
+    }
+
+    fn size_regularity(
+        &self,
+        side: &str,
+        ring: Option<&SampleRing>,
+        p: Option<&Periodicity>,
+    ) -> (f64, String) {
+        if self.series.is_none() {
+            return (
+                0.0,
+                "no messages timed (the flow is not watched)".to_string(),
+            );
+        }
+        size_regularity(side, ring, p, self.min_messages)
+    }
+
+    fn miner_cadence(&self) -> (f64, String) {
+        let (client, server, connections) = (
+            self.client.as_ref(),
+            self.server.as_ref(),
+            self.connections.as_ref(),
+        );
+        let candidates = [
+            (
+                cadence(client, KEEPALIVE_S),
+                format!("client messages every {KEEPALIVE_S} s (keepalive)"),
+            ),
+            (
+                cadence(server, JOB_REBROADCAST_S),
+                format!("server messages every {JOB_REBROADCAST_S} s (job rebroadcast)"),
+            ),
+            (
+                cadence(connections, DONATION_S),
+                format!("connections every {} min (donation)", DONATION_S / 60.0),
+            ),
+        ];
+        let best = candidates
+            .iter()
+            .filter_map(|(s, what)| s.map(|s| (s, what)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let measured = format!(
+            "{}; {}; {}",
+            describe_period("client messages", client),
+            describe_period("server messages", server),
+            describe_period("connections", connections),
+        );
+        match best {
+            Some((s, what)) => (
+                unit(s),
+                format!(
+                    "matches {what} within {:.0}%: {measured}",
+                    CADENCE_TOLERANCE * 100.0
+                ),
+            ),
+            None => (0.0, format!("no miner cadence: {measured}")),
+        }
     }
 }
 
@@ -298,14 +599,14 @@ impl Detector for EncryptedMining {
         }
 
         let contributions = self.contributions(conv, tls, series, rate, duration, now);
-        let score = unit(contributions.iter().map(Contribution::points).sum());
+        let score = unit(contributions.iter().map(Line::points).sum());
         let met: Vec<&str> = contributions
             .iter()
             .filter(|c| {
                 c.strength >= cfg.min_evidence_strength
-                    && cfg.min_evidence.iter().any(|n| n == c.name)
+                    && cfg.min_evidence.iter().any(|n| n == c.name())
             })
-            .map(|c| c.name)
+            .map(Line::name)
             .collect();
         if score < cfg.min_score || (!cfg.min_evidence.is_empty() && met.is_empty()) {
             return None;
@@ -331,7 +632,7 @@ impl Detector for EncryptedMining {
         }
         e.insert(
             "contributions".into(),
-            Value::Array(contributions.iter().map(Contribution::to_json).collect()),
+            Value::Array(contributions.iter().map(Line::to_json).collect()),
         );
         Some(Finding {
             severity: cfg.severity,
@@ -341,7 +642,7 @@ impl Detector for EncryptedMining {
 }
 
 impl EncryptedMining {
-    /// Every contribution, in [`CONTRIBUTIONS`] order.
+    /// Every contribution, in [`Contribution::ALL`] order, measured and weighed.
     fn contributions(
         &self,
         conv: &Conversation,
@@ -350,222 +651,20 @@ impl EncryptedMining {
         rate: f64,
         duration: u64,
         now: u64,
-    ) -> Vec<Contribution> {
-        let cfg = &self.cfg;
-        let w: &EncryptedMiningWeights = &cfg.weights;
-        let no_tls = || "no TLS ClientHello seen".to_string();
-        let mut out = Vec::with_capacity(CONTRIBUTIONS.len());
-
-        // Identity: SNI and JA4.
-        let (strength, detail) = match tls {
-            None => (0.0, no_tls()),
-            Some(TlsInfo { sni: None, .. }) => (0.0, "the ClientHello named no server".into()),
-            Some(TlsInfo { sni: Some(sni), .. }) => match sni_match(sni, &self.keywords) {
-                Some(m) if m.whole => (
-                    1.0,
-                    format!(
-                        "keyword {:?} is {} label {:?} of SNI {sni:?}",
-                        m.keyword,
-                        if m.label == m.keyword {
-                            "the"
-                        } else {
-                            "a part of the"
-                        },
-                        m.label
-                    ),
-                ),
-                Some(m) => (
-                    SNI_SUBSTRING_STRENGTH,
-                    format!(
-                        "keyword {:?} is inside label {:?} of SNI {sni:?}",
-                        m.keyword, m.label
-                    ),
-                ),
-                None => (0.0, format!("no pool keyword in SNI {sni:?}")),
-            },
-        };
-        out.push(Contribution {
-            name: "sni_keyword",
-            weight: w.sni_keyword,
-            strength,
-            detail,
-        });
-
-        let (strength, detail) = match tls {
-            None => (0.0, no_tls()),
-            Some(t) => match self.ja4s.iter().find(|e| ja4_matches(&t.ja4, e)) {
-                Some(entry) => (
-                    1.0,
-                    format!("JA4 {} matches miner_ja4 entry {entry}", t.ja4),
-                ),
-                None if self.ja4s.is_empty() => (0.0, format!("JA4 {}; miner_ja4 is empty", t.ja4)),
-                None => (0.0, format!("JA4 {} is not on miner_ja4", t.ja4)),
-            },
-        };
-        out.push(Contribution {
-            name: "miner_ja4",
-            weight: w.miner_ja4,
-            strength,
-            detail,
-        });
-
-        let (strength, detail) = match tls {
-            None => (0.0, no_tls()),
-            Some(t) if t.alpn.is_empty() => (
-                1.0,
-                "the ClientHello offered no ALPN (JA4 ALPN code 00), as miners' TLS clients do"
-                    .to_string(),
-            ),
-            Some(t) => (0.0, format!("ALPN offered: {}", t.alpn.join(", "))),
-        };
-        out.push(Contribution {
-            name: "no_alpn",
-            weight: w.no_alpn,
-            strength,
-            detail,
-        });
-
-        let port = conv.key.server_port;
-        let (strength, detail) = match tls {
-            None => (0.0, no_tls()),
-            Some(_) if cfg.web_ports.contains(&port) => (0.0, format!("TLS to web port {port}")),
-            Some(_) => (
-                1.0,
-                format!(
-                    "TLS to port {port}, not a web port ({})",
-                    cfg.web_ports
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-        };
-        out.push(Contribution {
-            name: "tls_on_non_web_port",
-            weight: w.tls_on_non_web_port,
-            strength,
-            detail,
-        });
-
-        // Shape: long and quiet.
-        let min_duration = cfg.min_duration.as_nanos();
-        let strength = if min_duration == 0 {
-            1.0
-        } else {
-            unit(duration as f64 / min_duration as f64)
-        };
-        out.push(Contribution {
-            name: "long",
-            weight: w.long,
-            strength,
-            detail: format!(
-                "lasted {:.0} s of the {:.0} s that count as long",
-                secs(duration),
-                secs(min_duration)
-            ),
-        });
-
-        let q = cfg.quiet_max_bytes_per_sec;
-        let strength = if rate <= q {
-            1.0
-        } else if q > 0.0 {
-            unit(2.0 - rate / q)
-        } else {
-            0.0
-        };
-        out.push(Contribution {
-            name: "quiet",
-            weight: w.quiet,
-            strength,
-            detail: format!("{rate:.2} B/s on average, quiet up to {q} B/s"),
-        });
-
-        // Messages of the watched flow: sizes and cadence.
-        let window = series.map_or(0, |s| now.saturating_sub(s.since_ns));
-        let min_messages = cfg.min_messages.max(MIN_SAMPLES);
-        let score_of = |ring: Option<&SampleRing>| ring?.score(window, min_messages);
-        let client_ring = series.map(|s| &s.client);
-        let server_ring = series.map(|s| &s.server);
-        let client = score_of(client_ring);
-        let server = score_of(server_ring);
-        for (name, weight, side, ring, p) in [
-            (
-                "client_size_regularity",
-                w.client_size_regularity,
-                "client",
-                client_ring,
-                client.as_ref(),
-            ),
-            (
-                "server_size_regularity",
-                w.server_size_regularity,
-                "server",
-                server_ring,
-                server.as_ref(),
-            ),
-        ] {
-            let (strength, detail) = if series.is_none() {
-                (
-                    0.0,
-                    "no messages timed (the flow is not watched)".to_string(),
-                )
-            } else {
-                size_regularity(side, ring, p, min_messages)
-            };
-            out.push(Contribution {
-                name,
-                weight,
-                strength,
-                detail,
-            });
-        }
-
-        let connections = conv
-            .connections
-            .as_deref()
-            .and_then(|r| r.score(now.saturating_sub(conv.start_ns), MIN_SAMPLES));
-        let candidates = [
-            (
-                cadence(client.as_ref(), KEEPALIVE_S),
-                format!("client messages every {KEEPALIVE_S} s (keepalive)"),
-            ),
-            (
-                cadence(server.as_ref(), JOB_REBROADCAST_S),
-                format!("server messages every {JOB_REBROADCAST_S} s (job rebroadcast)"),
-            ),
-            (
-                cadence(connections.as_ref(), DONATION_S),
-                format!("connections every {} min (donation)", DONATION_S / 60.0),
-            ),
-        ];
-        let best = candidates
+    ) -> Vec<Line> {
+        let inputs = Inputs::new(self, conv, tls, series, rate, duration, now);
+        Contribution::ALL
             .iter()
-            .filter_map(|(s, what)| s.map(|s| (s, what)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        let measured = format!(
-            "{}; {}; {}",
-            describe_period("client messages", client.as_ref()),
-            describe_period("server messages", server.as_ref()),
-            describe_period("connections", connections.as_ref()),
-        );
-        let (strength, detail) = match best {
-            Some((s, what)) => (
-                unit(s),
-                format!(
-                    "matches {what} within {:.0}%: {measured}",
-                    CADENCE_TOLERANCE * 100.0
-                ),
-            ),
-            None => (0.0, format!("no miner cadence: {measured}")),
-        };
-        out.push(Contribution {
-            name: "miner_cadence",
-            weight: w.miner_cadence,
-            strength,
-            detail,
-        });
-        out
+            .map(|&c| {
+                let (strength, detail) = c.measure(&inputs);
+                Line {
+                    contribution: c,
+                    weight: c.weight(&self.cfg.weights),
+                    strength,
+                    detail,
+                }
+            })
+            .collect()
     }
 }
 
@@ -717,19 +816,11 @@ impl EncryptedMiningConfig {
                 ),
             ));
         }
-        let w = &e.weights;
-        require_unit(&[
-            ("min_evidence_strength", e.min_evidence_strength),
-            ("weights.sni_keyword", w.sni_keyword),
-            ("weights.miner_ja4", w.miner_ja4),
-            ("weights.no_alpn", w.no_alpn),
-            ("weights.tls_on_non_web_port", w.tls_on_non_web_port),
-            ("weights.long", w.long),
-            ("weights.quiet", w.quiet),
-            ("weights.client_size_regularity", w.client_size_regularity),
-            ("weights.server_size_regularity", w.server_size_regularity),
-            ("weights.miner_cadence", w.miner_cadence),
-        ])?;
+        require_unit(&[("min_evidence_strength", e.min_evidence_strength)])?;
+        // Every weight, through the enum so a new contribution's weight is validated too.
+        for c in Contribution::ALL {
+            require_unit(&[(&format!("weights.{}", c.name()), c.weight(&e.weights))])?;
+        }
         for n in &e.min_evidence {
             if !CONTRIBUTIONS.contains(&n.as_str()) {
                 return Err(Invalid::new(
@@ -748,13 +839,13 @@ impl EncryptedMiningConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Rng;
     use crate::{
         enrich::classify::{Direction, Identification, Kind},
         enrich::labels::{Confidence, MessageSeries, MESSAGE_SAMPLES},
         flow::settings::FlowConfig,
         flow::table::FlowTable,
     };
+    use fastrand::Rng;
     use sensor_common::{ipv4_mapped, FlowKey};
 
     const S: u64 = 1_000_000_000;
@@ -816,7 +907,7 @@ mod tests {
             client: SampleRing::new(MESSAGE_SAMPLES),
             server: SampleRing::new(MESSAGE_SAMPLES),
         };
-        let jitter = |rng: &mut Rng| rng.below(2000) * 1_000_000;
+        let jitter = |rng: &mut Rng| rng.u64(..2000) * 1_000_000;
         let mut t = T0 + from * S;
         while t < T0 + to * S {
             let size = client_size(rng);
@@ -882,7 +973,7 @@ mod tests {
     /// A pool session: 2 h, ~50 B/s, TLS without ALPN to eu1.pool.example-xmr.net:14433,
     /// client 181-byte records every ~60 s, server 251-byte records every ~55 s.
     fn pool_session(port: u16) -> (Conversation, ConvLabels) {
-        let mut rng = Rng(42);
+        let mut rng = Rng::with_seed(42);
         let conv = conversation(port, 7200, 7200 * 50);
         let msgs = series(port, 300, 7200, (60, 55), &mut rng, |_| 181, |_| 251);
         (
@@ -936,7 +1027,7 @@ mod tests {
 
     #[test]
     fn encrypted_web_sni_irregular_sizes_does_not_fire() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::with_seed(7);
         let conv = conversation(443, 7200, 7200 * 60);
         let msgs = series(
             443,
@@ -944,8 +1035,8 @@ mod tests {
             7200,
             (47, 61),
             &mut rng,
-            |r| 60 + r.below(1341),
-            |r| 60 + r.below(1341),
+            |r| 60 + r.u64(..1341),
+            |r| 60 + r.u64(..1341),
         );
         let l = labels(
             Some(tls("www.example.com", &["h2", "http/1.1"])),
@@ -1016,7 +1107,7 @@ mod tests {
     #[test]
     fn encrypted_behaviour_alone_needs_configuring() {
         // MQTT over TLS: long, quiet, no ALPN, port 8883, constant 60 s pings both ways.
-        let mut rng = Rng(9);
+        let mut rng = Rng::with_seed(9);
         let conv = conversation(8883, 7200, 7200 * 5);
         let msgs = series(8883, 300, 7200, (60, 60), &mut rng, |_| 31, |_| 31);
         let l = labels(Some(tls("broker.example-iot.com", &[])), Some(msgs.clone()));
@@ -1041,7 +1132,7 @@ mod tests {
 
     #[test]
     fn encrypted_miner_ja4_counts_as_identity() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::with_seed(3);
         let conv = conversation(443, 7200, 7200 * 40);
         let msgs = series(443, 300, 7200, (30, 90), &mut rng, |_| 245, |_| 251);
         let info = tls("cdn.example.net", &[]);
@@ -1152,24 +1243,24 @@ mod tests {
 
     #[test]
     fn encrypted_random_inputs_never_panic_and_stay_finite() {
-        let mut rng = Rng(0xC0FF_EE00_1234_5678);
+        let mut rng = Rng::with_seed(0xC0FF_EE00_1234_5678);
         let mut fired = 0;
         for i in 0..3000u64 {
-            let port = [443, 14433, 0, u16::MAX][rng.below(4) as usize];
-            let secs = [0, 1, 600, 3600, 86_400 * 365][rng.below(5) as usize];
-            let mut conv = conversation(port, secs, rng.next() >> rng.below(64));
-            if rng.below(3) == 0 {
-                conv.start_ns = rng.next();
-                conv.last_ns = rng.next();
+            let port = [443, 14433, 0, u16::MAX][rng.usize(..4)];
+            let secs = [0, 1, 600, 3600, 86_400 * 365][rng.usize(..5)];
+            let mut conv = conversation(port, secs, rng.u64(..) >> rng.u64(..64));
+            if rng.u64(..3) == 0 {
+                conv.start_ns = rng.u64(..);
+                conv.last_ns = rng.u64(..);
             }
             let mut cfg = EncryptedMiningConfig {
                 min_evidence: Vec::new(),
-                min_score: [0.0, 0.5, 1.0][rng.below(3) as usize],
-                quiet_max_bytes_per_sec: [0.0, 200.0, 1e300][rng.below(3) as usize],
+                min_score: [0.0, 0.5, 1.0][rng.usize(..3)],
+                quiet_max_bytes_per_sec: [0.0, 200.0, 1e300][rng.usize(..3)],
                 ..EncryptedMiningConfig::default()
             };
             cfg.sni_keywords.push(String::new());
-            let tls_info = match rng.below(3) {
+            let tls_info = match rng.u64(..3) {
                 0 => None,
                 1 => Some(TlsInfo {
                     sni: None,
@@ -1177,27 +1268,27 @@ mod tests {
                     alpn: vec![],
                 }),
                 _ => Some(tls(
-                    &String::from_utf8_lossy(&rng.next().to_le_bytes()),
+                    &String::from_utf8_lossy(&rng.u64(..).to_le_bytes()),
                     &["x"],
                 )),
             };
             let mut s = MessageSeries {
                 flow: flow_key(port),
-                since_ns: rng.next(),
+                since_ns: rng.u64(..),
                 client: SampleRing::new(MESSAGE_SAMPLES),
                 server: SampleRing::new(MESSAGE_SAMPLES),
             };
-            for _ in 0..rng.below(100) {
-                s.client.push(rng.next(), rng.next() >> rng.below(64));
-                s.server.push(rng.next() >> rng.below(64), rng.below(3));
+            for _ in 0..rng.u64(..100) {
+                s.client.push(rng.u64(..), rng.u64(..) >> rng.u64(..64));
+                s.server.push(rng.u64(..) >> rng.u64(..64), rng.u64(..3));
             }
             let mut conns = SampleRing::new(16);
-            for _ in 0..rng.below(16) {
-                conns.push(rng.next(), rng.next());
+            for _ in 0..rng.u64(..16) {
+                conns.push(rng.u64(..), rng.u64(..));
             }
             conv.connections = Some(Box::new(conns));
             let l = labels(tls_info, (i % 5 != 0).then(|| Box::new(s)));
-            if let Some(f) = EncryptedMining::new(&cfg).evaluate(&conv, Some(&l), rng.next()) {
+            if let Some(f) = EncryptedMining::new(&cfg).evaluate(&conv, Some(&l), rng.u64(..)) {
                 fired += 1;
                 check_contributions(&f);
                 let text = serde_json::to_string(&f.evidence).expect("serializes");

@@ -166,12 +166,9 @@ fn renderer_for(name: &str, sinks: &[SinkConfig]) -> Renderer {
 
 /// The renderer of a sink: its format, inside an RFC 5424 header for syslog sinks.
 fn renderer(cfg: &SinkConfig) -> Renderer {
-    let format = match cfg.format() {
-        Some("cef") => Format::Cef,
-        Some("leef") => Format::Leef,
-        Some("ocsf") => Format::Ocsf,
-        _ => Format::Json,
-    };
+    // JSON (ECS) is the documented default when a sink names no format; an unknown name
+    // never gets here (the configuration refuses it).
+    let format = cfg.format_kind().unwrap_or(Format::Json);
     let syslog = match cfg {
         SinkConfig::Syslog(s) if s.header != Some(SyslogHeader::None) => Some(SyslogOptions {
             facility: s

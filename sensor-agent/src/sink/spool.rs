@@ -1188,6 +1188,7 @@ fn scan_segment(data: &[u8], base: u64, upper: Option<u64>) -> Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fastrand::Rng;
     use std::{
         collections::BTreeMap,
         env,
@@ -1234,34 +1235,12 @@ mod tests {
         }
     }
 
-    /// xorshift64.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 {
-                0
-            } else {
-                self.next() % n
-            }
-        }
-    }
-
     /// A payload determined by its seq, 0..max_len bytes (plus 8 for the seq itself).
     fn payload(seq: u64, max_len: u64) -> Vec<u8> {
-        let mut r = Rng(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let len = r.below(max_len);
+        let mut r = Rng::with_seed(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let len = r.u64(..max_len);
         let mut p = seq.to_le_bytes().to_vec();
-        p.extend((0..len).map(|_| r.next() as u8));
+        p.extend((0..len).map(|_| r.u8(..)));
         p
     }
 
@@ -1729,7 +1708,7 @@ mod tests {
         let spool_dir = t.0.join("spool");
         let log_path = t.0.join("log");
         let exe = env::current_exe().unwrap();
-        let mut rng = Rng(0x5EED_0FC0_FFEE);
+        let mut rng = Rng::with_seed(0x5EED_0FC0_FFEE);
         let mut torn = 0;
         let mut new_per_policy = [0u64; 3];
         for round in 0..9 {
@@ -1756,7 +1735,9 @@ mod tests {
                 );
                 thread::sleep(Duration::from_millis(1));
             }
-            thread::sleep(Duration::from_micros(rng.below(120_000)));
+            // The test's subject, not synchronisation: a random moment of the child's appends
+            // at which to SIGKILL it.
+            thread::sleep(Duration::from_micros(rng.u64(..120_000)));
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "round {round}: child exited"
@@ -1795,7 +1776,7 @@ mod tests {
             check_contiguous(&sp, "a");
             check_contiguous(&sp, "b");
             // Let b make progress too, so segments get deleted across rounds.
-            let upto = last.saturating_sub(rng.below(30));
+            let upto = last.saturating_sub(rng.u64(..30));
             sp.ack("b", upto.max(sp.cursor("b").unwrap())).unwrap();
             drop(sp);
             // Recovery is idempotent: nothing left to repair.
@@ -1860,7 +1841,7 @@ mod tests {
         files.sort();
 
         let work = t.0.join("work");
-        let mut rng = Rng(0xC0DE_FEED_1234_5678);
+        let mut rng = Rng::with_seed(0xC0DE_FEED_1234_5678);
         let mut stats = [0u64; 4]; // torn, corrupt, missing, cursor resets
         for case in 0..2500 {
             let _ = fs::remove_dir_all(&work);
@@ -1868,30 +1849,30 @@ mod tests {
             let mut cur = files.clone();
             let mut deleted = vec![false; cur.len()];
             let mut what = Vec::new();
-            for _ in 0..1 + rng.below(2) {
-                let fi = rng.below(cur.len() as u64) as usize;
+            for _ in 0..1 + rng.u64(..2) {
+                let fi = rng.usize(..cur.len());
                 let (name, data) = &mut cur[fi];
                 let before = data.len();
-                let kind = rng.below(7);
+                let kind = rng.u64(..7);
                 match kind {
                     0 => {
-                        for _ in 0..1 + rng.below(4) {
+                        for _ in 0..1 + rng.u64(..4) {
                             if !data.is_empty() {
-                                let i = rng.below(data.len() as u64) as usize;
-                                data[i] ^= 1 + rng.below(255) as u8;
+                                let i = rng.usize(..data.len());
+                                data[i] ^= rng.u8(1..);
                             }
                         }
                     }
-                    1 => data.truncate(rng.below(data.len() as u64 + 1) as usize),
+                    1 => data.truncate(rng.usize(..=data.len())),
                     2 | 3 => {
-                        let i = rng.below(data.len() as u64 + 1) as usize;
-                        let n = (1 + rng.below(64) as usize).min(data.len() - i);
+                        let i = rng.usize(..=data.len());
+                        let n = (1 + rng.usize(..64)).min(data.len() - i);
                         for b in &mut data[i..i + n] {
-                            *b = if kind == 2 { rng.next() as u8 } else { 0 };
+                            *b = if kind == 2 { rng.u8(..) } else { 0 };
                         }
                     }
-                    4 => data.extend((0..1 + rng.below(100)).map(|_| rng.next() as u8)),
-                    5 => *data = (0..rng.below(600)).map(|_| rng.next() as u8).collect(),
+                    4 => data.extend((0..1 + rng.u64(..100)).map(|_| rng.u8(..))),
+                    5 => *data = (0..rng.u64(..600)).map(|_| rng.u8(..)).collect(),
                     _ => {
                         data.clear();
                         deleted[fi] = true;
@@ -2004,27 +1985,27 @@ mod tests {
 
     #[test]
     fn spool_scan_never_panics_on_random_bytes() {
-        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut rng = Rng::with_seed(0x1234_5678_9ABC_DEF1);
         let mut buf = Vec::new();
         for case in 0..20_000u64 {
             let mut data = Vec::new();
             // Some valid records, some garbage, some records with wild headers.
-            for _ in 0..rng.below(6) {
-                match rng.below(3) {
+            for _ in 0..rng.u64(..6) {
+                match rng.u64(..3) {
                     0 => {
-                        let seq = 1 + case % 7 + rng.below(3);
-                        encode_record(&mut buf, seq, rng.next(), &payload(seq, 30));
+                        let seq = 1 + case % 7 + rng.u64(..3);
+                        encode_record(&mut buf, seq, rng.u64(..), &payload(seq, 30));
                         data.extend_from_slice(&buf);
                     }
-                    1 => data.extend((0..rng.below(50)).map(|_| rng.next() as u8)),
+                    1 => data.extend((0..rng.u64(..50)).map(|_| rng.u8(..))),
                     _ => {
-                        data.extend_from_slice(&(rng.next() as u32).to_le_bytes());
-                        data.extend((0..rng.below(40)).map(|_| rng.next() as u8));
+                        data.extend_from_slice(&rng.u32(..).to_le_bytes());
+                        data.extend((0..rng.u64(..40)).map(|_| rng.u8(..)));
                     }
                 }
             }
-            let base = [0, 1, 5, u64::MAX - 1, u64::MAX][rng.below(5) as usize];
-            let upper = [None, Some(0), Some(3), Some(u64::MAX)][rng.below(4) as usize];
+            let base = [0, 1, 5, u64::MAX - 1, u64::MAX][rng.usize(..5)];
+            let upper = [None, Some(0), Some(3), Some(u64::MAX)][rng.usize(..4)];
             let s = scan_segment(&data, base, upper);
             assert!(s.valid_len <= data.len());
             let mut prev = None;

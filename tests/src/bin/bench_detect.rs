@@ -36,12 +36,13 @@ use std::{
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use fastrand::Rng;
 use sensor_agent::{
     detect::periodic_flow::PeriodicFlowConfig,
     flow::table::CONNECTION_SAMPLES,
     scoring::periodicity::{self, Periodicity, SampleRing, ScoreScratch, MIN_SAMPLES},
 };
-use sensor_tests::{parse_count, rng::Rng};
+use sensor_tests::parse_count;
 
 /// Heap bytes in use and their peak. Plain loads and stores, not read-modify-writes, to keep
 /// the counting out of the timings: this program allocates from one thread only.
@@ -179,10 +180,10 @@ struct Log {
 const S: u64 = 1_000_000_000;
 
 fn generate(records: usize, pairs: usize, span_ns: u64, beacon_share: f64, seed: u64) -> Log {
-    let mut rng = Rng::new(seed ^ (pairs as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = Rng::with_seed(seed ^ (pairs as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let start_ns = 1_700_000_000 * S;
     // Heavy-tailed records per pair: log-uniform weights over [1, 1000], scaled to `records`.
-    let weights: Vec<f64> = (0..pairs).map(|_| 1000f64.powf(rng.unit())).collect();
+    let weights: Vec<f64> = (0..pairs).map(|_| 1000f64.powf(rng.f64())).collect();
     let total: f64 = weights.iter().sum();
     let mut per_pair: Vec<u32> = weights
         .iter()
@@ -204,22 +205,19 @@ fn generate(records: usize, pairs: usize, span_ns: u64, beacon_share: f64, seed:
             pair: i as u32,
             port,
         };
-        if rng.unit() < beacon_share {
+        if rng.f64() < beacon_share {
             beacon_pairs += 1;
             // Period, phase, 10% jitter; one request size per pair.
             let period = span_ns / u64::from(count.max(1));
-            let base = start_ns + rng.below_u64(period / 2);
-            let size = 100 + rng.below_u64(2000);
+            let base = start_ns + rng.u64(..(period / 2).max(1));
+            let size = 100 + rng.u64(..2000);
             for k in 0..u64::from(count) {
-                conns.push(rec(
-                    base + k * period + rng.below_u64(period / 10 + 1),
-                    size,
-                ));
+                conns.push(rec(base + k * period + rng.u64(..=period / 10), size));
             }
         } else {
             for _ in 0..count {
-                let t = start_ns + rng.below_u64(span_ns);
-                conns.push(rec(t, (40.0 * 25_000f64.powf(rng.unit())) as u64));
+                let t = start_ns + rng.u64(..span_ns.max(1));
+                conns.push(rec(t, (40.0 * 25_000f64.powf(rng.f64())) as u64));
             }
         }
     }

@@ -337,6 +337,7 @@ mod tests {
 
     use super::*;
     use crate::source::{capture::CaptureReader, packet::parse_frame};
+    use fastrand::Rng;
     use Direction::{ClientToServer as C2S, ServerToClient as S2C};
 
     /// A DNS query for example.com, A record.
@@ -508,23 +509,11 @@ mod tests {
         assert_eq!(f.feed(&ping, C2S).unwrap().protocol, "ethereum-discv4");
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
+    /// Random bytes; fastrand fills a slice rather than returning a vector.
+    fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        rng.fill(&mut b);
+        b
     }
 
     /// Every entry point on one buffer; the only assertion is that none panics (and that the
@@ -557,13 +546,13 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         let mut flow = FlowClassifier::new(Transport::Tcp);
         for i in 0..200_000 {
-            let len = rng.below(601);
-            let mut b = rng.bytes(len);
+            let len = rng.usize(..601);
+            let mut b = random_bytes(&mut rng, len);
             if i % 4 == 0 {
-                let prefix = PREFIXES[rng.below(PREFIXES.len())];
+                let prefix = PREFIXES[rng.usize(..PREFIXES.len())];
                 let mut p = prefix.to_vec();
                 p.extend(b);
                 b = p;
@@ -618,30 +607,30 @@ mod tests {
             }) || parse_client_hello(s).is_some();
             assert!(hit, "sample {i}");
         }
-        let mut rng = XorShift(0x1234_5678_9abc_def1);
+        let mut rng = Rng::with_seed(0x1234_5678_9abc_def1);
         let mut flow = FlowClassifier::new(Transport::Tcp);
         for i in 0..60_000 {
-            let mut b = samples[rng.below(samples.len())].clone();
-            for _ in 0..1 + rng.below(4) {
+            let mut b = samples[rng.usize(..samples.len())].clone();
+            for _ in 0..1 + rng.usize(..4) {
                 if b.is_empty() {
                     break;
                 }
-                let at = rng.below(b.len());
-                match rng.below(6) {
-                    0 => b[at] ^= 1 << rng.below(8),
-                    1 => b[at] = rng.next() as u8,
+                let at = rng.usize(..b.len());
+                match rng.usize(..6) {
+                    0 => b[at] ^= 1 << rng.usize(..8),
+                    1 => b[at] = rng.u8(..),
                     2 => b.truncate(at),
                     3 => {
-                        let n = rng.below(16);
-                        let ins = rng.bytes(n);
+                        let n = rng.usize(..16);
+                        let ins = random_bytes(&mut rng, n);
                         b.splice(at..at, ins);
                     }
                     4 => {
-                        let end = (at + rng.below(32)).min(b.len());
+                        let end = (at + rng.usize(..32)).min(b.len());
                         b.drain(at..end);
                     }
                     _ => {
-                        let end = (at + rng.below(64)).min(b.len());
+                        let end = (at + rng.usize(..64)).min(b.len());
                         let dup = b[at..end].to_vec();
                         b.splice(at..at, dup);
                     }

@@ -216,6 +216,7 @@ mod tests {
     //! `[A-Za-z0-9_]+` right before it and a single space before the key ends the previous value.
 
     use super::super::{testkit::*, Format, Renderer};
+    use fastrand::Rng;
     use serde_json::Value;
 
     #[derive(Debug)]
@@ -440,7 +441,7 @@ mod tests {
     #[test]
     fn hostile_strings_never_add_fields_or_lines() {
         let renderer = Renderer::new(Format::Cef, None);
-        let mut rng = XorShift::new(0xCEF0_2021);
+        let mut rng = Rng::with_seed(0xCEF0_2021);
         for case in 0..CASES {
             let h = Hostile::generate(&mut rng);
             let alarm = h.alarm();

@@ -11,6 +11,7 @@ pub(super) fn render(alarm: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::{testkit::*, Format, Renderer};
+    use fastrand::Rng;
     use serde_json::Value;
 
     #[test]
@@ -34,7 +35,7 @@ mod tests {
     #[test]
     fn hostile_strings_round_trip_on_one_line() {
         let renderer = Renderer::new(Format::Json, None);
-        let mut rng = XorShift::new(0x150A_2021);
+        let mut rng = Rng::with_seed(0x150A_2021);
         for case in 0..CASES {
             let alarm = Hostile::generate(&mut rng).alarm();
             let bytes = renderer.render(&alarm);

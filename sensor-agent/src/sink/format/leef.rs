@@ -154,6 +154,7 @@ mod tests {
     //! are split on the delimiter and each at its first `=`.
 
     use super::super::{testkit::*, Format, Renderer};
+    use fastrand::Rng;
     use serde_json::Value;
 
     #[derive(Debug)]
@@ -303,7 +304,7 @@ mod tests {
                 .iter()
                 .map(|k| format!("evidence_{k}")),
         );
-        let mut rng = XorShift::new(0x1EEF_2021);
+        let mut rng = Rng::with_seed(0x1EEF_2021);
         for case in 0..CASES {
             let h = Hostile::generate(&mut rng);
             let alarm = h.alarm();

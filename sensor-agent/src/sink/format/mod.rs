@@ -86,6 +86,10 @@ pub const PRODUCT: &str = "sensor-agent";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The payload format (`sink.format` in the configuration: `json`, `cef`, `leef`, `ocsf`).
+/// The configuration deserialises straight into it, so an unknown name is a load error that
+/// lists these names (serde's "unknown variant ..., expected one of ...") rather than a silent
+/// fall-back to JSON that would send a SIEM a format it does not parse. Names are exact and
+/// lowercase: `CEF` is not accepted (it never was).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -100,7 +104,12 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn as_str(self) -> &'static str {
+    /// Every format, in the order error messages and `FORMATS` list them (the declaration
+    /// order, which serde's "expected one of" also follows).
+    pub const ALL: [Format; 4] = [Format::Json, Format::Cef, Format::Leef, Format::Ocsf];
+
+    /// The configuration name; `const` so the list of names can be derived at compile time.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Cef => "cef",
@@ -454,7 +463,7 @@ mod tests {
 
     #[test]
     fn format_names_deserialize() {
-        for f in [Format::Json, Format::Cef, Format::Leef, Format::Ocsf] {
+        for f in Format::ALL {
             let parsed: Format = serde_json::from_value(json!(f.as_str())).unwrap();
             assert_eq!(parsed, f);
         }

@@ -211,6 +211,7 @@ fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::super::{testkit::*, Format, Renderer};
+    use fastrand::Rng;
     use serde_json::{json, Value};
 
     #[test]
@@ -278,7 +279,7 @@ mod tests {
     #[test]
     fn hostile_strings_stay_values() {
         let renderer = Renderer::new(Format::Ocsf, None);
-        let mut rng = XorShift::new(0x0C5F_2021);
+        let mut rng = Rng::with_seed(0x0C5F_2021);
         for case in 0..CASES {
             let h = Hostile::generate(&mut rng);
             let alarm = h.alarm();

@@ -142,6 +142,7 @@ mod tests {
     //! escaped.
 
     use super::super::{testkit::*, Format, Renderer, SyslogOptions};
+    use fastrand::Rng;
     use serde_json::Value;
 
     #[derive(Debug, PartialEq)]
@@ -373,7 +374,7 @@ mod tests {
 
     #[test]
     fn hostile_strings_never_add_params_or_lines() {
-        let mut rng = XorShift::new(0x5424_2021);
+        let mut rng = Rng::with_seed(0x5424_2021);
         let formats = [Format::Json, Format::Cef, Format::Leef, Format::Ocsf];
         for case in 0..CASES {
             let h = Hostile::generate(&mut rng);

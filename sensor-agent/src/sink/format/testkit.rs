@@ -1,6 +1,8 @@
-//! Shared test material: the example alarm, a xorshift generator of hostile strings, and an
-//! alarm built from them. Nothing here knows how any format escapes.
+//! Shared test material: the example alarm, a generator of hostile strings (from a seeded
+//! fastrand, so a failing case number reproduces), and an alarm built from them. Nothing here
+//! knows how any format escapes.
 
+use fastrand::Rng;
 use serde_json::{json, Value};
 
 /// Property cases per format.
@@ -12,28 +14,6 @@ pub(super) fn example_alarm() -> Value {
         r#"{"@timestamp":"2021-06-10T15:41:22.384993Z","event":{"kind":"alert","category":["network","intrusion_detection"],"type":["connection","indicator"],"id":"f3e9fd46e62da2488ae3f085098922f7","action":"opened","start":"2021-06-10T13:47:56.609725Z","end":"2021-06-10T15:41:22.384993Z","duration":6805775268000,"severity":3},"rule":{"id":"long_flow","name":"Suspect Long Flow"},"source":{"ip":"192.168.2.186","port":53798,"bytes":15192,"packets":230},"destination":{"ip":"192.168.2.21","port":1234,"bytes":22418,"packets":229},"network":{"transport":"tcp","iana_number":"6","bytes":37610,"packets":459,"community_id":"1:y2XkHe1REW6ho/NuoGcEnbnKND0="},"observer":{"hostname":"vm","ingress":{"interface":{"name":"eth0"}}},"threat":{"framework":"MITRE ATT&CK","technique":{"id":["T1496"],"name":["Resource Hijacking"]}},"sensor":{"evidence":{"duration_s":6806.0,"sni":"pool.example|x=1\\\r\n","signature":"mining.subscribe"},"hits":1,"conversation":{"flows":1,"open_flows":1}}}"#,
     )
     .unwrap()
-}
-
-/// xorshift64 (Marsaglia): deterministic, so a failing case number reproduces.
-pub(super) struct XorShift(u64);
-
-impl XorShift {
-    pub(super) fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    pub(super) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    pub(super) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Pieces hostile strings are made of: every separator of every format, escape look-alikes,
@@ -101,10 +81,10 @@ const FRAGMENTS: &[&str] = &[
     "-",
 ];
 
-pub(super) fn hostile_string(rng: &mut XorShift) -> String {
+pub(super) fn hostile_string(rng: &mut Rng) -> String {
     let mut s = String::new();
-    for _ in 0..rng.below(13) {
-        s.push_str(FRAGMENTS[rng.below(FRAGMENTS.len())]);
+    for _ in 0..rng.usize(..13) {
+        s.push_str(FRAGMENTS[rng.usize(..FRAGMENTS.len())]);
     }
     s
 }
@@ -129,7 +109,7 @@ pub(super) struct Hostile {
 }
 
 impl Hostile {
-    pub(super) fn generate(rng: &mut XorShift) -> Self {
+    pub(super) fn generate(rng: &mut Rng) -> Self {
         let mut g = || hostile_string(rng);
         Hostile {
             rule_id: g(),

@@ -11,8 +11,9 @@
 //! `tcp://` or `udp://` address are errors, not no-ops).
 //!
 //! Not here: spool/queue settings (size, directory, backoff) belong to the integrator's sink
-//! worker; it adds them to these tables (or next to them) itself. `format` is kept a validated
-//! string that the integrator maps to its own format enum.
+//! worker; it adds them to these tables (or next to them) itself. `format` deserialises
+//! straight into [`Format`]: an unknown name fails the load with the accepted names, it never
+//! falls back to JSON.
 //!
 //! ```toml
 //! [[sinks]]
@@ -26,10 +27,19 @@ use std::{collections::BTreeMap, fmt, net::Ipv6Addr, path::PathBuf, str::FromStr
 
 use serde::{de, Deserialize, Deserializer};
 
-use crate::units::HumanDuration;
+use crate::{sink::format::Format, units::HumanDuration};
 
-/// The alarm formats a sink may name; the integrator maps them to its format enum.
-pub const FORMATS: &[&str] = &["json", "cef", "leef", "ocsf"];
+/// The alarm formats a sink may name, derived from [`Format::ALL`] so the list shown to users
+/// can never drift from what the loader accepts.
+pub const FORMATS: &[&str] = &{
+    let mut names = [""; Format::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Format::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// One `[[sinks]]` entry.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -49,8 +59,8 @@ pub struct StdoutConfig {
     /// Sink name in logs and metrics; default `stdout`.
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "de_format")]
-    pub format: Option<String>,
+    #[serde(default)]
+    pub format: Option<Format>,
 }
 
 /// `kind = "file"`: LF-delimited messages appended to `path`, rotated by size to `path.1` ...
@@ -62,8 +72,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub name: Option<String>,
     pub path: PathBuf,
-    #[serde(default, deserialize_with = "de_format")]
-    pub format: Option<String>,
+    #[serde(default)]
+    pub format: Option<Format>,
     /// Rotate before a message would take the file past this size; no rotation when absent.
     #[serde(default)]
     pub max_bytes: Option<u64>,
@@ -85,8 +95,8 @@ pub struct SyslogConfig {
     pub name: Option<String>,
     /// `udp://host:port`, `tcp://host:port` or `tls://host:port`; IPv6 in brackets.
     pub address: SyslogAddress,
-    #[serde(default, deserialize_with = "de_format")]
-    pub format: Option<String>,
+    #[serde(default)]
+    pub format: Option<Format>,
     /// TCP only (`octet-counted`, the default, or `lf`); TLS is always octet-counted.
     #[serde(default)]
     pub framing: Option<Framing>,
@@ -137,7 +147,7 @@ pub struct HecConfig {
     pub token: Secret,
     /// Only `json`: HEC events are JSON.
     #[serde(default, deserialize_with = "de_json_format")]
-    pub format: Option<String>,
+    pub format: Option<Format>,
     /// Wait for indexer acknowledgement before reporting messages taken.
     #[serde(default)]
     pub ack: bool,
@@ -168,7 +178,7 @@ pub struct WebhookConfig {
     pub url: String,
     /// Only `json`.
     #[serde(default, deserialize_with = "de_json_format")]
-    pub format: Option<String>,
+    pub format: Option<Format>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Extra request headers (e.g. `Authorization`); values are secrets.
@@ -430,30 +440,14 @@ impl<'de> Deserialize<'de> for Severity {
     }
 }
 
-/// Checks a format name against [`FORMATS`].
-pub fn check_format(f: &str) -> Result<(), String> {
-    if FORMATS.contains(&f) {
-        Ok(())
-    } else {
-        Err(format!(
-            "unknown format {f:?}: expected one of {}",
-            FORMATS.join(", ")
-        ))
-    }
-}
-
-fn de_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let f = String::deserialize(d)?;
-    check_format(&f).map_err(de::Error::custom)?;
-    Ok(Some(f))
-}
-
-fn de_json_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let f = String::deserialize(d)?;
-    check_format(&f).map_err(de::Error::custom)?;
-    if f != "json" {
+/// HEC and webhook bodies are JSON: any other (known) format is refused by name. An unknown
+/// name fails inside `Format::deserialize` with serde's list of the accepted ones.
+fn de_json_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+    let f = Format::deserialize(d)?;
+    if f != Format::Json {
         return Err(de::Error::custom(format!(
-            "format {f:?} is not supported by hec and webhook sinks: expected \"json\""
+            "format {:?} is not supported by hec and webhook sinks: expected \"json\"",
+            f.as_str()
         )));
     }
     Ok(Some(f))
@@ -522,15 +516,22 @@ impl SinkConfig {
         given.clone().unwrap_or(derived)
     }
 
-    /// The configured format name (one of [`FORMATS`]), if any.
-    pub fn format(&self) -> Option<&str> {
+    /// The configured format, if any (absent means JSON).
+    pub fn format_kind(&self) -> Option<Format> {
         match self {
-            SinkConfig::Stdout(c) => c.format.as_deref(),
-            SinkConfig::File(c) => c.format.as_deref(),
-            SinkConfig::Syslog(c) => c.format.as_deref(),
-            SinkConfig::Hec(c) => c.format.as_deref(),
-            SinkConfig::Webhook(c) => c.format.as_deref(),
+            SinkConfig::Stdout(c) => c.format,
+            SinkConfig::File(c) => c.format,
+            SinkConfig::Syslog(c) => c.format,
+            SinkConfig::Hec(c) => c.format,
+            SinkConfig::Webhook(c) => c.format,
         }
+    }
+
+    /// The configured format's name (one of [`FORMATS`]), if any. Kept for callers that
+    /// still match on names; since the loader only admits known formats, no name they do not
+    /// know can reach them.
+    pub fn format(&self) -> Option<&'static str> {
+        self.format_kind().map(Format::as_str)
     }
 
     /// The rules one field at a time cannot express. The message starts with the sink name.
@@ -721,7 +722,7 @@ framing = "octet-counted"
                 port: 6514
             }
         );
-        assert_eq!(c.format.as_deref(), Some("cef"));
+        assert_eq!(c.format, Some(Format::Cef));
         assert_eq!(c.framing, Some(Framing::OctetCounted));
         assert_eq!(sinks[0].name(), "syslog:tcp://127.0.0.1:6514");
         sinks[0].validate().unwrap();
@@ -843,7 +844,7 @@ headers = { Authorization = "Bearer xyz" }
     fn bad_format_lists_the_accepted_ones() {
         let e = parse("[[sinks]]\nkind = \"stdout\"\nformat = \"xml\"\n").unwrap_err();
         assert!(
-            e.contains("unknown format \"xml\": expected one of json, cef, leef, ocsf"),
+            e.contains("unknown variant `xml`, expected one of `json`, `cef`, `leef`, `ocsf`"),
             "{e}"
         );
         let e = parse(
@@ -852,6 +853,62 @@ headers = { Authorization = "Bearer xyz" }
         )
         .unwrap_err();
         assert!(e.contains("not supported by hec and webhook sinks"), "{e}");
+    }
+
+    /// An unknown format fails the load, for every kind of sink, naming the value and every
+    /// accepted format; through the configuration loader the error also carries the file, line
+    /// and key. Every accepted name still parses.
+    #[test]
+    fn unknown_format_is_a_config_error_listing_the_accepted_formats() {
+        let expected = "unknown variant `xml`, expected one of `json`, `cef`, `leef`, `ocsf`";
+        for kind in [
+            "kind = \"stdout\"",
+            "kind = \"file\"\npath = \"/tmp/x\"",
+            "kind = \"syslog\"\naddress = \"tcp://h:1\"",
+            "kind = \"hec\"\nurl = \"https://h:8088/services/collector\"\ntoken = \"t\"",
+            "kind = \"webhook\"\nurl = \"https://h/hook\"",
+        ] {
+            let e = parse(&format!("[[sinks]]\n{kind}\nformat = \"xml\"\n")).unwrap_err();
+            assert!(e.contains(expected), "{kind}: {e}");
+            // The accepted names, from the enum, are exactly the ones FORMATS lists.
+            for name in FORMATS {
+                assert!(e.contains(&format!("`{name}`")), "{kind}: {e}");
+            }
+        }
+        for (i, name) in FORMATS.iter().enumerate() {
+            let sinks = parse(&format!(
+                "[[sinks]]\nkind = \"stdout\"\nformat = \"{name}\"\n"
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(sinks[0].format_kind(), Some(Format::ALL[i]));
+            assert_eq!(sinks[0].format(), Some(*name));
+        }
+        assert_eq!(
+            parse("[[sinks]]\nkind = \"stdout\"\n").unwrap()[0].format(),
+            None
+        );
+
+        let path =
+            std::env::temp_dir().join(format!("sink-format-unit-{}-xml.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://h:1\"\nformat = \"xml\"\n",
+        )
+        .unwrap();
+        let e = crate::config::load(Some(&path), &[])
+            .map(|_| ())
+            .unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let text = e.to_string();
+        assert!(text.contains(expected), "{text}");
+        assert!(
+            e.origin.starts_with(&path.display().to_string()),
+            "the file is named: {text}"
+        );
+        // `kind`-tagged tables are buffered by serde, so the key (and line) found is the
+        // sink's table, not its `format` line.
+        assert!(e.key.starts_with("sinks[0]"), "the sink is named: {text}");
+        println!("{text}");
     }
 
     #[test]
