@@ -26,7 +26,7 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS, PAYLOAD_MAX};
 use tokio::{sync::mpsc, task::JoinHandle};
 
@@ -172,6 +172,7 @@ impl ReplaySource {
             let mut out = Batcher {
                 tx,
                 batch: Vec::with_capacity(BATCH_EVENTS),
+                payloads: BytesMut::new(),
             };
             read_captures(&paths, &opts, &mut out)
         });
@@ -212,9 +213,24 @@ impl Source for ReplaySource {
 struct Batcher {
     tx: mpsc::Sender<Vec<SourceEvent>>,
     batch: Vec<SourceEvent>,
+    /// Payload copies are cut from one shared buffer: one allocation per
+    /// [`PAYLOAD_ARENA`] bytes instead of one per packet.
+    payloads: BytesMut,
 }
 
+/// Bytes of payload copies per shared allocation.
+const PAYLOAD_ARENA: usize = 256 * 1024;
+
 impl Batcher {
+    /// A copy of `data` that the loop can keep (the frame's buffer is reused).
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if self.payloads.capacity() < data.len() {
+            self.payloads = BytesMut::with_capacity(PAYLOAD_ARENA.max(data.len()));
+        }
+        self.payloads.extend_from_slice(data);
+        self.payloads.split().freeze()
+    }
+
     /// Queues one event; false once the loop is gone (nothing more needs reading).
     fn push(&mut self, e: SourceEvent) -> bool {
         self.batch.push(e);
@@ -325,7 +341,7 @@ fn read_captures(
                             .get(p.payload_off..)
                             .filter(|d| p.payload_off > 0 && !d.is_empty())
                             .map_or_else(Bytes::new, |d| {
-                                Bytes::copy_from_slice(&d[..d.len().min(PAYLOAD_MAX)])
+                                events.copy(&d[..d.len().min(PAYLOAD_MAX)])
                             });
                         let event = PacketEvent {
                             key: p.key,

@@ -23,7 +23,6 @@ use sensor_tests::{
     frames::{self, Frag, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN},
     parse_count,
     pcap::{self, Record},
-    rng::Rng,
 };
 
 #[derive(Parser)]
@@ -131,7 +130,7 @@ impl Flow {
     }
 
     /// Frame `k` (0-based) of `total` in this flow.
-    fn frame(&self, k: u32, total: u32, pool: &[u8], rng: &mut Rng) -> Vec<u8> {
+    fn frame(&self, k: u32, total: u32, pool: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
         let from_client = k.is_multiple_of(2);
         let (sp, dp) = if from_client {
             (self.client_port, self.server_port)
@@ -139,22 +138,22 @@ impl Flow {
             (self.server_port, self.client_port)
         };
         let payload_len = if self.proto == 6 {
-            match (k, rng.below(10)) {
+            match (k, rng.usize(..10)) {
                 // Handshake and the closing segment carry no payload.
                 (0, _) | (1, _) => 0,
                 _ if k + 1 == total && total > 3 => 0,
-                (_, 0..=3) => rng.below(120),
-                (_, 4..=6) => 200 + rng.below(800),
+                (_, 0..=3) => rng.usize(..120),
+                (_, 4..=6) => 200 + rng.usize(..800),
                 _ => 1448,
             }
         } else {
             match self.server_port {
-                53 | 5353 => 30 + rng.below(90),
+                53 | 5353 => 30 + rng.usize(..90),
                 123 => 48,
-                _ => 60 + rng.below(1140),
+                _ => 60 + rng.usize(..1140),
             }
         };
-        let at = rng.below(pool.len() - 1500);
+        let at = rng.usize(..pool.len() - 1500);
         let payload = &pool[at..at + payload_len];
         let l4 = if self.proto == 6 {
             let flags = match k {
@@ -202,22 +201,22 @@ fn main() -> Result<()> {
     if args.duration_s == 0 {
         bail!("--duration-s must be at least 1");
     }
-    let mut rng = Rng::new(args.seed);
+    let mut rng = fastrand::Rng::with_seed(args.seed);
     let span_ns = args.duration_s * 1_000_000_000;
 
     // Frames per flow: one each, the rest given to flows with a skew (some flows are long).
     let mut per_flow = vec![1u32; flows];
     for _ in 0..packets - flows {
-        let a = rng.below(flows);
-        let b = rng.below(flows);
+        let a = rng.usize(..flows);
+        let b = rng.usize(..flows);
         per_flow[a.min(b)] += 1;
     }
     // Events (time, flow, frame number): each flow starts somewhere in the span and sends its
     // frames a few milliseconds to a few seconds apart.
     let mut events: Vec<(u64, u32, u32)> = Vec::with_capacity(packets);
     for (f, &n) in per_flow.iter().enumerate() {
-        let start = rng.below_u64(span_ns);
-        let gap = 1_000_000 + rng.below_u64(2_000_000_000);
+        let start = rng.u64(..span_ns);
+        let gap = 1_000_000 + rng.u64(..2_000_000_000);
         for k in 0..n {
             let t = (start + k as u64 * gap / (1 + k as u64 / 8)).min(span_ns - 1);
             events.push((t, f as u32, k));
@@ -225,7 +224,7 @@ fn main() -> Result<()> {
     }
     events.sort_unstable();
 
-    let pool = rng.bytes(1 << 16);
+    let pool: Vec<u8> = (0..1 << 16).map(|_| rng.u8(..)).collect();
     let linktype = pcap::LINKTYPE_ETHERNET;
     let header = if args.pcapng {
         pcap::pcapng(linktype, &[])
