@@ -177,11 +177,7 @@ pub fn run(
     joined(others, "bulk and udp clients")?;
     joined(quiet, "quiet client")?;
     joined(servers, "servers")?;
-    // One more poll so the agent sees the last packets, then stop everything. This one is
-    // still a timed wait: the agent reports nothing per poll when its stderr is not a terminal
-    // and does not poll once more on SIGTERM, so there is no signal to wait on; a poll
-    // interval plus margin is what "the agent polled again" takes.
-    std::thread::sleep(cfg.poll + Duration::from_millis(500));
+    // The agent polls once more when it is stopped, so it sees the last packets.
     pair.stop(agent_pid);
     if let Some(pid) = tcpdump {
         pair.stop(pid);

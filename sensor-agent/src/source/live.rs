@@ -125,6 +125,8 @@ pub struct LiveSource {
     walk: Option<batch::Walk>,
     poll_interval: Duration,
     stop: Option<watch::Receiver<bool>>,
+    /// Asked to stop: the last poll is under way or done.
+    stopped: bool,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -218,11 +220,12 @@ impl LiveSource {
             walk: None,
             poll_interval,
             stop: None,
+            stopped: false,
         })
     }
 
-    /// Ends the source (its next batch is `None`) once `stop` turns true: Ctrl-C, SIGTERM or
-    /// `--duration`, decided by the caller.
+    /// Ends the source once `stop` turns true (Ctrl-C, SIGTERM or `--duration`, decided by the
+    /// caller): one last poll, then no more batches.
     pub fn stop_on(&mut self, stop: watch::Receiver<bool>) {
         self.stop = Some(stop);
     }
@@ -360,6 +363,9 @@ impl Source for LiveSource {
             // A poll under way goes on at once: its flows, then its tick.
             return self.poll_step().map(Some);
         }
+        if self.stopped {
+            return Ok(None);
+        }
         if self.poll.is_none() {
             // The first tick of an interval fires at once: the first poll is one interval
             // after the start, as before.
@@ -372,7 +378,10 @@ impl Source for LiveSource {
         }
         loop {
             if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
-                return Ok(None);
+                // One last poll, so what the kernel counted since the previous one is judged
+                // and its alarms delivered before the agent exits.
+                self.stopped = true;
+                break;
             }
             let stats = &mut self.stats.ring_records_dropped;
             let (pending_p, pending_t) = (&mut self.pending_payloads, &mut self.pending_traces);
