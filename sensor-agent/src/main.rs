@@ -525,8 +525,10 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         ifaces.join(", "),
         alarms_by_rule(&stats)
     );
-    if let Ok(counters) = live.dp.counters() {
+    {
+        // As of the last poll, which the source makes when it is stopped.
         let ls = live.stats();
+        let counters = ls.counters;
         eprintln!(
             "sensor-agent: watched flows {} (refused {}), messages traced {}, lost to a full trace ring {}, over budget {}, timed {}",
             stats.watched,
@@ -536,6 +538,12 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             counters[counter::TRACE_OVER_BUDGET as usize],
             stats.messages,
         );
+        if ls.ring_records_dropped > 0 {
+            eprintln!(
+                "sensor-agent: {} ring records dropped while waiting for a poll (the agent fell behind)",
+                ls.ring_records_dropped
+            );
+        }
     }
     for line in sink_report(&alarms) {
         eprintln!("{line}");

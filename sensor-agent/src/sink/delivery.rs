@@ -303,8 +303,8 @@ impl Delivery {
             })
     }
 
-    /// [`Self::drain`] without blocking the runtime.
-    pub async fn drain_async(&self, timeout: Duration) -> bool {
+    /// Waits until every sink has taken every record, or `timeout`; whether all were taken.
+    pub async fn drain(&self, timeout: Duration) -> bool {
         let start = Instant::now();
         loop {
             if self.status().iter().all(|s| s.pending == 0) {
@@ -336,20 +336,6 @@ impl Delivery {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
         let _ = self.shared.lock().flush();
-    }
-
-    /// Waits until every sink has taken every record, or `timeout`; whether all were taken.
-    pub fn drain(&self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            if self.status().iter().all(|s| s.pending == 0) {
-                return true;
-            }
-            if start.elapsed() >= timeout {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// Per-sink counters, pending records and the age of the oldest undelivered one.

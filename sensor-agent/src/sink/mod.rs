@@ -132,7 +132,7 @@ impl AlarmOutput {
     pub async fn drain(&self, timeout: std::time::Duration) -> bool {
         match self {
             AlarmOutput::Direct { .. } => true,
-            AlarmOutput::Delivered(d) => d.drain_async(timeout).await,
+            AlarmOutput::Delivered(d) => d.drain(timeout).await,
         }
     }
 

@@ -492,41 +492,15 @@ impl Datapath {
     }
 
     /// Hands every payload copy waiting in the ring buffer to `f`, oldest first; returns how
-    /// many there were. Records of an unexpected size (never, unless the ABI broke) are skipped.
-    pub fn drain_payloads(&mut self, mut f: impl FnMut(&PayloadEvent)) -> usize {
-        let Some(ring) = self.payloads.as_mut() else {
-            return 0;
-        };
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<PayloadEvent>() {
-                // SAFETY: PayloadEvent is plain data (Pod) and the record holds at least its
-                // size; read_unaligned makes no alignment assumption about the ring's memory.
-                let event =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadEvent>()) };
-                f(&event);
-                n += 1;
-            }
-        }
-        n
+    /// many there were.
+    pub fn drain_payloads(&mut self, f: impl FnMut(&PayloadEvent)) -> usize {
+        self.payloads.as_mut().map_or(0, |ring| read_ring(ring, f))
     }
 
     /// Hands every traced message waiting in the trace ring to `f`, oldest first; returns how
     /// many there were.
-    pub fn drain_traces(&mut self, mut f: impl FnMut(&TraceEvent)) -> usize {
-        let Some(ring) = self.traces.as_mut() else {
-            return 0;
-        };
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<TraceEvent>() {
-                // SAFETY: TraceEvent is plain data (Pod) and the record holds at least its size.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) };
-                f(&event);
-                n += 1;
-            }
-        }
-        n
+    pub fn drain_traces(&mut self, f: impl FnMut(&TraceEvent)) -> usize {
+        self.traces.as_mut().map_or(0, |ring| read_ring(ring, f))
     }
 
     /// Prints whatever the programs logged since the last call.
@@ -535,6 +509,22 @@ impl Datapath {
             l.flush();
         }
     }
+}
+
+/// Hands every record waiting in `ring` to `f` as a `T`, oldest first; returns how many there
+/// were. Records of an unexpected size (never, unless the ABI broke) are skipped.
+pub fn read_ring<T: aya::Pod>(ring: &mut RingBuf<MapData>, mut f: impl FnMut(&T)) -> usize {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<T>() {
+            // SAFETY: T is plain data (Pod) and the record holds at least its size;
+            // read_unaligned makes no alignment assumption about the ring's memory.
+            let record = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) };
+            f(&record);
+            n += 1;
+        }
+    }
+    n
 }
 
 fn map_err(name: &'static str, e: aya::maps::MapError) -> DatapathError {

@@ -37,7 +37,7 @@ use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
 use crate::{
     clock::{monotonic_ns, wall_ns, JiffiesClock},
     source::{
-        datapath::{batch, Datapath, DatapathError, LoadOptions},
+        datapath::{batch, read_ring, Datapath, DatapathError, LoadOptions},
         Feedback, FlowUpdate, MessageEvent, PayloadCopy, Source, SourceEvent,
     },
 };
@@ -139,20 +139,18 @@ fn check_iface(iface: &str) -> Result<(), LiveError> {
 }
 
 /// Reads every record waiting in `ring` into `pending`, counting what does not fit.
-fn drain_ring<T: Copy>(ring: &mut RingBuf<MapData>, pending: &mut VecDeque<T>, dropped: &mut u64) {
-    while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<T>() {
-            continue;
-        }
-        if pending.len() >= MAX_PENDING_RECORDS {
+fn drain_ring<T: aya::Pod>(
+    ring: &mut RingBuf<MapData>,
+    pending: &mut VecDeque<T>,
+    dropped: &mut u64,
+) {
+    read_ring(ring, |record: &T| {
+        if pending.len() < MAX_PENDING_RECORDS {
+            pending.push_back(*record);
+        } else {
             *dropped += 1;
-            continue;
         }
-        // SAFETY: T is a plain-data record of the kernel ABI (PayloadEvent or TraceEvent) and
-        // the ring record holds at least its size; read_unaligned makes no alignment
-        // assumption about the ring's memory.
-        pending.push_back(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
-    }
+    });
 }
 
 impl LiveSource {

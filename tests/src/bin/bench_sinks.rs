@@ -112,7 +112,11 @@ fn run(
     }
     delivery.flush()?;
     let spooled = start.elapsed();
-    if !delivery.drain(Duration::from_secs(300)) {
+    // The sinks run as threads here (no runtime of the agent's); the wait itself is async.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    if !waiter.block_on(delivery.drain(Duration::from_secs(300))) {
         bail!(
             "{name}: not delivered within 300 s: {:?}",
             delivery.status()
