@@ -442,12 +442,16 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         None => None,
     };
     let stop = watch_signals(args.duration)?;
-    let mut live = LiveSource::start(
-        &ifaces,
-        egress,
-        &cfg.load_options(),
-        cfg.sensor.poll_interval.0,
-    )?;
+    // Loading (the verifier) and the clock calibration block for a while: off the workers
+    // that run the signal watcher and the sinks.
+    let mut live = tokio::task::block_in_place(|| {
+        LiveSource::start(
+            &ifaces,
+            egress,
+            &cfg.load_options(),
+            cfg.sensor.poll_interval.0,
+        )
+    })?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
     live.watch_rings()?;
     live.stop_on(stop);
