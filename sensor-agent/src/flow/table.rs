@@ -14,15 +14,32 @@
 //! conversation by index. A snapshot that did not change a flow costs one lookup and a
 //! compare, and only changed conversations are re-evaluated (`dirty`).
 //!
+//! Roles: a flow's client is decided from the strongest evidence at hand ([`crate::flow::roles`]):
+//! a SYN (from the kernel's counters or a replayed packet) always wins; payload evidence comes
+//! from the engine through [`FlowTable::set_client`]; the port rule is applied once, when the
+//! flow is created; else the first packet's sender stays client. A flow whose client changes
+//! moves, with what it already counted, to the right conversation and keeps its start time; a
+//! conversation that only ever held that flow is dropped at once (collected by
+//! [`FlowTable::take_abandoned`]), so no alarm is ever raised on the wrong orientation's ghost.
+//!
 //! It never decides whether anything is suspicious: detectors read conversations from it.
 
 use ahash::RandomState;
 use hashbrown::HashTable;
-use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
+use sensor_common::{
+    Addr, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+};
 
 use crate::{
-    flow::record::FlowRecord, flow::settings::FlowConfig, scoring::periodicity::SampleRing,
+    flow::record::FlowRecord,
+    flow::roles::{self, CLIENT_BY_PAYLOAD, CLIENT_BY_PORT},
+    flow::settings::FlowConfig,
+    scoring::periodicity::SampleRing,
 };
+
+/// Payload packets of a flow offered as role evidence, at most: a flow whose first payloads
+/// say nothing about roles keeps what it has, and costs nothing more.
+pub const MAX_ROLE_TRIES: u8 = 8;
 
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
@@ -64,6 +81,9 @@ pub struct Conversation {
     pub flows_seen: u32,
     /// Client port of the most recent flow.
     pub client_port: u16,
+    /// How the most recent flow's client was decided (`FlowStats::client_source` codes,
+    /// named by [`roles::client_from`]).
+    pub client_from: u8,
     /// Changed since the detectors last looked (cleared by [`FlowTable::clear_dirty`]).
     pub dirty: bool,
     in_use: bool,
@@ -105,6 +125,8 @@ struct Flow {
     tcp_flags: u16,
     client: u8,
     client_source: u8,
+    /// Payload packets offered as role evidence so far (see [`MAX_ROLE_TRIES`]).
+    role_tries: u8,
     in_use: bool,
     conv: u32,
 }
@@ -199,6 +221,8 @@ pub struct FlowTable {
     convs: Slab<Conversation>,
     conv_index: HashTable<u32>,
     pub counters: TableCounters,
+    /// Conversations dropped because their only flow moved to the other orientation.
+    abandoned: Vec<Conversation>,
 }
 
 fn conv_key(key: &FlowKey, client: u8) -> ConvKey {
@@ -235,6 +259,70 @@ impl FlowTable {
             convs: Slab::new(),
             conv_index: HashTable::new(),
             counters: TableCounters::default(),
+            abandoned: Vec::new(),
+        }
+    }
+
+    /// Conversations dropped since the last call because their only flow changed client (the
+    /// engine closes their alarms and forgets their labels).
+    pub fn take_abandoned(&mut self) -> Vec<Conversation> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// Like [`FlowTable::orientation`], for a payload of the flow, plus whether that payload
+    /// is still wanted as role evidence (the client is not yet decided by a SYN or a payload,
+    /// and fewer than [`MAX_ROLE_TRIES`] payloads were offered). Counts the offer.
+    pub fn payload_orientation(&mut self, key: &FlowKey) -> Option<(ConvKey, bool, bool)> {
+        let i = self.find_flow(key)?;
+        let f = &mut self.flows.items[i as usize];
+        let wanted = roles::strength(f.client_source) < roles::strength(CLIENT_BY_PAYLOAD)
+            && f.role_tries < MAX_ROLE_TRIES;
+        if wanted {
+            f.role_tries += 1;
+        }
+        let lo_is_client = f.client == CLIENT_LO;
+        Some((self.convs.items[f.conv as usize].key, lo_is_client, wanted))
+    }
+
+    /// Decides flow `key`'s client (`CLIENT_LO` or `CLIENT_HI`) from evidence `source`, when
+    /// that is stronger than what decided it so far. Returns whether the client changed (the
+    /// flow then moved to the other orientation's conversation, keeping its start time).
+    pub fn set_client(&mut self, key: &FlowKey, client: u8, source: u8) -> bool {
+        let Some(i) = self.find_flow(key) else {
+            return false;
+        };
+        let f = &self.flows.items[i as usize];
+        if roles::strength(source) <= roles::strength(f.client_source) {
+            return false;
+        }
+        let moved = f.client != client;
+        let stats = FlowStats {
+            client,
+            client_source: source,
+            ..f.stats()
+        };
+        let (first, last) = (f.first_ns, f.last_ns);
+        self.apply(key, &stats, Some(i), first, last);
+        moved
+    }
+
+    /// The client of a flow and how it is known, from the counters just read (`stats`) and
+    /// what the table decided before (`found`): a SYN always wins, earlier decisions stay,
+    /// and a new flow without a SYN is oriented by its ports when they say.
+    fn resolve(&self, key: &FlowKey, stats: &FlowStats, found: Option<u32>) -> (u8, u8) {
+        if let Some(i) = found {
+            let f = &self.flows.items[i as usize];
+            if stats.client_source == CLIENT_BY_SYN && f.client_source != CLIENT_BY_SYN {
+                return (stats.client, CLIENT_BY_SYN);
+            }
+            return (f.client, f.client_source);
+        }
+        if stats.client_source == CLIENT_BY_SYN {
+            return (stats.client, CLIENT_BY_SYN);
+        }
+        match roles::client_by_port(key) {
+            Some(client) => (client, CLIENT_BY_PORT),
+            None => (stats.client, CLIENT_BY_FIRST_PACKET),
         }
     }
 
@@ -333,14 +421,18 @@ impl FlowTable {
     }
 
     /// Applies cumulative counters for a flow (a kernel snapshot, or a packet sum).
+    /// The client comes from the strongest evidence (see [`FlowTable::resolve`]), not
+    /// necessarily from `stats.client`.
     pub fn update(&mut self, key: &FlowKey, stats: &FlowStats, first_ns: u64, last_ns: u64) {
         let found = self.find_flow(key);
+        let (client, client_source) = self.resolve(key, stats, found);
         if let Some(i) = found {
             let f = &self.flows.items[i as usize];
             // The common case live: an idle flow whose counters did not move (its converted
             // times may still jitter by a jiffy as the clock is re-anchored: ignore that).
             if f.packets == stats.packets
-                && f.client == stats.client
+                && f.client == client
+                && f.client_source == client_source
                 && f.tcp_flags as u64 == stats.tcp_flags
             {
                 return;
@@ -349,6 +441,24 @@ impl FlowTable {
             self.counters.flows_dropped += 1;
             return;
         }
+        let stats = FlowStats {
+            client,
+            client_source,
+            ..*stats
+        };
+        self.apply(key, &stats, found, first_ns, last_ns);
+    }
+
+    /// Applies counters whose client is decided: moves the flow between conversations when
+    /// its client changed, adds the deltas, creates the flow if `found` is `None`.
+    fn apply(
+        &mut self,
+        key: &FlowKey,
+        stats: &FlowStats,
+        found: Option<u32>,
+        first_ns: u64,
+        last_ns: u64,
+    ) {
         let new_conv_key = conv_key(key, stats.client);
         let (prev, old_conv) = match found {
             Some(i) => {
@@ -370,8 +480,9 @@ impl FlowTable {
             self.counters.counter_resets += 1;
             delta = now;
         }
-        // The client can be learnt late (a SYN after a first packet from the server): move
-        // what this flow already contributed to the right conversation.
+        // The client can be learnt late (a SYN or a server's message after a first packet
+        // from the server): move what this flow already contributed to the right
+        // conversation.
         let mut conv_idx = old_conv;
         if let Some(old) = old_conv {
             if self.convs.items[old as usize].key != new_conv_key {
@@ -384,6 +495,12 @@ impl FlowTable {
                 c.dirty = true;
                 if c.open_flows == 0 {
                     c.idle_since_ns = Some(c.last_ns);
+                }
+                // Nothing but this flow ever made it: it was never a conversation.
+                if c.open_flows == 0 && c.flows_seen <= 1 {
+                    let ghost = self.remove_conv(old);
+                    self.counters.conversations_ended += 1;
+                    self.abandoned.push(ghost);
                 }
                 delta = now;
                 conv_idx = None;
@@ -423,6 +540,7 @@ impl FlowTable {
         c.start_ns = c.start_ns.min(first_ns);
         c.last_ns = c.last_ns.max(last_ns);
         c.client_port = client_port;
+        c.client_from = stats.client_source;
         c.dirty = true;
 
         let flow = Flow {
@@ -434,6 +552,7 @@ impl FlowTable {
             tcp_flags: stats.tcp_flags as u16,
             client: stats.client,
             client_source: stats.client_source,
+            role_tries: 0,
             in_use: true,
             conv: conv_idx,
         };
@@ -445,6 +564,7 @@ impl FlowTable {
                 *f = Flow {
                     first_ns: first,
                     last_ns: last,
+                    role_tries: f.role_tries,
                     ..flow
                 };
             }
@@ -602,6 +722,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         open_flows: 0,
         flows_seen: 0,
         client_port: 0,
+        client_from: CLIENT_BY_FIRST_PACKET,
         dirty: true,
         in_use: true,
         connections: None,
@@ -692,6 +813,169 @@ mod tests {
             (13, 1300, 600)
         );
         assert_eq!(t.counters.counter_resets, 1);
+    }
+
+    /// A pool 74.84.128.158:`sport` and a miner 10.0.2.15:`cport`: (key, direction index of
+    /// the miner's packets, the miner's `client` code).
+    fn miner(cport: u16, sport: u16) -> (FlowKey, usize, u8) {
+        let (k, d) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 2, 15]),
+            cport,
+            &ipv4_mapped([74, 84, 128, 158]),
+            sport,
+            TCP,
+        );
+        (k, d, if d == 0 { CLIENT_LO } else { CLIENT_HI })
+    }
+
+    fn only_conv(t: &FlowTable) -> (ConvKey, u8, u64) {
+        assert_eq!(t.conversation_count(), 1);
+        let c = t.conversations().next().expect("conversation");
+        (c.key, c.client_from, c.start_ns)
+    }
+
+    #[test]
+    fn without_a_syn_the_port_rule_names_the_ephemeral_side() {
+        let mut t = table();
+        let (k, d, _) = miner(53310, 3333);
+        // The pool speaks first, mid-stream.
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!(key.server_port, 3333);
+        assert_eq!(from, CLIENT_BY_PORT);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_PORT);
+        assert_eq!(rec.endpoints().0.port, 53310);
+    }
+
+    #[test]
+    fn ports_that_say_nothing_leave_the_first_packet() {
+        let mut t = table();
+        let (k, d, _) = miner(40000, 50000);
+        t.add_packet(&k, 1 - d, 100, ACK, 0);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([74, 84, 128, 158]), "first sender");
+        assert_eq!(from, CLIENT_BY_FIRST_PACKET);
+    }
+
+    #[test]
+    fn payload_evidence_moves_the_flow_and_keeps_its_start() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(40000, 50000);
+        t.add_packet(&k, 1 - d, 100, ACK, 5 * S);
+        t.add_packet(&k, d, 60, ACK, 6 * S);
+        assert_eq!(only_conv(&t).0.client, ipv4_mapped([74, 84, 128, 158]));
+        assert!(t.set_client(&k, miner_code, CLIENT_BY_PAYLOAD), "moved");
+        let (key, from, start) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!((from, start), (CLIENT_BY_PAYLOAD, 5 * S));
+        let c = t.conversation(&key).expect("conversation");
+        assert_eq!(
+            (c.client_bytes, c.server_bytes, c.open_flows, c.flows_seen),
+            (60, 100, 1, 1)
+        );
+        let ghosts = t.take_abandoned();
+        assert_eq!(
+            ghosts.len(),
+            1,
+            "the wrong orientation's conversation is gone"
+        );
+        assert_eq!(ghosts[0].key.client, ipv4_mapped([74, 84, 128, 158]));
+        // Later packets count in the right orientation, and nothing weaker moves it back.
+        t.add_packet(&k, 1 - d, 40, ACK, 7 * S);
+        assert!(!t.set_client(&k, miner_code ^ 1, CLIENT_BY_PORT));
+        assert!(
+            !t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD),
+            "decided once"
+        );
+        let c = t.conversation(&key).expect("conversation");
+        assert_eq!((c.server_bytes, c.last_ns), (140, 7 * S));
+    }
+
+    #[test]
+    fn payload_evidence_outranks_the_port_rule_and_confirms_it() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(53310, 3333);
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        assert!(
+            !t.set_client(&k, miner_code, CLIENT_BY_PAYLOAD),
+            "same client"
+        );
+        assert_eq!(only_conv(&t).1, CLIENT_BY_PAYLOAD);
+        assert!(t.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_later_syn_always_wins() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(40000, 50000);
+        t.add_packet(&k, d, 100, ACK, 0);
+        // Payload said the other side is the client ...
+        assert!(t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD));
+        // ... but the miner's SYN (port reuse, a retransmission) settles it.
+        t.add_packet(&k, d, 60, SYN, S);
+        let (key, from, start) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!((from, start), (CLIENT_BY_SYN, 0));
+        assert!(
+            !t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD),
+            "nothing beats a SYN"
+        );
+        // A kernel snapshot without a SYN does not undo it either.
+        let rec = t.flows().next().expect("flow");
+        let stale = FlowStats {
+            client: miner_code ^ 1,
+            client_source: CLIENT_BY_FIRST_PACKET,
+            packets: [rec.stats.packets[0] + 1, rec.stats.packets[1] + 1],
+            ..rec.stats
+        };
+        t.update(&k, &stale, 0, 2 * S);
+        assert_eq!(only_conv(&t).0.client, ipv4_mapped([10, 0, 2, 15]));
+    }
+
+    #[test]
+    fn kernel_snapshots_get_the_same_roles() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(53310, 3333);
+        // The kernel says: the pool sent the first packet.
+        let mut s = FlowStats {
+            client: miner_code ^ 1,
+            client_source: CLIENT_BY_FIRST_PACKET,
+            ..FlowStats::default()
+        };
+        s.packets[1 - d] = 1;
+        s.bytes[1 - d] = 1307;
+        t.update(&k, &s, 0, S);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(
+            (key.client, from),
+            (ipv4_mapped([10, 0, 2, 15]), CLIENT_BY_PORT)
+        );
+        assert_eq!(t.conversation(&key).map(|c| c.server_bytes), Some(1307));
+        // The same snapshot again changes nothing.
+        t.update(&k, &s, 0, S);
+        assert_eq!(t.conversation(&key).map(|c| c.server_bytes), Some(1307));
+    }
+
+    #[test]
+    fn role_evidence_is_wanted_a_bounded_number_of_times() {
+        let mut t = table();
+        let (k, d, _) = miner(40000, 50000);
+        t.add_packet(&k, d, 100, ACK, 0);
+        let wanted: Vec<bool> = (0..MAX_ROLE_TRIES + 2)
+            .map(|_| t.payload_orientation(&k).expect("flow").2)
+            .collect();
+        assert_eq!(
+            wanted.iter().filter(|w| **w).count(),
+            MAX_ROLE_TRIES as usize
+        );
+        let (k2, d2, _) = miner(40001, 50000);
+        t.add_packet(&k2, d2, 100, SYN, 0);
+        assert!(
+            !t.payload_orientation(&k2).expect("flow").2,
+            "a SYN decided"
+        );
     }
 
     #[test]
