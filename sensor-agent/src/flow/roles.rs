@@ -13,8 +13,9 @@
 //! 3. `port`: a service port (well known, or a registered mining/blockchain/service port) on
 //!    one side while the other is ephemeral ([`client_by_port`]), decided when the flow is
 //!    created;
-//! 4. `fan_in`: the endpoint many distinct peers reach on the same port (reserved: not decided
-//!    yet, see docs/ARCHITECTURE.md);
+//! 4. `fan_in`: an endpoint that several distinct clients reached with a SYN on the same port
+//!    (counted by the flow table from the conversations it keeps), the other side not, decided
+//!    when the flow is created;
 //! 5. `first_packet`: what the datapath said.
 //!
 //! The codes extend the kernel's `FlowStats::client_source` values in user space only; the
@@ -27,7 +28,7 @@ use sensor_common::{FlowKey, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, C
 pub const CLIENT_BY_PAYLOAD: u8 = 4;
 /// The client's port is ephemeral and its peer's a service port.
 pub const CLIENT_BY_PORT: u8 = 2;
-/// The server is reached by many peers on the same port (reserved).
+/// The server is an endpoint many clients reached with a SYN on the same port.
 pub const CLIENT_BY_FAN_IN: u8 = 3;
 
 /// How strong a `client_source` is: higher wins; unknown codes count as the first packet.

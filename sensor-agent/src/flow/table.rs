@@ -16,8 +16,9 @@
 //!
 //! Roles: a flow's client is decided from the strongest evidence at hand ([`crate::flow::roles`]):
 //! a SYN (from the kernel's counters or a replayed packet) always wins; payload evidence comes
-//! from the engine through [`FlowTable::set_client`]; the port rule is applied once, when the
-//! flow is created; else the first packet's sender stays client. A flow whose client changes
+//! from the engine through [`FlowTable::set_client`]; the port rule, then fan-in (an endpoint
+//! that [`FAN_IN_MIN`] clients reached with a SYN on the same port), are applied once, when
+//! the flow is created; else the first packet's sender stays client. A flow whose client changes
 //! moves, with what it already counted, to the right conversation and keeps its start time; a
 //! conversation that only ever held that flow is dropped at once (collected by
 //! [`FlowTable::take_abandoned`]), so no alarm is ever raised on the wrong orientation's ghost.
@@ -32,7 +33,7 @@ use sensor_common::{
 
 use crate::{
     flow::record::FlowRecord,
-    flow::roles::{self, CLIENT_BY_PAYLOAD, CLIENT_BY_PORT},
+    flow::roles::{self, CLIENT_BY_FAN_IN, CLIENT_BY_PAYLOAD, CLIENT_BY_PORT},
     flow::settings::FlowConfig,
     scoring::periodicity::SampleRing,
 };
@@ -40,6 +41,10 @@ use crate::{
 /// Payload packets of a flow offered as role evidence, at most: a flow whose first payloads
 /// say nothing about roles keeps what it has, and costs nothing more.
 pub const MAX_ROLE_TRIES: u8 = 8;
+
+/// Distinct clients that must have reached an endpoint with a SYN before it counts as a
+/// server by fan-in.
+pub const FAN_IN_MIN: u32 = 3;
 
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
@@ -87,6 +92,8 @@ pub struct Conversation {
     /// Changed since the detectors last looked (cleared by [`FlowTable::clear_dirty`]).
     pub dirty: bool,
     in_use: bool,
+    /// Counted in the table's fan-in (a flow of it was opened with a SYN).
+    fan_counted: bool,
     /// Start time and bytes of each answered flow that ended (RITA-style periodicity across
     /// connections); allocated at the first one, bounded.
     pub connections: Option<Box<SampleRing>>,
@@ -223,6 +230,10 @@ pub struct FlowTable {
     pub counters: TableCounters,
     /// Conversations dropped because their only flow moved to the other orientation.
     abandoned: Vec<Conversation>,
+    /// Fan-in: per server endpoint (address, port, transport), the conversations reaching it
+    /// whose flows were opened with a SYN (distinct clients, since a conversation is one
+    /// client). One entry per such server, so bounded by the conversation table.
+    fan_in: std::collections::HashMap<(Addr, u16, u8), u32, RandomState>,
 }
 
 fn conv_key(key: &FlowKey, client: u8) -> ConvKey {
@@ -260,6 +271,7 @@ impl FlowTable {
             conv_index: HashTable::new(),
             counters: TableCounters::default(),
             abandoned: Vec::new(),
+            fan_in: std::collections::HashMap::with_hasher(RandomState::new()),
         }
     }
 
@@ -320,9 +332,37 @@ impl FlowTable {
         if stats.client_source == CLIENT_BY_SYN {
             return (stats.client, CLIENT_BY_SYN);
         }
-        match roles::client_by_port(key) {
-            Some(client) => (client, CLIENT_BY_PORT),
-            None => (stats.client, CLIENT_BY_FIRST_PACKET),
+        if let Some(client) = roles::client_by_port(key) {
+            return (client, CLIENT_BY_PORT);
+        }
+        if let Some(client) = self.client_by_fan_in(key) {
+            return (client, CLIENT_BY_FAN_IN);
+        }
+        (stats.client, CLIENT_BY_FIRST_PACKET)
+    }
+
+    /// The client by fan-in: the other side of an endpoint that at least [`FAN_IN_MIN`]
+    /// clients reached with a SYN on the same port, when nobody reached the other side so.
+    fn client_by_fan_in(&self, key: &FlowKey) -> Option<u8> {
+        if self.fan_in.is_empty() {
+            return None;
+        }
+        let peers = |addr: &Addr, port: u16| {
+            self.fan_in
+                .get(&(*addr, port, key.proto))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (lo, hi) = (
+            peers(&key.addr_lo, key.port_lo),
+            peers(&key.addr_hi, key.port_hi),
+        );
+        if lo >= FAN_IN_MIN && hi == 0 {
+            Some(CLIENT_HI)
+        } else if hi >= FAN_IN_MIN && lo == 0 {
+            Some(CLIENT_LO)
+        } else {
+            None
         }
     }
 
@@ -542,6 +582,13 @@ impl FlowTable {
         c.client_port = client_port;
         c.client_from = stats.client_source;
         c.dirty = true;
+        if stats.client_source == CLIENT_BY_SYN && !c.fan_counted {
+            c.fan_counted = true;
+            *self
+                .fan_in
+                .entry((c.key.server, c.key.server_port, c.key.proto))
+                .or_insert(0) += 1;
+        }
 
         let flow = Flow {
             key: *key,
@@ -593,7 +640,9 @@ impl FlowTable {
                 && c.idle_since_ns
                     .is_some_and(|idle| first_ns > idle.saturating_add(gap))
             {
+                let counted = c.fan_counted;
                 *c = new_conversation(key, first_ns);
+                c.fan_counted = counted;
                 self.counters.conversations_created += 1;
             }
             return Some(i);
@@ -637,6 +686,15 @@ impl FlowTable {
         let c = &mut self.convs.items[i as usize];
         c.in_use = false;
         self.convs.free.push(i);
+        if c.fan_counted {
+            let server = (c.key.server, c.key.server_port, c.key.proto);
+            if let Some(n) = self.fan_in.get_mut(&server) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.fan_in.remove(&server);
+                }
+            }
+        }
         c.clone()
     }
 
@@ -725,6 +783,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         client_from: CLIENT_BY_FIRST_PACKET,
         dirty: true,
         in_use: true,
+        fan_counted: false,
         connections: None,
     }
 }
@@ -956,6 +1015,51 @@ mod tests {
         // The same snapshot again changes nothing.
         t.update(&k, &s, 0, S);
         assert_eq!(t.conversation(&key).map(|c| c.server_bytes), Some(1307));
+    }
+
+    #[test]
+    fn an_endpoint_many_clients_reached_with_a_syn_is_the_server_by_fan_in() {
+        let mut t = table();
+        let server = ipv4_mapped([10, 0, 0, 2]);
+        let flow = |client: u8, cport: u16| {
+            FlowKey::canonical(&ipv4_mapped([10, 0, 0, client]), cport, &server, 40333, TCP)
+        };
+        // Two clients opened with a SYN: not yet enough.
+        for c in [11, 12] {
+            let (k, d) = flow(c, 50000);
+            t.add_packet(&k, d, 60, SYN, 0);
+        }
+        let (k, d) = flow(20, 50001);
+        t.add_packet(&k, 1 - d, 100, ACK, S);
+        assert_eq!(
+            t.flows()
+                .find(|f| f.key == k)
+                .map(|f| f.stats.client_source),
+            Some(CLIENT_BY_FIRST_PACKET)
+        );
+        let (k3, d3) = flow(13, 50000);
+        t.add_packet(&k3, d3, 60, SYN, 2 * S);
+        // Mid-stream, both ports ephemeral, the server speaks first: fan-in names the client.
+        let (k, d) = flow(21, 50002);
+        t.add_packet(&k, 1 - d, 100, ACK, 3 * S);
+        let rec = t.flows().find(|f| f.key == k).expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_FAN_IN);
+        assert_eq!(rec.endpoints().0.addr, ipv4_mapped([10, 0, 0, 21]));
+        // Payload evidence outranks it.
+        let client_code = rec.stats.client;
+        assert!(t.set_client(&k, client_code ^ 1, CLIENT_BY_PAYLOAD));
+        // Fan-in is forgotten with the conversations that made it.
+        let ended = t.expire(10_000 * S);
+        assert!(!ended.conversations.is_empty());
+        assert!(t.fan_in.is_empty(), "{:?}", t.fan_in);
+        let (k, d) = flow(22, 50003);
+        t.add_packet(&k, 1 - d, 100, ACK, 10_001 * S);
+        assert_eq!(
+            t.flows()
+                .find(|f| f.key == k)
+                .map(|f| f.stats.client_source),
+            Some(CLIENT_BY_FIRST_PACKET)
+        );
     }
 
     #[test]
