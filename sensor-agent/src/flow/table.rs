@@ -230,10 +230,62 @@ pub struct FlowTable {
     pub counters: TableCounters,
     /// Conversations dropped because their only flow moved to the other orientation.
     abandoned: Vec<Conversation>,
-    /// Fan-in: per server endpoint (address, port, transport), the conversations reaching it
-    /// whose flows were opened with a SYN (distinct clients, since a conversation is one
-    /// client). One entry per such server, so bounded by the conversation table.
-    fan_in: std::collections::HashMap<(Addr, u16, u8), u32, RandomState>,
+    /// Fan-in: per server endpoint, the conversations reaching it whose flows were opened
+    /// with a SYN (distinct clients: a conversation is one client).
+    fan_in: FanIn,
+}
+
+/// Counters per server endpoint (address, port, transport) in a fixed-size count-min sketch:
+/// two rows of [`FAN_IN_SLOTS`] saturating 16-bit counters, indexed by the two halves of a
+/// randomly keyed hash, the count being the smaller of the two. Fixed memory (1 MiB,
+/// allocated at the first count) however many servers there are; a collision can only make
+/// an endpoint look more reached than it is, and both rows must collide for that to matter.
+struct FanIn {
+    counts: Vec<u16>,
+    hasher: RandomState,
+}
+
+/// Counters per row of the fan-in sketch.
+const FAN_IN_SLOTS: usize = 1 << 18;
+
+impl FanIn {
+    fn slots(&self, addr: &Addr, port: u16, proto: u8) -> [usize; 2] {
+        let h = self.hasher.hash_one((addr, port, proto));
+        let mask = FAN_IN_SLOTS as u64 - 1;
+        [
+            (h & mask) as usize,
+            FAN_IN_SLOTS + ((h >> 32) & mask) as usize,
+        ]
+    }
+
+    fn get(&self, addr: &Addr, port: u16, proto: u8) -> u32 {
+        if self.counts.is_empty() {
+            return 0;
+        }
+        let [a, b] = self.slots(addr, port, proto);
+        self.counts[a].min(self.counts[b]) as u32
+    }
+
+    fn add(&mut self, addr: &Addr, port: u16, proto: u8) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; 2 * FAN_IN_SLOTS];
+        }
+        for i in self.slots(addr, port, proto) {
+            self.counts[i] = self.counts[i].saturating_add(1);
+        }
+    }
+
+    fn remove(&mut self, addr: &Addr, port: u16, proto: u8) {
+        if self.counts.is_empty() {
+            return;
+        }
+        for i in self.slots(addr, port, proto) {
+            // A saturated counter stays: it no longer knows how many it holds.
+            if self.counts[i] != u16::MAX {
+                self.counts[i] = self.counts[i].saturating_sub(1);
+            }
+        }
+    }
 }
 
 fn conv_key(key: &FlowKey, client: u8) -> ConvKey {
@@ -271,7 +323,10 @@ impl FlowTable {
             conv_index: HashTable::new(),
             counters: TableCounters::default(),
             abandoned: Vec::new(),
-            fan_in: std::collections::HashMap::with_hasher(RandomState::new()),
+            fan_in: FanIn {
+                counts: Vec::new(),
+                hasher: RandomState::new(),
+            },
         }
     }
 
@@ -344,15 +399,10 @@ impl FlowTable {
     /// The client by fan-in: the other side of an endpoint that at least [`FAN_IN_MIN`]
     /// clients reached with a SYN on the same port, when nobody reached the other side so.
     fn client_by_fan_in(&self, key: &FlowKey) -> Option<u8> {
-        if self.fan_in.is_empty() {
+        if self.fan_in.counts.is_empty() {
             return None;
         }
-        let peers = |addr: &Addr, port: u16| {
-            self.fan_in
-                .get(&(*addr, port, key.proto))
-                .copied()
-                .unwrap_or(0)
-        };
+        let peers = |addr: &Addr, port: u16| self.fan_in.get(addr, port, key.proto);
         let (lo, hi) = (
             peers(&key.addr_lo, key.port_lo),
             peers(&key.addr_hi, key.port_hi),
@@ -584,10 +634,8 @@ impl FlowTable {
         c.dirty = true;
         if stats.client_source == CLIENT_BY_SYN && !c.fan_counted {
             c.fan_counted = true;
-            *self
-                .fan_in
-                .entry((c.key.server, c.key.server_port, c.key.proto))
-                .or_insert(0) += 1;
+            let (server, port, proto) = (c.key.server, c.key.server_port, c.key.proto);
+            self.fan_in.add(&server, port, proto);
         }
 
         let flow = Flow {
@@ -686,16 +734,12 @@ impl FlowTable {
         let c = &mut self.convs.items[i as usize];
         c.in_use = false;
         self.convs.free.push(i);
+        let c = c.clone();
         if c.fan_counted {
-            let server = (c.key.server, c.key.server_port, c.key.proto);
-            if let Some(n) = self.fan_in.get_mut(&server) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.fan_in.remove(&server);
-                }
-            }
+            self.fan_in
+                .remove(&c.key.server, c.key.server_port, c.key.proto);
         }
-        c.clone()
+        c
     }
 
     /// The idle timeout that applies to a flow now.
@@ -1051,7 +1095,8 @@ mod tests {
         // Fan-in is forgotten with the conversations that made it.
         let ended = t.expire(10_000 * S);
         assert!(!ended.conversations.is_empty());
-        assert!(t.fan_in.is_empty(), "{:?}", t.fan_in);
+        let server_count = t.fan_in.get(&server, 40333, TCP);
+        assert_eq!(server_count, 0);
         let (k, d) = flow(22, 50003);
         t.add_packet(&k, 1 - d, 100, ACK, 10_001 * S);
         assert_eq!(
@@ -1059,6 +1104,37 @@ mod tests {
                 .find(|f| f.key == k)
                 .map(|f| f.stats.client_source),
             Some(CLIENT_BY_FIRST_PACKET)
+        );
+    }
+
+    #[test]
+    fn the_fan_in_sketch_counts_up_and_down_and_saturates() {
+        let mut f = FanIn {
+            counts: Vec::new(),
+            hasher: RandomState::new(),
+        };
+        let a = ipv4_mapped([10, 0, 0, 2]);
+        assert_eq!(f.get(&a, 40333, TCP), 0);
+        f.remove(&a, 40333, TCP);
+        assert!(
+            f.counts.is_empty(),
+            "nothing allocated before the first count"
+        );
+        for _ in 0..3 {
+            f.add(&a, 40333, TCP);
+        }
+        assert_eq!(f.get(&a, 40333, TCP), 3);
+        assert_eq!(f.get(&a, 40334, TCP), 0, "another port is another endpoint");
+        f.remove(&a, 40333, TCP);
+        assert_eq!(f.get(&a, 40333, TCP), 2);
+        for _ in 0..70_000 {
+            f.add(&a, 1, UDP);
+        }
+        f.remove(&a, 1, UDP);
+        assert_eq!(
+            f.get(&a, 1, UDP),
+            u16::MAX as u32,
+            "saturated counters stay"
         );
     }
 
