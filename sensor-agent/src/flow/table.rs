@@ -233,6 +233,9 @@ pub struct FlowTable {
     /// Fan-in: per server endpoint, the conversations reaching it whose flows were opened
     /// with a SYN (distinct clients: a conversation is one client).
     fan_in: FanIn,
+    /// Whether roles are decided from evidence (off for a table that only sums counters and
+    /// takes its roles from another: the SYN-or-first-packet rule then stays).
+    roles: bool,
 }
 
 /// Counters per server endpoint (address, port, transport) in a fixed-size count-min sketch:
@@ -327,6 +330,16 @@ impl FlowTable {
                 counts: Vec::new(),
                 hasher: RandomState::new(),
             },
+            roles: true,
+        }
+    }
+
+    /// A table that only sums counters per flow and keeps the datapath's own client rule
+    /// (a SYN, else the first packet): for totals whose roles come from the engine's table.
+    pub fn without_roles(cfg: FlowConfig) -> Self {
+        FlowTable {
+            roles: false,
+            ..Self::new(cfg)
         }
     }
 
@@ -363,20 +376,20 @@ impl FlowTable {
             return false;
         }
         let moved = f.client != client;
-        let stats = FlowStats {
-            client,
-            client_source: source,
-            ..f.stats()
-        };
+        let stats = f.stats();
         let (first, last) = (f.first_ns, f.last_ns);
-        self.apply(key, &stats, Some(i), first, last);
+        self.apply(key, &stats, (client, source), Some(i), first, last);
         moved
     }
 
     /// The client of a flow and how it is known, from the counters just read (`stats`) and
     /// what the table decided before (`found`): a SYN always wins, earlier decisions stay,
     /// and a new flow without a SYN is oriented by its ports when they say.
+    #[inline]
     fn resolve(&self, key: &FlowKey, stats: &FlowStats, found: Option<u32>) -> (u8, u8) {
+        if !self.roles {
+            return (stats.client, stats.client_source);
+        }
         if let Some(i) = found {
             let f = &self.flows.items[i as usize];
             if stats.client_source == CLIENT_BY_SYN && f.client_source != CLIENT_BY_SYN {
@@ -461,6 +474,7 @@ impl FlowTable {
             .map(Flow::record)
     }
 
+    #[inline]
     fn find_flow(&self, key: &FlowKey) -> Option<u32> {
         let items = &self.flows.items;
         self.flow_index
@@ -531,12 +545,14 @@ impl FlowTable {
             self.counters.flows_dropped += 1;
             return;
         }
-        let stats = FlowStats {
-            client,
-            client_source,
-            ..*stats
-        };
-        self.apply(key, &stats, found, first_ns, last_ns);
+        self.apply(
+            key,
+            stats,
+            (client, client_source),
+            found,
+            first_ns,
+            last_ns,
+        );
     }
 
     /// Applies counters whose client is decided: moves the flow between conversations when
@@ -545,19 +561,20 @@ impl FlowTable {
         &mut self,
         key: &FlowKey,
         stats: &FlowStats,
+        (client, client_source): (u8, u8),
         found: Option<u32>,
         first_ns: u64,
         last_ns: u64,
     ) {
-        let new_conv_key = conv_key(key, stats.client);
+        let new_conv_key = conv_key(key, client);
         let (prev, old_conv) = match found {
             Some(i) => {
                 let f = &self.flows.items[i as usize];
                 ((f.packets, f.bytes, f.client), Some(f.conv))
             }
-            None => (([0; 2], [0; 2], stats.client), None),
+            None => (([0; 2], [0; 2], client), None),
         };
-        let now = oriented(&stats.packets, &stats.bytes, stats.client);
+        let now = oriented(&stats.packets, &stats.bytes, client);
         let was = oriented(&prev.0, &prev.1, prev.2);
         let mut delta = [0u64; 4];
         let mut reset = false;
@@ -565,7 +582,7 @@ impl FlowTable {
             reset |= now[i] < was[i];
             delta[i] = now[i].wrapping_sub(was[i]);
         }
-        if reset && stats.client == prev.2 {
+        if reset && client == prev.2 {
             // The kernel entry was evicted and re-created: its counters restarted.
             self.counters.counter_resets += 1;
             delta = now;
@@ -612,7 +629,7 @@ impl FlowTable {
         };
         self.counters.packets += delta[0] + delta[2];
         self.counters.bytes += delta[1] + delta[3];
-        let client_port = if stats.client == CLIENT_LO {
+        let client_port = if client == CLIENT_LO {
             key.port_lo
         } else {
             key.port_hi
@@ -630,9 +647,9 @@ impl FlowTable {
         c.start_ns = c.start_ns.min(first_ns);
         c.last_ns = c.last_ns.max(last_ns);
         c.client_port = client_port;
-        c.client_from = stats.client_source;
+        c.client_from = client_source;
         c.dirty = true;
-        if stats.client_source == CLIENT_BY_SYN && !c.fan_counted {
+        if client_source == CLIENT_BY_SYN && !c.fan_counted {
             c.fan_counted = true;
             let (server, port, proto) = (c.key.server, c.key.server_port, c.key.proto);
             self.fan_in.add(&server, port, proto);
@@ -645,8 +662,8 @@ impl FlowTable {
             first_ns,
             last_ns,
             tcp_flags: stats.tcp_flags as u16,
-            client: stats.client,
-            client_source: stats.client_source,
+            client,
+            client_source,
             role_tries: 0,
             in_use: true,
             conv: conv_idx,
@@ -1136,6 +1153,20 @@ mod tests {
             u16::MAX as u32,
             "saturated counters stay"
         );
+    }
+
+    #[test]
+    fn a_table_without_roles_keeps_the_datapath_rule() {
+        let mut t = FlowTable::without_roles(FlowConfig::default());
+        let (k, d, _) = miner(53310, 3333);
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_FIRST_PACKET);
+        assert_eq!(rec.endpoints().0.port, 3333, "the first sender");
+        t.add_packet(&k, d, 60, SYN, S);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_SYN);
+        assert_eq!(rec.endpoints().0.port, 53310);
     }
 
     #[test]
