@@ -253,7 +253,12 @@ const FAN_IN_SLOTS: usize = 1 << 18;
 
 impl FanIn {
     fn slots(&self, addr: &Addr, port: u16, proto: u8) -> [usize; 2] {
-        let h = self.hasher.hash_one((addr, port, proto));
+        // One array of words hashes in one pass (a tuple of references hashes field by field).
+        let h = self.hasher.hash_one([
+            (addr[0] as u64) << 32 | addr[1] as u64,
+            (addr[2] as u64) << 32 | addr[3] as u64,
+            (port as u64) << 8 | proto as u64,
+        ]);
         let mask = FAN_IN_SLOTS as u64 - 1;
         [
             (h & mask) as usize,
@@ -557,6 +562,7 @@ impl FlowTable {
 
     /// Applies counters whose client is decided: moves the flow between conversations when
     /// its client changed, adds the deltas, creates the flow if `found` is `None`.
+    #[inline(always)]
     fn apply(
         &mut self,
         key: &FlowKey,
@@ -695,6 +701,7 @@ impl FlowTable {
 
     /// The conversation a new flow starting at `first_ns` joins (created if needed), or
     /// `None` when the conversation table is full.
+    #[inline]
     fn join_conversation(&mut self, key: ConvKey, first_ns: u64) -> Option<u32> {
         let gap = self.cfg.conversation_gap.as_nanos();
         if let Some(i) = self.find_conv(&key) {
