@@ -15,7 +15,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use sensor_common::{FlowKey, FlowStats, PayloadEvent, DIR_LO_TO_HI, PAYLOAD_DNS};
+use sensor_common::{
+    FlowKey, FlowStats, PayloadEvent, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS,
+};
 
 use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
@@ -26,11 +28,13 @@ use crate::{
         Detector,
     },
     enrich::{
+        classify::{speaker, Speaker, Transport},
         intel::IntelStore,
         labels::{Labeler, Payload, SampleLimits},
     },
     flow::{
         record::{ip_of, FlowRecord},
+        roles::CLIENT_BY_PAYLOAD,
         table::Conversation,
         table::FlowTable,
     },
@@ -204,10 +208,41 @@ impl Engine {
 
     /// A payload copy (the kernel's ring buffer, or a replayed frame's payload) from the
     /// sender with direction index `dir` of flow `key`. The flow must already be in the table.
+    ///
+    /// While the flow's client is not known from a SYN or an earlier payload, the payload is
+    /// first asked who sent it ([`speaker`]); a message only a server sends (or only a client)
+    /// decides the client, and the flow moves to that conversation before it is classified,
+    /// so the classifiers always see the right direction.
     pub fn payload(&mut self, key: &FlowKey, dir: usize, dns: bool, data: &[u8], ts_ns: u64) {
-        let Some((conv, lo_is_client)) = self.table.orientation(key) else {
+        let Some((mut conv, mut lo_is_client, wanted)) = self.table.payload_orientation(key) else {
             return;
         };
+        if wanted {
+            let transport = match key.proto {
+                6 => Some(Transport::Tcp),
+                17 => Some(Transport::Udp),
+                _ => None,
+            };
+            let n = data.len().min(self.labels.limits().bytes as usize);
+            if let Some(who) = transport.and_then(|t| speaker(&data[..n], t, dns)) {
+                let sender = if dir == DIR_LO_TO_HI {
+                    CLIENT_LO
+                } else {
+                    CLIENT_HI
+                };
+                let client = match who {
+                    Speaker::Client => sender,
+                    Speaker::Server => sender ^ 1,
+                };
+                if self.table.set_client(key, client, CLIENT_BY_PAYLOAD) {
+                    // What the classifier saw of this flow, it saw with the roles reversed.
+                    self.labels.flow_ended(key);
+                }
+                if let Some((c, l)) = self.table.orientation(key) {
+                    (conv, lo_is_client) = (c, l);
+                }
+            }
+        }
         let from_client = (dir == DIR_LO_TO_HI) == lo_is_client;
         let p = Payload {
             key: *key,
@@ -234,6 +269,11 @@ impl Engine {
     /// the table.
     pub fn tick(&mut self, now: u64) -> TickOutput {
         let mut events = Vec::new();
+        // Conversations that only existed because a flow's roles were first guessed wrong.
+        for ghost in self.table.take_abandoned() {
+            events.extend(self.alarms.conversation_ended(&ghost, now));
+            self.labels.conversation_ended(&ghost.key);
+        }
         for conv in self.table.conversations() {
             // Only what changed can newly satisfy a rule; open alarms are re-evaluated every
             // tick for their suppression window and to notice a rule that stopped holding.
@@ -603,5 +643,43 @@ mod payload_tests {
             "{:?}",
             events.iter().map(|x| x.rule).collect::<Vec<_>>()
         );
+    }
+    /// A session joined mid-stream on ports that say nothing (both ephemeral): the pool's
+    /// `mining.notify` comes first, so the first-packet rule would make the pool the client.
+    #[test]
+    fn a_pool_speaking_first_is_the_server_by_payload() {
+        let mut e = Engine::new(&Config::default(), Observer::default());
+        let (miner, pool) = (ipv4_mapped([10, 0, 2, 15]), ipv4_mapped([74, 84, 128, 158]));
+        let (key, dir) = FlowKey::canonical(&miner, 53310, &pool, 40333, 6);
+        let notify = b"{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"2751-3\",\"fb\",\"01\",\"ff\",[],\"20000000\",\"172f4f7b\",\"5b646476\",true]}\n";
+        e.add_packet(&key, 1 - dir, 1307, 0x18, 1_000);
+        e.payload(&key, 1 - dir, false, notify, 1_000);
+        let get = b"{\"params\": [\"2751-3\"], \"id\": \"txlist2751-3\", \"method\": \"mining.get_transactions\"}\n";
+        e.add_packet(&key, dir, 82, 0x18, 2_000);
+        e.payload(&key, dir, false, get, 2_000);
+        let (conv, _) = e.table.orientation(&key).expect("flow");
+        assert_eq!(
+            (conv.client, conv.server, conv.server_port),
+            (miner, pool, 40333)
+        );
+        let c = e.table.conversation(&conv).expect("conversation");
+        assert_eq!(
+            (c.start_ns, c.client_bytes, c.server_bytes),
+            (1_000, 82, 1307)
+        );
+        let events = e.tick(4_000).alarms;
+        let alarm = events
+            .iter()
+            .find(|x| x.rule == "mining_protocol")
+            .expect("mining_protocol");
+        let j = &alarm.json;
+        assert_eq!(j["source"]["ip"], "10.0.2.15");
+        assert_eq!(j["source"]["port"], 53310);
+        assert_eq!(j["sensor"]["client_from"], "payload");
+        assert_eq!(j["sensor"]["evidence"]["sent_by"], "server", "{j}");
+        assert_eq!(e.table.conversation_count(), 1, "no ghost conversation");
+        let rec = e.table.flows().next().expect("flow").to_json("user");
+        assert_eq!(rec["source"]["ip"], "10.0.2.15");
+        assert_eq!(rec["sensor"]["client_from"], "payload");
     }
 }

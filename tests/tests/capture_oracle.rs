@@ -8,6 +8,12 @@
 //! then produce exactly the kernel's flow records (apart from `sensor.engine`) and the same
 //! summary counters (alarms aside: the engines run the detectors at different times).
 //!
+//! Roles: the client tshark's packets name is the sender of a SYN without ACK; without one,
+//! the sender of the first message tshark dissects as one only a client or only a server
+//! sends (TLS ClientHello/ServerHello, HTTP request/response, DNS query/response), else the
+//! ephemeral side of a service port, else the sender of the first packet: the sensor's rule
+//! (`sensor_agent::flow::roles`), checked from tshark's dissection.
+//!
 //! The oracle is one tshark run per capture:
 //! `tshark -r FILE -n -o ip.defragment:FALSE -o ipv6.defragment:FALSE --disable-protocol vxlan
 //! --disable-protocol gre -T fields -e frame.len -e ip.src ... -z conv,tcp -z conv,udp`.
@@ -106,7 +112,8 @@ struct Side {
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Conv {
-    /// Sender of the first SYN without ACK, else of the first packet (the design's rule).
+    /// Sender of the first SYN without ACK, else named by payload or ports, else of the first
+    /// packet (the design's rule, see [`parse_packets`]).
     client: Ep,
     /// Sent by lo, sent by hi.
     sent: [Side; 2],
@@ -191,7 +198,7 @@ struct ExtraTable {
     transport: &'static str,
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 14] = [
     "frame.len",
     "ip.src",
     "ip.dst",
@@ -202,6 +209,11 @@ const FIELDS: [&str; 10] = [
     "udp.srcport",
     "udp.dstport",
     "tcp.flags",
+    // Role evidence (see `parse_packets`): may hold several values per packet.
+    "tls.handshake.type",
+    "http.request",
+    "http.response",
+    "dns.flags.response",
 ];
 
 fn tshark_command() -> Command {
@@ -377,10 +389,60 @@ fn field<'a>(cols: &[&'a str], name: &str, line: &str) -> &'a str {
     v
 }
 
+/// A field that may occur several times in one packet, as tshark aggregates it ("a,b").
+fn field_all<'a>(cols: &[&'a str], name: &str) -> &'a str {
+    let i = FIELDS.iter().position(|f| *f == name).expect("known field");
+    cols.get(i).copied().unwrap_or("")
+}
+
+/// Whether a role-evidence packet was sent by the client, as tshark dissects it: the first
+/// TLS handshake message (ClientHello 1, ServerHello 2), an HTTP request or response, a DNS
+/// query or response (port 53, as the sensor's DNS rule).
+fn sent_by_client(cols: &[&str], dns_port: bool) -> Option<bool> {
+    let yes = |v: &str| v == "1" || v.eq_ignore_ascii_case("true");
+    let no = |v: &str| v == "0" || v.eq_ignore_ascii_case("false");
+    match field_all(cols, "tls.handshake.type").split(',').next() {
+        Some("1") => return Some(true),
+        Some("2") => return Some(false),
+        _ => {}
+    }
+    if yes(field_all(cols, "http.request")) {
+        return Some(true);
+    }
+    if yes(field_all(cols, "http.response")) {
+        return Some(false);
+    }
+    let dns = field_all(cols, "dns.flags.response");
+    if dns_port && yes(dns) {
+        return Some(false);
+    }
+    if dns_port && no(dns) {
+        return Some(true);
+    }
+    None
+}
+
+/// The port rule of `sensor_agent::flow::roles`: a service port (< 1024 or a registered one)
+/// on one side and an ephemeral one (>= 32768) on the other names the ephemeral side client.
+fn client_by_port(a: Ep, b: Ep) -> Option<Ep> {
+    use sensor_agent::flow::roles::{is_service_port, EPHEMERAL_FROM};
+    if is_service_port(a.port) && b.port >= EPHEMERAL_FROM {
+        Some(b)
+    } else if is_service_port(b.port) && a.port >= EPHEMERAL_FROM {
+        Some(a)
+    } else {
+        None
+    }
+}
+
+/// Per conversation: the sender of a SYN without ACK is the client; without one, the first
+/// packet tshark dissects as a message only one side sends (see [`sent_by_client`]); else the
+/// port rule; else the sender of the first packet (the sensor's rule, flow::roles).
 fn parse_packets(lines: &[&str], link: Link) -> PacketView {
     let mut convs = Convs::new();
     let mut raw_bytes: BTreeMap<Key, [u64; 2]> = BTreeMap::new();
     let mut by_syn: BTreeSet<Key> = BTreeSet::new();
+    let mut by_payload: BTreeSet<Key> = BTreeSet::new();
     for line in lines {
         let cols: Vec<&str> = line.split('\t').collect();
         let f = |name: &str| field(&cols, name, line);
@@ -417,9 +479,22 @@ fn parse_packets(lines: &[&str], link: Link) -> PacketView {
         if transport == "tcp" && flags & 0x12 == 0x02 && by_syn.insert(key.clone()) {
             conv.client = src;
         }
+        if !by_syn.contains(&key) && !by_payload.contains(&key) {
+            if let Some(from_client) = sent_by_client(&cols, src.port == 53 || dst.port == 53) {
+                conv.client = if from_client { src } else { dst };
+                by_payload.insert(key.clone());
+            }
+        }
         conv.sent[dir].packets += 1;
         conv.sent[dir].bytes += (len as i64 + link.adjust()) as u64;
         raw_bytes.entry(key).or_default()[dir] += len;
+    }
+    for (key, conv) in convs.iter_mut() {
+        if !by_syn.contains(key) && !by_payload.contains(key) && key.transport != "icmp" {
+            if let Some(client) = client_by_port(key.lo, key.hi) {
+                conv.client = client;
+            }
+        }
     }
     PacketView { convs, raw_bytes }
 }

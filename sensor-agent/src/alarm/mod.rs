@@ -21,6 +21,7 @@ use crate::{
     detect::Finding,
     flow::{
         record::{ip_of, transport_name, FlowRecord},
+        roles::client_from,
         table::{ConvKey, Conversation},
     },
 };
@@ -315,6 +316,7 @@ impl AlarmManager {
                 "evidence": Value::Object(alarm.finding.evidence.clone()),
                 "hits": alarm.hits,
                 "conversation": { "flows": conv.flows_seen, "open_flows": conv.open_flows },
+                "client_from": client_from(conv.client_from),
             },
         });
         AlarmEvent {

@@ -182,6 +182,11 @@ impl Labeler {
         }
     }
 
+    /// The payload sampling limits (the same as the datapath's).
+    pub fn limits(&self) -> SampleLimits {
+        self.limits
+    }
+
     pub fn intel(&self) -> Option<&IntelStore> {
         self.intel.as_deref()
     }

@@ -1,5 +1,7 @@
-//! Flows as the agent sees them: the flow table with conversations, and flow records.
+//! Flows as the agent sees them: the flow table with conversations, flow records, and the
+//! evidence that names a flow's client.
 
 pub mod record;
+pub mod roles;
 pub mod settings;
 pub mod table;

@@ -7,9 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::Engine as _;
-use sensor_common::{
-    addr_octets, Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_LO, IPV4_MAPPED_WORD,
-};
+use sensor_common::{addr_octets, Addr, FlowKey, FlowStats, CLIENT_LO, IPV4_MAPPED_WORD};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
@@ -177,7 +175,7 @@ impl FlowRecord {
             "network": network,
             "sensor": {
                 "engine": engine,
-                "client_from": if self.stats.client_source == CLIENT_BY_SYN { "syn" } else { "first_packet" },
+                "client_from": crate::flow::roles::client_from(self.stats.client_source),
             },
         });
         if let Some(end) = self.end_ns {

@@ -14,15 +14,37 @@
 //! conversation by index. A snapshot that did not change a flow costs one lookup and a
 //! compare, and only changed conversations are re-evaluated (`dirty`).
 //!
+//! Roles: a flow's client is decided from the strongest evidence at hand ([`crate::flow::roles`]):
+//! a SYN (from the kernel's counters or a replayed packet) always wins; payload evidence comes
+//! from the engine through [`FlowTable::set_client`]; the port rule, then fan-in (an endpoint
+//! that [`FAN_IN_MIN`] clients reached with a SYN on the same port), are applied once, when
+//! the flow is created; else the first packet's sender stays client. A flow whose client changes
+//! moves, with what it already counted, to the right conversation and keeps its start time; a
+//! conversation that only ever held that flow is dropped at once (collected by
+//! [`FlowTable::take_abandoned`]), so no alarm is ever raised on the wrong orientation's ghost.
+//!
 //! It never decides whether anything is suspicious: detectors read conversations from it.
 
 use ahash::RandomState;
 use hashbrown::HashTable;
-use sensor_common::{Addr, FlowKey, FlowStats, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO};
+use sensor_common::{
+    Addr, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+};
 
 use crate::{
-    flow::record::FlowRecord, flow::settings::FlowConfig, scoring::periodicity::SampleRing,
+    flow::record::FlowRecord,
+    flow::roles::{self, CLIENT_BY_FAN_IN, CLIENT_BY_PAYLOAD, CLIENT_BY_PORT},
+    flow::settings::FlowConfig,
+    scoring::periodicity::SampleRing,
 };
+
+/// Payload packets of a flow offered as role evidence, at most: a flow whose first payloads
+/// say nothing about roles keeps what it has, and costs nothing more.
+pub const MAX_ROLE_TRIES: u8 = 8;
+
+/// Distinct clients that must have reached an endpoint with a SYN before it counts as a
+/// server by fan-in.
+pub const FAN_IN_MIN: u32 = 3;
 
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
@@ -64,9 +86,14 @@ pub struct Conversation {
     pub flows_seen: u32,
     /// Client port of the most recent flow.
     pub client_port: u16,
+    /// How the most recent flow's client was decided (`FlowStats::client_source` codes,
+    /// named by [`roles::client_from`]).
+    pub client_from: u8,
     /// Changed since the detectors last looked (cleared by [`FlowTable::clear_dirty`]).
     pub dirty: bool,
     in_use: bool,
+    /// Counted in the table's fan-in (a flow of it was opened with a SYN).
+    fan_counted: bool,
     /// Start time and bytes of each answered flow that ended (RITA-style periodicity across
     /// connections); allocated at the first one, bounded.
     pub connections: Option<Box<SampleRing>>,
@@ -105,6 +132,8 @@ struct Flow {
     tcp_flags: u16,
     client: u8,
     client_source: u8,
+    /// Payload packets offered as role evidence so far (see [`MAX_ROLE_TRIES`]).
+    role_tries: u8,
     in_use: bool,
     conv: u32,
 }
@@ -199,6 +228,72 @@ pub struct FlowTable {
     convs: Slab<Conversation>,
     conv_index: HashTable<u32>,
     pub counters: TableCounters,
+    /// Conversations dropped because their only flow moved to the other orientation.
+    abandoned: Vec<Conversation>,
+    /// Fan-in: per server endpoint, the conversations reaching it whose flows were opened
+    /// with a SYN (distinct clients: a conversation is one client).
+    fan_in: FanIn,
+    /// Whether roles are decided from evidence (off for a table that only sums counters and
+    /// takes its roles from another: the SYN-or-first-packet rule then stays).
+    roles: bool,
+}
+
+/// Counters per server endpoint (address, port, transport) in a fixed-size count-min sketch:
+/// two rows of [`FAN_IN_SLOTS`] saturating 16-bit counters, indexed by the two halves of a
+/// randomly keyed hash, the count being the smaller of the two. Fixed memory (1 MiB,
+/// allocated at the first count) however many servers there are; a collision can only make
+/// an endpoint look more reached than it is, and both rows must collide for that to matter.
+struct FanIn {
+    counts: Vec<u16>,
+    hasher: RandomState,
+}
+
+/// Counters per row of the fan-in sketch.
+const FAN_IN_SLOTS: usize = 1 << 18;
+
+impl FanIn {
+    fn slots(&self, addr: &Addr, port: u16, proto: u8) -> [usize; 2] {
+        // One array of words hashes in one pass (a tuple of references hashes field by field).
+        let h = self.hasher.hash_one([
+            (addr[0] as u64) << 32 | addr[1] as u64,
+            (addr[2] as u64) << 32 | addr[3] as u64,
+            (port as u64) << 8 | proto as u64,
+        ]);
+        let mask = FAN_IN_SLOTS as u64 - 1;
+        [
+            (h & mask) as usize,
+            FAN_IN_SLOTS + ((h >> 32) & mask) as usize,
+        ]
+    }
+
+    fn get(&self, addr: &Addr, port: u16, proto: u8) -> u32 {
+        if self.counts.is_empty() {
+            return 0;
+        }
+        let [a, b] = self.slots(addr, port, proto);
+        self.counts[a].min(self.counts[b]) as u32
+    }
+
+    fn add(&mut self, addr: &Addr, port: u16, proto: u8) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; 2 * FAN_IN_SLOTS];
+        }
+        for i in self.slots(addr, port, proto) {
+            self.counts[i] = self.counts[i].saturating_add(1);
+        }
+    }
+
+    fn remove(&mut self, addr: &Addr, port: u16, proto: u8) {
+        if self.counts.is_empty() {
+            return;
+        }
+        for i in self.slots(addr, port, proto) {
+            // A saturated counter stays: it no longer knows how many it holds.
+            if self.counts[i] != u16::MAX {
+                self.counts[i] = self.counts[i].saturating_sub(1);
+            }
+        }
+    }
 }
 
 fn conv_key(key: &FlowKey, client: u8) -> ConvKey {
@@ -235,6 +330,107 @@ impl FlowTable {
             convs: Slab::new(),
             conv_index: HashTable::new(),
             counters: TableCounters::default(),
+            abandoned: Vec::new(),
+            fan_in: FanIn {
+                counts: Vec::new(),
+                hasher: RandomState::new(),
+            },
+            roles: true,
+        }
+    }
+
+    /// A table that only sums counters per flow and keeps the datapath's own client rule
+    /// (a SYN, else the first packet): for totals whose roles come from the engine's table.
+    pub fn without_roles(cfg: FlowConfig) -> Self {
+        FlowTable {
+            roles: false,
+            ..Self::new(cfg)
+        }
+    }
+
+    /// Conversations dropped since the last call because their only flow changed client (the
+    /// engine closes their alarms and forgets their labels).
+    pub fn take_abandoned(&mut self) -> Vec<Conversation> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// Like [`FlowTable::orientation`], for a payload of the flow, plus whether that payload
+    /// is still wanted as role evidence (the client is not yet decided by a SYN or a payload,
+    /// and fewer than [`MAX_ROLE_TRIES`] payloads were offered). Counts the offer.
+    pub fn payload_orientation(&mut self, key: &FlowKey) -> Option<(ConvKey, bool, bool)> {
+        let i = self.find_flow(key)?;
+        let f = &mut self.flows.items[i as usize];
+        let wanted = roles::strength(f.client_source) < roles::strength(CLIENT_BY_PAYLOAD)
+            && f.role_tries < MAX_ROLE_TRIES;
+        if wanted {
+            f.role_tries += 1;
+        }
+        let lo_is_client = f.client == CLIENT_LO;
+        Some((self.convs.items[f.conv as usize].key, lo_is_client, wanted))
+    }
+
+    /// Decides flow `key`'s client (`CLIENT_LO` or `CLIENT_HI`) from evidence `source`, when
+    /// that is stronger than what decided it so far. Returns whether the client changed (the
+    /// flow then moved to the other orientation's conversation, keeping its start time).
+    pub fn set_client(&mut self, key: &FlowKey, client: u8, source: u8) -> bool {
+        let Some(i) = self.find_flow(key) else {
+            return false;
+        };
+        let f = &self.flows.items[i as usize];
+        if roles::strength(source) <= roles::strength(f.client_source) {
+            return false;
+        }
+        let moved = f.client != client;
+        let stats = f.stats();
+        let (first, last) = (f.first_ns, f.last_ns);
+        self.apply(key, &stats, (client, source), Some(i), first, last);
+        moved
+    }
+
+    /// The client of a flow and how it is known, from the counters just read (`stats`) and
+    /// what the table decided before (`found`): a SYN always wins, earlier decisions stay,
+    /// and a new flow without a SYN is oriented by its ports when they say.
+    #[inline]
+    fn resolve(&self, key: &FlowKey, stats: &FlowStats, found: Option<u32>) -> (u8, u8) {
+        if !self.roles {
+            return (stats.client, stats.client_source);
+        }
+        if let Some(i) = found {
+            let f = &self.flows.items[i as usize];
+            if stats.client_source == CLIENT_BY_SYN && f.client_source != CLIENT_BY_SYN {
+                return (stats.client, CLIENT_BY_SYN);
+            }
+            return (f.client, f.client_source);
+        }
+        if stats.client_source == CLIENT_BY_SYN {
+            return (stats.client, CLIENT_BY_SYN);
+        }
+        if let Some(client) = roles::client_by_port(key) {
+            return (client, CLIENT_BY_PORT);
+        }
+        if let Some(client) = self.client_by_fan_in(key) {
+            return (client, CLIENT_BY_FAN_IN);
+        }
+        (stats.client, CLIENT_BY_FIRST_PACKET)
+    }
+
+    /// The client by fan-in: the other side of an endpoint that at least [`FAN_IN_MIN`]
+    /// clients reached with a SYN on the same port, when nobody reached the other side so.
+    fn client_by_fan_in(&self, key: &FlowKey) -> Option<u8> {
+        if self.fan_in.counts.is_empty() {
+            return None;
+        }
+        let peers = |addr: &Addr, port: u16| self.fan_in.get(addr, port, key.proto);
+        let (lo, hi) = (
+            peers(&key.addr_lo, key.port_lo),
+            peers(&key.addr_hi, key.port_hi),
+        );
+        if lo >= FAN_IN_MIN && hi == 0 {
+            Some(CLIENT_HI)
+        } else if hi >= FAN_IN_MIN && lo == 0 {
+            Some(CLIENT_LO)
+        } else {
+            None
         }
     }
 
@@ -283,6 +479,7 @@ impl FlowTable {
             .map(Flow::record)
     }
 
+    #[inline]
     fn find_flow(&self, key: &FlowKey) -> Option<u32> {
         let items = &self.flows.items;
         self.flow_index
@@ -333,14 +530,18 @@ impl FlowTable {
     }
 
     /// Applies cumulative counters for a flow (a kernel snapshot, or a packet sum).
+    /// The client comes from the strongest evidence (see [`FlowTable::resolve`]), not
+    /// necessarily from `stats.client`.
     pub fn update(&mut self, key: &FlowKey, stats: &FlowStats, first_ns: u64, last_ns: u64) {
         let found = self.find_flow(key);
+        let (client, client_source) = self.resolve(key, stats, found);
         if let Some(i) = found {
             let f = &self.flows.items[i as usize];
             // The common case live: an idle flow whose counters did not move (its converted
             // times may still jitter by a jiffy as the clock is re-anchored: ignore that).
             if f.packets == stats.packets
-                && f.client == stats.client
+                && f.client == client
+                && f.client_source == client_source
                 && f.tcp_flags as u64 == stats.tcp_flags
             {
                 return;
@@ -349,15 +550,37 @@ impl FlowTable {
             self.counters.flows_dropped += 1;
             return;
         }
-        let new_conv_key = conv_key(key, stats.client);
+        self.apply(
+            key,
+            stats,
+            (client, client_source),
+            found,
+            first_ns,
+            last_ns,
+        );
+    }
+
+    /// Applies counters whose client is decided: moves the flow between conversations when
+    /// its client changed, adds the deltas, creates the flow if `found` is `None`.
+    #[inline(always)]
+    fn apply(
+        &mut self,
+        key: &FlowKey,
+        stats: &FlowStats,
+        (client, client_source): (u8, u8),
+        found: Option<u32>,
+        first_ns: u64,
+        last_ns: u64,
+    ) {
+        let new_conv_key = conv_key(key, client);
         let (prev, old_conv) = match found {
             Some(i) => {
                 let f = &self.flows.items[i as usize];
                 ((f.packets, f.bytes, f.client), Some(f.conv))
             }
-            None => (([0; 2], [0; 2], stats.client), None),
+            None => (([0; 2], [0; 2], client), None),
         };
-        let now = oriented(&stats.packets, &stats.bytes, stats.client);
+        let now = oriented(&stats.packets, &stats.bytes, client);
         let was = oriented(&prev.0, &prev.1, prev.2);
         let mut delta = [0u64; 4];
         let mut reset = false;
@@ -365,13 +588,14 @@ impl FlowTable {
             reset |= now[i] < was[i];
             delta[i] = now[i].wrapping_sub(was[i]);
         }
-        if reset && stats.client == prev.2 {
+        if reset && client == prev.2 {
             // The kernel entry was evicted and re-created: its counters restarted.
             self.counters.counter_resets += 1;
             delta = now;
         }
-        // The client can be learnt late (a SYN after a first packet from the server): move
-        // what this flow already contributed to the right conversation.
+        // The client can be learnt late (a SYN or a server's message after a first packet
+        // from the server): move what this flow already contributed to the right
+        // conversation.
         let mut conv_idx = old_conv;
         if let Some(old) = old_conv {
             if self.convs.items[old as usize].key != new_conv_key {
@@ -384,6 +608,12 @@ impl FlowTable {
                 c.dirty = true;
                 if c.open_flows == 0 {
                     c.idle_since_ns = Some(c.last_ns);
+                }
+                // Nothing but this flow ever made it: it was never a conversation.
+                if c.open_flows == 0 && c.flows_seen <= 1 {
+                    let ghost = self.remove_conv(old);
+                    self.counters.conversations_ended += 1;
+                    self.abandoned.push(ghost);
                 }
                 delta = now;
                 conv_idx = None;
@@ -405,7 +635,7 @@ impl FlowTable {
         };
         self.counters.packets += delta[0] + delta[2];
         self.counters.bytes += delta[1] + delta[3];
-        let client_port = if stats.client == CLIENT_LO {
+        let client_port = if client == CLIENT_LO {
             key.port_lo
         } else {
             key.port_hi
@@ -423,7 +653,13 @@ impl FlowTable {
         c.start_ns = c.start_ns.min(first_ns);
         c.last_ns = c.last_ns.max(last_ns);
         c.client_port = client_port;
+        c.client_from = client_source;
         c.dirty = true;
+        if client_source == CLIENT_BY_SYN && !c.fan_counted {
+            c.fan_counted = true;
+            let (server, port, proto) = (c.key.server, c.key.server_port, c.key.proto);
+            self.fan_in.add(&server, port, proto);
+        }
 
         let flow = Flow {
             key: *key,
@@ -432,8 +668,9 @@ impl FlowTable {
             first_ns,
             last_ns,
             tcp_flags: stats.tcp_flags as u16,
-            client: stats.client,
-            client_source: stats.client_source,
+            client,
+            client_source,
+            role_tries: 0,
             in_use: true,
             conv: conv_idx,
         };
@@ -445,6 +682,7 @@ impl FlowTable {
                 *f = Flow {
                     first_ns: first,
                     last_ns: last,
+                    role_tries: f.role_tries,
                     ..flow
                 };
             }
@@ -463,6 +701,7 @@ impl FlowTable {
 
     /// The conversation a new flow starting at `first_ns` joins (created if needed), or
     /// `None` when the conversation table is full.
+    #[inline]
     fn join_conversation(&mut self, key: ConvKey, first_ns: u64) -> Option<u32> {
         let gap = self.cfg.conversation_gap.as_nanos();
         if let Some(i) = self.find_conv(&key) {
@@ -473,7 +712,9 @@ impl FlowTable {
                 && c.idle_since_ns
                     .is_some_and(|idle| first_ns > idle.saturating_add(gap))
             {
+                let counted = c.fan_counted;
                 *c = new_conversation(key, first_ns);
+                c.fan_counted = counted;
                 self.counters.conversations_created += 1;
             }
             return Some(i);
@@ -517,7 +758,12 @@ impl FlowTable {
         let c = &mut self.convs.items[i as usize];
         c.in_use = false;
         self.convs.free.push(i);
-        c.clone()
+        let c = c.clone();
+        if c.fan_counted {
+            self.fan_in
+                .remove(&c.key.server, c.key.server_port, c.key.proto);
+        }
+        c
     }
 
     /// The idle timeout that applies to a flow now.
@@ -602,8 +848,10 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         open_flows: 0,
         flows_seen: 0,
         client_port: 0,
+        client_from: CLIENT_BY_FIRST_PACKET,
         dirty: true,
         in_use: true,
+        fan_counted: false,
         connections: None,
     }
 }
@@ -692,6 +940,260 @@ mod tests {
             (13, 1300, 600)
         );
         assert_eq!(t.counters.counter_resets, 1);
+    }
+
+    /// A pool 74.84.128.158:`sport` and a miner 10.0.2.15:`cport`: (key, direction index of
+    /// the miner's packets, the miner's `client` code).
+    fn miner(cport: u16, sport: u16) -> (FlowKey, usize, u8) {
+        let (k, d) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 2, 15]),
+            cport,
+            &ipv4_mapped([74, 84, 128, 158]),
+            sport,
+            TCP,
+        );
+        (k, d, if d == 0 { CLIENT_LO } else { CLIENT_HI })
+    }
+
+    fn only_conv(t: &FlowTable) -> (ConvKey, u8, u64) {
+        assert_eq!(t.conversation_count(), 1);
+        let c = t.conversations().next().expect("conversation");
+        (c.key, c.client_from, c.start_ns)
+    }
+
+    #[test]
+    fn without_a_syn_the_port_rule_names_the_ephemeral_side() {
+        let mut t = table();
+        let (k, d, _) = miner(53310, 3333);
+        // The pool speaks first, mid-stream.
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!(key.server_port, 3333);
+        assert_eq!(from, CLIENT_BY_PORT);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_PORT);
+        assert_eq!(rec.endpoints().0.port, 53310);
+    }
+
+    #[test]
+    fn ports_that_say_nothing_leave_the_first_packet() {
+        let mut t = table();
+        let (k, d, _) = miner(40000, 50000);
+        t.add_packet(&k, 1 - d, 100, ACK, 0);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([74, 84, 128, 158]), "first sender");
+        assert_eq!(from, CLIENT_BY_FIRST_PACKET);
+    }
+
+    #[test]
+    fn payload_evidence_moves_the_flow_and_keeps_its_start() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(40000, 50000);
+        t.add_packet(&k, 1 - d, 100, ACK, 5 * S);
+        t.add_packet(&k, d, 60, ACK, 6 * S);
+        assert_eq!(only_conv(&t).0.client, ipv4_mapped([74, 84, 128, 158]));
+        assert!(t.set_client(&k, miner_code, CLIENT_BY_PAYLOAD), "moved");
+        let (key, from, start) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!((from, start), (CLIENT_BY_PAYLOAD, 5 * S));
+        let c = t.conversation(&key).expect("conversation");
+        assert_eq!(
+            (c.client_bytes, c.server_bytes, c.open_flows, c.flows_seen),
+            (60, 100, 1, 1)
+        );
+        let ghosts = t.take_abandoned();
+        assert_eq!(
+            ghosts.len(),
+            1,
+            "the wrong orientation's conversation is gone"
+        );
+        assert_eq!(ghosts[0].key.client, ipv4_mapped([74, 84, 128, 158]));
+        // Later packets count in the right orientation, and nothing weaker moves it back.
+        t.add_packet(&k, 1 - d, 40, ACK, 7 * S);
+        assert!(!t.set_client(&k, miner_code ^ 1, CLIENT_BY_PORT));
+        assert!(
+            !t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD),
+            "decided once"
+        );
+        let c = t.conversation(&key).expect("conversation");
+        assert_eq!((c.server_bytes, c.last_ns), (140, 7 * S));
+    }
+
+    #[test]
+    fn payload_evidence_outranks_the_port_rule_and_confirms_it() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(53310, 3333);
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        assert!(
+            !t.set_client(&k, miner_code, CLIENT_BY_PAYLOAD),
+            "same client"
+        );
+        assert_eq!(only_conv(&t).1, CLIENT_BY_PAYLOAD);
+        assert!(t.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_later_syn_always_wins() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(40000, 50000);
+        t.add_packet(&k, d, 100, ACK, 0);
+        // Payload said the other side is the client ...
+        assert!(t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD));
+        // ... but the miner's SYN (port reuse, a retransmission) settles it.
+        t.add_packet(&k, d, 60, SYN, S);
+        let (key, from, start) = only_conv(&t);
+        assert_eq!(key.client, ipv4_mapped([10, 0, 2, 15]));
+        assert_eq!((from, start), (CLIENT_BY_SYN, 0));
+        assert!(
+            !t.set_client(&k, miner_code ^ 1, CLIENT_BY_PAYLOAD),
+            "nothing beats a SYN"
+        );
+        // A kernel snapshot without a SYN does not undo it either.
+        let rec = t.flows().next().expect("flow");
+        let stale = FlowStats {
+            client: miner_code ^ 1,
+            client_source: CLIENT_BY_FIRST_PACKET,
+            packets: [rec.stats.packets[0] + 1, rec.stats.packets[1] + 1],
+            ..rec.stats
+        };
+        t.update(&k, &stale, 0, 2 * S);
+        assert_eq!(only_conv(&t).0.client, ipv4_mapped([10, 0, 2, 15]));
+    }
+
+    #[test]
+    fn kernel_snapshots_get_the_same_roles() {
+        let mut t = table();
+        let (k, d, miner_code) = miner(53310, 3333);
+        // The kernel says: the pool sent the first packet.
+        let mut s = FlowStats {
+            client: miner_code ^ 1,
+            client_source: CLIENT_BY_FIRST_PACKET,
+            ..FlowStats::default()
+        };
+        s.packets[1 - d] = 1;
+        s.bytes[1 - d] = 1307;
+        t.update(&k, &s, 0, S);
+        let (key, from, _) = only_conv(&t);
+        assert_eq!(
+            (key.client, from),
+            (ipv4_mapped([10, 0, 2, 15]), CLIENT_BY_PORT)
+        );
+        assert_eq!(t.conversation(&key).map(|c| c.server_bytes), Some(1307));
+        // The same snapshot again changes nothing.
+        t.update(&k, &s, 0, S);
+        assert_eq!(t.conversation(&key).map(|c| c.server_bytes), Some(1307));
+    }
+
+    #[test]
+    fn an_endpoint_many_clients_reached_with_a_syn_is_the_server_by_fan_in() {
+        let mut t = table();
+        let server = ipv4_mapped([10, 0, 0, 2]);
+        let flow = |client: u8, cport: u16| {
+            FlowKey::canonical(&ipv4_mapped([10, 0, 0, client]), cport, &server, 40333, TCP)
+        };
+        // Two clients opened with a SYN: not yet enough.
+        for c in [11, 12] {
+            let (k, d) = flow(c, 50000);
+            t.add_packet(&k, d, 60, SYN, 0);
+        }
+        let (k, d) = flow(20, 50001);
+        t.add_packet(&k, 1 - d, 100, ACK, S);
+        assert_eq!(
+            t.flows()
+                .find(|f| f.key == k)
+                .map(|f| f.stats.client_source),
+            Some(CLIENT_BY_FIRST_PACKET)
+        );
+        let (k3, d3) = flow(13, 50000);
+        t.add_packet(&k3, d3, 60, SYN, 2 * S);
+        // Mid-stream, both ports ephemeral, the server speaks first: fan-in names the client.
+        let (k, d) = flow(21, 50002);
+        t.add_packet(&k, 1 - d, 100, ACK, 3 * S);
+        let rec = t.flows().find(|f| f.key == k).expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_FAN_IN);
+        assert_eq!(rec.endpoints().0.addr, ipv4_mapped([10, 0, 0, 21]));
+        // Payload evidence outranks it.
+        let client_code = rec.stats.client;
+        assert!(t.set_client(&k, client_code ^ 1, CLIENT_BY_PAYLOAD));
+        // Fan-in is forgotten with the conversations that made it.
+        let ended = t.expire(10_000 * S);
+        assert!(!ended.conversations.is_empty());
+        let server_count = t.fan_in.get(&server, 40333, TCP);
+        assert_eq!(server_count, 0);
+        let (k, d) = flow(22, 50003);
+        t.add_packet(&k, 1 - d, 100, ACK, 10_001 * S);
+        assert_eq!(
+            t.flows()
+                .find(|f| f.key == k)
+                .map(|f| f.stats.client_source),
+            Some(CLIENT_BY_FIRST_PACKET)
+        );
+    }
+
+    #[test]
+    fn the_fan_in_sketch_counts_up_and_down_and_saturates() {
+        let mut f = FanIn {
+            counts: Vec::new(),
+            hasher: RandomState::new(),
+        };
+        let a = ipv4_mapped([10, 0, 0, 2]);
+        assert_eq!(f.get(&a, 40333, TCP), 0);
+        f.remove(&a, 40333, TCP);
+        assert!(
+            f.counts.is_empty(),
+            "nothing allocated before the first count"
+        );
+        for _ in 0..3 {
+            f.add(&a, 40333, TCP);
+        }
+        assert_eq!(f.get(&a, 40333, TCP), 3);
+        assert_eq!(f.get(&a, 40334, TCP), 0, "another port is another endpoint");
+        f.remove(&a, 40333, TCP);
+        assert_eq!(f.get(&a, 40333, TCP), 2);
+        for _ in 0..70_000 {
+            f.add(&a, 1, UDP);
+        }
+        f.remove(&a, 1, UDP);
+        assert_eq!(
+            f.get(&a, 1, UDP),
+            u16::MAX as u32,
+            "saturated counters stay"
+        );
+    }
+
+    #[test]
+    fn a_table_without_roles_keeps_the_datapath_rule() {
+        let mut t = FlowTable::without_roles(FlowConfig::default());
+        let (k, d, _) = miner(53310, 3333);
+        t.add_packet(&k, 1 - d, 1307, ACK, 0);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_FIRST_PACKET);
+        assert_eq!(rec.endpoints().0.port, 3333, "the first sender");
+        t.add_packet(&k, d, 60, SYN, S);
+        let rec = t.flows().next().expect("flow");
+        assert_eq!(rec.stats.client_source, CLIENT_BY_SYN);
+        assert_eq!(rec.endpoints().0.port, 53310);
+    }
+
+    #[test]
+    fn role_evidence_is_wanted_a_bounded_number_of_times() {
+        let mut t = table();
+        let (k, d, _) = miner(40000, 50000);
+        t.add_packet(&k, d, 100, ACK, 0);
+        let wanted: Vec<bool> = (0..MAX_ROLE_TRIES + 2)
+            .map(|_| t.payload_orientation(&k).expect("flow").2)
+            .collect();
+        assert_eq!(
+            wanted.iter().filter(|w| **w).count(),
+            MAX_ROLE_TRIES as usize
+        );
+        let (k2, d2, _) = miner(40001, 50000);
+        t.add_packet(&k2, d2, 100, SYN, 0);
+        assert!(
+            !t.payload_orientation(&k2).expect("flow").2,
+            "a SYN decided"
+        );
     }
 
     #[test]

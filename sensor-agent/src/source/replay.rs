@@ -263,8 +263,10 @@ fn read_captures(
     };
     let user = opts.engine == EngineKind::User;
     let mut times: HashMap<FlowKey, Times> = HashMap::new();
-    // Whole-input totals per 5-tuple for `--flows`, independent of the engine's aging.
-    let mut totals = FlowTable::new(FlowConfig {
+    // Whole-input totals per 5-tuple for `--flows`, independent of the engine's aging. Their
+    // roles come from the engine's table (which sees the payload evidence), so this one does
+    // not decide any.
+    let mut totals = FlowTable::without_roles(FlowConfig {
         max_flows: usize::MAX,
         max_conversations: usize::MAX,
         ..Default::default()

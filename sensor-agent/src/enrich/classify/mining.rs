@@ -63,7 +63,7 @@ const MINING_HEADERS: &[&str] = &[
     "X-Roll-NTime",
 ];
 
-const HTTP_METHODS: &[&[u8]] = &[
+pub(super) const HTTP_METHODS: &[&[u8]] = &[
     b"GET ",
     b"POST ",
     b"PUT ",
@@ -205,7 +205,7 @@ fn next_line(data: &[u8], from: usize) -> usize {
 /// Parses the JSON texts of a payload and returns the best identification among them, with what
 /// the others add (a server payload often carries a subscription result, then set_difficulty
 /// and notify).
-fn json_messages(
+pub(super) fn json_messages(
     data: &[u8],
     dir: Direction,
     known: Option<&'static str>,

@@ -39,11 +39,15 @@
 //!   packets and marks an identification `confirmed_by_server` when the server's reply arrives.
 //! - [`parse_client_hello`]: SNI, ALPN and JA4 of a TLS ClientHello (the `encrypted_mining` rule
 //!   uses these; `classify` itself returns `None` for TLS).
+//! - [`speaker`]: which side sent a payload (client or server), when only one side sends such a
+//!   message: role evidence for flows joined mid-stream.
 
 mod mining;
 mod p2p;
+mod speaker;
 mod tls;
 
+pub use speaker::{speaker, Speaker};
 pub use tls::{parse_client_hello, parse_client_hello_message, ClientHello};
 
 use serde::Serialize;
