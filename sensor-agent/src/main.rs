@@ -9,7 +9,6 @@
 //! (blocking), the intel refresh, and the signal watcher (Ctrl-C, SIGTERM, `--duration`).
 
 use std::{
-    collections::HashMap,
     fs::File,
     io::{BufWriter, IsTerminal, Write},
     path::PathBuf,
@@ -25,7 +24,6 @@ use sensor_agent::{
     config::{self, Config},
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
-    flow::record::FlowRecord,
     pipeline::{self, Observers},
     sink::{AlarmOutput, JsonLines},
     source::{
@@ -34,7 +32,7 @@ use sensor_agent::{
         replay::{EngineKind, ReplayOptions, ReplaySource},
     },
 };
-use sensor_common::{counter, FlowKey};
+use sensor_common::counter;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -293,36 +291,9 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
         progress: !args.no_progress,
     };
-    let mut source = ReplaySource::start(args.captures.clone(), opts);
-    // The source's per-5-tuple totals (`--flows`) take their roles from the engine's flow
-    // table, which alone saw the payload evidence: every flow's last decision, kept only when
-    // flow records are asked for.
-    let mut roles: HashMap<FlowKey, (u8, u8)> = HashMap::new();
-    let looped = {
-        let mut note = |f: &FlowRecord| {
-            roles.insert(f.key, (f.stats.client, f.stats.client_source));
-            Ok(())
-        };
-        let mut observers = Observers::default();
-        if args.flows.is_some() {
-            observers.ended_flows = Some(&mut note);
-        }
-        pipeline::run(&mut source, &mut engine, &mut alarms, &mut observers).await
-    };
-    if args.flows.is_some() {
-        for f in engine.table.flows() {
-            roles.insert(f.key, (f.stats.client, f.stats.client_source));
-        }
-    }
-    let mut outcome = source.finish().await;
-    if let Ok(o) = outcome.as_mut() {
-        for f in o.flows.iter_mut() {
-            if let Some(&(client, client_source)) = roles.get(&f.key) {
-                f.stats.client = client;
-                f.stats.client_source = client_source;
-            }
-        }
-    }
+    let source = ReplaySource::start(args.captures.clone(), opts);
+    let (looped, outcome) =
+        pipeline::replay(source, &mut engine, &mut alarms, args.flows.is_some()).await;
     let context = || format!("replay with the {} engine", kind.name());
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;

@@ -13,11 +13,16 @@
 //! It must never drop an event or an alarm: an output that fails ends the loop with the
 //! error, and everything handed over before stays handed over.
 
+use std::collections::HashMap;
+
 use crate::{
     engine::{Engine, EngineStats, TickOutput},
     flow::record::FlowRecord,
     sink::{AlarmOutput, OutputError},
-    source::{Feedback, Source, SourceEvent},
+    source::{
+        replay::{ReplayError, ReplayOutcome, ReplaySource},
+        Feedback, Source, SourceEvent,
+    },
 };
 use sensor_common::FlowKey;
 
@@ -60,6 +65,48 @@ pub async fn run<S: Source>(
         }
     }
     Ok(last_tick)
+}
+
+/// [`run`] over capture files to their end, then what the reader counted. With
+/// `flow_records`, the reader's per-5-tuple totals (`replay --flows`) take their roles from
+/// the engine's flow table, which alone saw the payload evidence (see `flow::roles`): each
+/// flow's last decision, whether it ended during the replay or was still open at its end.
+pub async fn replay(
+    mut source: ReplaySource,
+    engine: &mut Engine,
+    alarms: &mut AlarmOutput,
+    flow_records: bool,
+) -> (
+    Result<Option<u64>, RunError<ReplayError>>,
+    Result<ReplayOutcome, ReplayError>,
+) {
+    let mut roles: HashMap<FlowKey, (u8, u8)> = HashMap::new();
+    let looped = {
+        let mut note = |f: &FlowRecord| {
+            roles.insert(f.key, (f.stats.client, f.stats.client_source));
+            Ok(())
+        };
+        let mut observers = Observers::default();
+        if flow_records {
+            observers.ended_flows = Some(&mut note);
+        }
+        run(&mut source, engine, alarms, &mut observers).await
+    };
+    let mut outcome = source.finish().await;
+    if flow_records {
+        for f in engine.table.flows() {
+            roles.insert(f.key, (f.stats.client, f.stats.client_source));
+        }
+        if let Ok(o) = outcome.as_mut() {
+            for f in o.flows.iter_mut() {
+                if let Some(&(client, client_source)) = roles.get(&f.key) {
+                    f.stats.client = client;
+                    f.stats.client_source = client_source;
+                }
+            }
+        }
+    }
+    (looped, outcome)
 }
 
 /// One event: handed to the engine, or, for a tick, evaluated with its output delivered and
