@@ -115,7 +115,7 @@ fn check_fresh(bin: &Path) {
 }
 
 /// A real capture from `tests/pcaps` (see its README for sources and licences).
-pub fn shared_pcap(name: &str) -> PathBuf {
+pub fn repo_pcap(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("pcaps")
         .join(name);

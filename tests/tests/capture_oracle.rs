@@ -1027,7 +1027,7 @@ fn to_sll2(eth: &[u8]) -> Vec<u8> {
     h
 }
 
-fn shared_pcaps() -> PathBuf {
+fn repo_pcaps() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcaps");
     assert!(
         p.is_dir(),
@@ -1055,7 +1055,7 @@ fn count(c: &Checked, transport: &str) -> usize {
 #[test]
 fn kernel_oracle_real_captures() {
     let dir = setup("oracle-real");
-    let pcaps = shared_pcaps();
+    let pcaps = repo_pcaps();
     // (file, TCP conversations, UDP conversations) as listed in tests/pcaps/README.md and
     // seen by tshark.
     for (file, tcp, udp) in [

@@ -21,7 +21,7 @@ fn alarms(stdout: &str) -> Vec<Value> {
 }
 
 fn quiet_long_capture_alarms(engine: &str) {
-    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
+    let cap = agent::repo_pcap("quiet-long-tcp.pcap");
     let run = agent::run(&[
         "replay".as_ref(),
         "--engine".as_ref(),

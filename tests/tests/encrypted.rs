@@ -404,7 +404,7 @@ fn the_real_captures_raise_no_encrypted_mining() {
         "cryptonote-login-stratum.pcap",
         "quiet-long-tcp.pcap",
     ] {
-        let cap = agent::shared_pcap(name);
+        let cap = agent::repo_pcap(name);
         let run = agent::run(&["replay".as_ref(), "--no-progress".as_ref(), cap.as_os_str()]);
         assert!(run.success, "{}", run.stderr);
         let enc: Vec<&str> = run

@@ -59,7 +59,7 @@ fn user_replay_names_the_pools_in_the_real_miner_captures() {
         let engine = "user";
         let alarms = replay(
             engine,
-            &[&agent::shared_pcap("stratum-getwork-gbt.pcap")],
+            &[&agent::repo_pcap("stratum-getwork-gbt.pcap")],
             &[],
         );
         let found = mining_alarms(&alarms);
@@ -83,7 +83,7 @@ fn user_replay_names_the_pools_in_the_real_miner_captures() {
         }
         let alarms = replay(
             engine,
-            &[&agent::shared_pcap("cryptonote-login-stratum.pcap")],
+            &[&agent::repo_pcap("cryptonote-login-stratum.pcap")],
             &[],
         );
         assert_eq!(
@@ -105,7 +105,7 @@ fn kernel_replay_names_the_pools_through_the_ring_buffer() {
     sensor_tests::kernel::require_bpf();
     let alarms = replay(
         "kernel",
-        &[&agent::shared_pcap("stratum-getwork-gbt.pcap")],
+        &[&agent::repo_pcap("stratum-getwork-gbt.pcap")],
         &[],
     );
     assert_eq!(
@@ -117,7 +117,7 @@ fn kernel_replay_names_the_pools_through_the_ring_buffer() {
     );
     let alarms = replay(
         "kernel",
-        &[&agent::shared_pcap("cryptonote-login-stratum.pcap")],
+        &[&agent::repo_pcap("cryptonote-login-stratum.pcap")],
         &[],
     );
     assert_eq!(

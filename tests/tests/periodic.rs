@@ -155,7 +155,7 @@ fn a_fixed_size_request_every_10_s_in_one_session_raises_periodic_flow_in_flow()
 #[test]
 fn the_real_captures_short_flows_raise_no_periodic_flow() {
     for name in ["stratum-getwork-gbt.pcap", "cryptonote-login-stratum.pcap"] {
-        let cap = agent::shared_pcap(name);
+        let cap = agent::repo_pcap(name);
         let run = agent::run(&["replay".as_ref(), "--no-progress".as_ref(), cap.as_os_str()]);
         assert!(run.success, "{}", run.stderr);
         let periodic: Vec<&str> = run

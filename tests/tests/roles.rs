@@ -75,7 +75,7 @@ fn a_pool_speaking_first_is_the_server_by_payload() {
     // the first packet comes from the server.
     let mut c = wireshark_tool("editcap");
     c.arg("-r")
-        .arg(agent::shared_pcap("stratum-getwork-gbt.pcap"))
+        .arg(agent::repo_pcap("stratum-getwork-gbt.pcap"))
         .arg(&cut)
         .arg("144-188");
     output(c, "editcap");

@@ -86,7 +86,7 @@ ca_file = "{ca}"
         ca = pki.ca.display(),
     );
     let cfg = dir.write("sensor.toml", config.as_bytes());
-    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
+    let cap = agent::repo_pcap("quiet-long-tcp.pcap");
     let run = agent::run(&[
         "replay".as_ref(),
         "--no-progress".as_ref(),
@@ -172,7 +172,7 @@ fn a_tls_receiver_the_sensor_does_not_trust_is_refused_and_nothing_is_lost() {
         pki.other_ca.display()
     );
     let cfg = dir.write("sensor.toml", config.as_bytes());
-    let cap = agent::shared_pcap("quiet-long-tcp.pcap");
+    let cap = agent::repo_pcap("quiet-long-tcp.pcap");
     let args = [
         "replay".as_ref(),
         "--no-progress".as_ref(),
