@@ -15,9 +15,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use sensor_common::{
-    FlowKey, FlowStats, PayloadEvent, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS,
-};
+use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
 
 use crate::{
     alarm::{AlarmEvent, AlarmManager, Observer},
@@ -192,18 +190,6 @@ impl Engine {
         if self.labels.message(key, &conv, from_client, size, ts_ns) {
             self.table.mark_dirty(&conv);
         }
-    }
-
-    /// A copy from the kernel's payload ring buffer, seen at `ts_ns`.
-    pub fn payload_event(&mut self, e: &PayloadEvent, ts_ns: u64) {
-        let len = (e.len as usize).min(e.data.len());
-        self.payload(
-            &e.key,
-            e.dir as usize,
-            e.kind == PAYLOAD_DNS,
-            &e.data[..len],
-            ts_ns,
-        );
     }
 
     /// A payload copy (the kernel's ring buffer, or a replayed frame's payload) from the

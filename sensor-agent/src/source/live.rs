@@ -30,8 +30,7 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{tc, xdp::XdpMode, TcAttachType},
 };
-use bytes::Bytes;
-use sensor_common::{counter, PayloadEvent, TraceEvent, PAYLOAD_DNS};
+use sensor_common::{counter, PayloadEvent, TraceEvent};
 use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
 
 use crate::{
@@ -144,13 +143,16 @@ fn drain_ring<T: aya::Pod>(
     pending: &mut VecDeque<T>,
     dropped: &mut u64,
 ) {
-    read_ring(ring, |record: &T| {
-        if pending.len() < MAX_PENDING_RECORDS {
-            pending.push_back(*record);
-        } else {
-            *dropped += 1;
-        }
-    });
+    read_ring(ring, |record: &T| keep(pending, *record, dropped));
+}
+
+/// Queues a ring record for the next poll, or counts it when [`MAX_PENDING_RECORDS`] wait.
+fn keep<T>(pending: &mut VecDeque<T>, record: T, dropped: &mut u64) {
+    if pending.len() < MAX_PENDING_RECORDS {
+        pending.push_back(record);
+    } else {
+        *dropped += 1;
+    }
 }
 
 impl LiveSource {
@@ -303,21 +305,18 @@ impl LiveSource {
             }
             None => {
                 let (p, t) = (&mut self.pending_payloads, &mut self.pending_traces);
-                self.dp.drain_payloads(|e| p.push_back(*e));
-                self.dp.drain_traces(|e| t.push_back(*e));
+                let dropped = &mut self.stats.ring_records_dropped;
+                self.dp.drain_payloads(|e| keep(p, *e, dropped));
+                self.dp.drain_traces(|e| keep(t, *e, dropped));
             }
         }
         let mut events =
             Vec::with_capacity(1 + self.pending_payloads.len() + self.pending_traces.len());
         for e in self.pending_payloads.drain(..) {
-            let len = (e.len as usize).min(e.data.len());
-            events.push(SourceEvent::Payload(PayloadCopy {
-                key: e.key,
-                dir: e.dir as usize,
-                dns: e.kind == PAYLOAD_DNS,
-                data: Bytes::copy_from_slice(&e.data[..len]),
-                ts_ns: clock.to_wall_ns(e.jiffies),
-            }));
+            events.push(SourceEvent::Payload(PayloadCopy::from_ring(
+                &e,
+                clock.to_wall_ns(e.jiffies),
+            )));
         }
         // Trace times are CLOCK_MONOTONIC (bpf_ktime_get_ns); the offset to wall time is taken
         // now, so a wall-clock step moves later messages, never earlier ones apart.

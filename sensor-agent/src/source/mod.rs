@@ -17,7 +17,7 @@ pub mod replay;
 pub mod settings;
 
 use bytes::Bytes;
-use sensor_common::{FlowKey, FlowStats};
+use sensor_common::{FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS};
 
 /// Something the event loop can read events from.
 ///
@@ -87,6 +87,20 @@ pub struct PayloadCopy {
     pub dns: bool,
     pub data: Bytes,
     pub ts_ns: u64,
+}
+
+impl PayloadCopy {
+    /// A record of the kernel's payload ring, seen at `ts_ns`.
+    pub fn from_ring(e: &PayloadEvent, ts_ns: u64) -> Self {
+        let len = (e.len as usize).min(e.data.len());
+        PayloadCopy {
+            key: e.key,
+            dir: e.dir as usize,
+            dns: e.kind == PAYLOAD_DNS,
+            data: Bytes::copy_from_slice(&e.data[..len]),
+            ts_ns,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

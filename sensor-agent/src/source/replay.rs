@@ -27,7 +27,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS, PAYLOAD_MAX};
+use sensor_common::{counter, FlowKey, FlowStats, PayloadEvent, PAYLOAD_MAX};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -435,15 +435,7 @@ fn read_captures(
             }
             let mut alive = events.push(SourceEvent::Flows(updates));
             for (e, ts) in &kernel_payloads {
-                let len = (e.len as usize).min(e.data.len());
-                alive = alive
-                    && events.push(SourceEvent::Payload(PayloadCopy {
-                        key: e.key,
-                        dir: e.dir as usize,
-                        dns: e.kind == PAYLOAD_DNS,
-                        data: Bytes::copy_from_slice(&e.data[..len]),
-                        ts_ns: *ts,
-                    }));
+                alive = alive && events.push(SourceEvent::Payload(PayloadCopy::from_ring(e, *ts)));
             }
         }
         None => {

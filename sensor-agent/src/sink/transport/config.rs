@@ -527,13 +527,6 @@ impl SinkConfig {
         }
     }
 
-    /// The configured format's name (one of [`FORMATS`]), if any. Kept for callers that
-    /// still match on names; since the loader only admits known formats, no name they do not
-    /// know can reach them.
-    pub fn format(&self) -> Option<&'static str> {
-        self.format_kind().map(Format::as_str)
-    }
-
     /// The rules one field at a time cannot express. The message starts with the sink name.
     pub fn validate(&self) -> Result<(), String> {
         let name = self.name();
@@ -881,10 +874,12 @@ headers = { Authorization = "Bearer xyz" }
             ))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(sinks[0].format_kind(), Some(Format::ALL[i]));
-            assert_eq!(sinks[0].format(), Some(*name));
+            assert_eq!(sinks[0].format_kind().map(Format::as_str), Some(*name));
         }
         assert_eq!(
-            parse("[[sinks]]\nkind = \"stdout\"\n").unwrap()[0].format(),
+            parse("[[sinks]]\nkind = \"stdout\"\n").unwrap()[0]
+                .format_kind()
+                .map(Format::as_str),
             None
         );
 
