@@ -102,6 +102,48 @@ fn main() {
         copy_file(&built, &copy);
         println!("cargo:rustc-env={var}={}", copy.display());
     }
+    println!(
+        "cargo:rustc-env=SENSOR_ABI_HASH={:016x}",
+        abi_hash(
+            &root.join("sensor-common/src/lib.rs"),
+            &ebpf_dir.join("src/main.rs")
+        )
+    );
+}
+
+/// A fingerprint of the kernel ABI: the code of `sensor-common` (the layout of every map key
+/// and value) and the map declarations of the eBPF program. Comments and blank lines are left
+/// out, so documenting the ABI does not discard the kernel's pinned state; any change to a
+/// type, constant or map declaration does (the agent pins its maps under this version).
+fn abi_hash(common: &Path, ebpf: &Path) -> u64 {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", p.display())))
+    };
+    let code = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut lines = code(&read(common));
+    // The map declarations: the line after each `#[map]` attribute.
+    let ebpf = code(&read(ebpf));
+    lines.extend(
+        ebpf.windows(2)
+            .filter(|w| w[0] == "#[map]")
+            .map(|w| w[1].clone()),
+    );
+    // FNV-1a: stable across Rust releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for line in &lines {
+        for b in line.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 fn copy_file(from: &Path, to: &Path) {

@@ -17,15 +17,23 @@ use time::{
 /// Converts `bpf_jiffies64()` values to nanoseconds since the epoch.
 ///
 /// The kernel's HZ is not visible to user space, so it is measured once (jiffies against
-/// CLOCK_MONOTONIC over a quarter second, rounded to the nearest configurable HZ); the
-/// anchor (a jiffies reading and the wall time at that moment) is renewed at every poll, so
-/// wall-clock steps and drift never accumulate. Resolution is one jiffy (4 ms at HZ=250).
-#[derive(Clone, Copy, Debug)]
+/// CLOCK_MONOTONIC over a quarter second, rounded to the nearest configurable HZ). The anchor
+/// (a jiffies reading and the wall time at that moment) is kept for as long as the kernel
+/// maps it converts: jiffies advance with CLOCK_MONOTONIC, which NTP disciplines, so a fixed
+/// anchor stays within a jiffy of the wall clock until the wall clock is stepped, and only a
+/// step (see [`JiffiesClock::follow`]) moves it. A fixed anchor is what makes a flow's start
+/// the same nanosecond in every agent that reads the same map, before and after a restart.
+/// Resolution is one jiffy (4 ms at HZ=250).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JiffiesClock {
     pub hz: u64,
     anchor_jiffies: u64,
     anchor_wall_ns: u64,
 }
+
+/// A wall clock further than this from what the anchor predicts was stepped (settimeofday,
+/// an NTP step, a VM resumed): far beyond a jiffy and the reading's jitter.
+const STEP_NS: u64 = 100_000_000;
 
 impl JiffiesClock {
     /// Measures HZ from two readings of `jiffies` (the datapath's `bpf_jiffies64()`) a quarter
@@ -53,24 +61,52 @@ impl JiffiesClock {
         })
     }
 
-    /// A new anchor: `jiffies` is a reading taken now.
-    pub fn reanchor(&mut self, jiffies: u64) {
-        self.anchor_jiffies = jiffies;
-        self.anchor_wall_ns = wall_ns();
+    /// A clock from an anchor saved earlier ([`JiffiesClock::anchor`]); `None` if it is not
+    /// one (HZ unknown or no anchor set).
+    pub fn from_anchor(hz: u64, anchor_jiffies: u64, anchor_wall_ns: u64) -> Option<Self> {
+        ([100, 250, 300, 1000].contains(&hz) && anchor_jiffies != 0 && anchor_wall_ns != 0)
+            .then_some(JiffiesClock {
+                hz,
+                anchor_jiffies,
+                anchor_wall_ns,
+            })
+    }
+
+    /// `(hz, anchor jiffies, anchor wall ns)`, to save beside the maps.
+    pub fn anchor(&self) -> (u64, u64, u64) {
+        (self.hz, self.anchor_jiffies, self.anchor_wall_ns)
+    }
+
+    /// Checks the anchor against a `jiffies` reading taken now. If the wall clock was stepped
+    /// since the anchor was set, re-anchors and returns how far the wall clock moved (ns,
+    /// signed); otherwise keeps the anchor (so conversions stay identical) and returns `None`.
+    pub fn follow(&mut self, jiffies: u64) -> Option<i64> {
+        let now = wall_ns();
+        let predicted = self.to_wall_ns(jiffies);
+        let moved = now as i128 - predicted as i128;
+        if moved.unsigned_abs() > u128::from(STEP_NS) {
+            self.anchor_jiffies = jiffies;
+            self.anchor_wall_ns = now;
+            Some(moved.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+        } else {
+            None
+        }
+    }
+
+    /// Nanoseconds per jiffy as the kernel counts them (TICK_NSEC: rounded, so HZ=300 is
+    /// exact over months).
+    fn tick_ns(&self) -> u64 {
+        (1_000_000_000 + self.hz / 2) / self.hz
     }
 
     pub fn to_wall_ns(&self, jiffies: u64) -> u64 {
-        let per_jiffy = 1_000_000_000 / self.hz;
+        let per_jiffy = self.tick_ns();
         if jiffies >= self.anchor_jiffies {
             self.anchor_wall_ns + (jiffies - self.anchor_jiffies) * per_jiffy
         } else {
             self.anchor_wall_ns
                 .saturating_sub((self.anchor_jiffies - jiffies) * per_jiffy)
         }
-    }
-
-    pub fn anchor_wall_ns(&self) -> u64 {
-        self.anchor_wall_ns
     }
 }
 

@@ -29,6 +29,7 @@ use sensor_agent::{
     source::{
         datapath::LoadOptions,
         live::{default_route_interface, LiveSource},
+        pins,
         replay::{EngineKind, ReplayOptions, ReplaySource},
     },
 };
@@ -55,6 +56,17 @@ enum Command {
     Replay(ReplayArgs),
     /// Check a configuration file (and --set overrides) without running anything.
     Validate(ConfigArgs),
+    /// Remove the datapath that `run` left attached (programs, links and pinned maps), from one interface or all.
+    Detach(DetachArgs),
+}
+
+#[derive(Args)]
+struct DetachArgs {
+    /// Only this interface (default: every interface the sensor is attached to).
+    #[arg(long = "iface", value_name = "IF")]
+    iface: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args, Clone)]
@@ -86,6 +98,9 @@ struct RunArgs {
     /// Stop after this long (e.g. 90s); runs until Ctrl-C or SIGTERM otherwise.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     duration: Option<std::time::Duration>,
+    /// Detach the datapath when stopping. By default it stays attached and pinned (sensor.pin_path), counting while the agent is down, and the next start resumes it.
+    #[arg(long)]
+    detach_on_exit: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -143,6 +158,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Validate(args) => cmd_validate(&args),
+        Command::Detach(args) => cmd_detach(&args),
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(cmd_run(args))),
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(cmd_replay(args))),
     };
@@ -181,6 +197,29 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
         cfg.flow.tcp_idle_timeout,
         cfg.flow.udp_idle_timeout
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_detach(args: &DetachArgs) -> Result<ExitCode> {
+    let cfg = load_config(&args.config)?;
+    let Some(root) = cfg.sensor.pin_root() else {
+        anyhow::bail!("sensor.pin_path is empty: nothing is pinned, so nothing stays attached");
+    };
+    let done = pins::detach(root, args.iface.as_deref())?;
+    let what = args.iface.as_deref().unwrap_or("every interface");
+    if done.links.is_empty() && done.dirs.is_empty() {
+        eprintln!(
+            "sensor-agent: nothing pinned for {what} under {}",
+            root.display()
+        );
+    } else {
+        eprintln!(
+            "sensor-agent: detached {what}: {} link(s) removed, {} pinned datapath(s) removed under {}",
+            done.links.len(),
+            done.dirs.len(),
+            root.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -444,6 +483,7 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             egress,
             &cfg.load_options(),
             cfg.sensor.poll_interval.0,
+            cfg.sensor.pin_root(),
         )
     })?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
@@ -519,7 +559,7 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     }
     let stats = engine.stats();
     eprintln!(
-        "sensor-agent: detached from {}; alarms: {}",
+        "sensor-agent: stopped watching {}; alarms: {}",
         ifaces.join(", "),
         alarms_by_rule(&stats)
     );
@@ -547,5 +587,15 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         eprintln!("{line}");
     }
     alarms.shutdown().await;
+    if let Some(dir) = live.pin_dir() {
+        if args.detach_on_exit {
+            dir.remove()?;
+        } else {
+            eprintln!(
+                "sensor-agent: the datapath stays attached and counting (pinned in {}); `sensor-agent detach` removes it",
+                dir.path().display()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

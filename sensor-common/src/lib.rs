@@ -167,6 +167,26 @@ pub struct TraceEvent {
 }
 const _: () = assert!(core::mem::size_of::<TraceEvent>() == 56);
 
+/// Slots of the `CLOCK` array map (`u64` each).
+///
+/// The datapath writes only [`clock_slot::JIFFIES`]. The agent keeps in the other slots the
+/// anchor that converts the datapath's jiffies to wall-clock time. It lives in the map so that
+/// it is pinned together with the flows whose `first_seen`/`last_seen` it converts: an agent
+/// restarted on pinned maps converts the same jiffies to the same nanoseconds, so a flow keeps
+/// its start time (and the alarm ids derived from it) across restarts.
+pub mod clock_slot {
+    /// `bpf_jiffies64()` as last read by the clock program.
+    pub const JIFFIES: u32 = 0;
+    /// The anchor's jiffies; 0 while no agent has anchored this map.
+    pub const ANCHOR_JIFFIES: u32 = 1;
+    /// Wall-clock nanoseconds since the Unix epoch at [`ANCHOR_JIFFIES`].
+    pub const ANCHOR_WALL_NS: u32 = 2;
+    /// The kernel's HZ as measured by the agent that set the anchor.
+    pub const HZ: u32 = 3;
+    /// Entries of the map.
+    pub const COUNT: u32 = 4;
+}
+
 /// Indices into the per-CPU `COUNTERS` array.
 ///
 /// The first group are the reasons a packet could not be attributed to a flow; every packet

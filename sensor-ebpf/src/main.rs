@@ -36,7 +36,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent, WatchBudget,
+    clock_slot, counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent, WatchBudget,
     CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI, PAYLOAD_DNS,
     PAYLOAD_FIRST, PAYLOAD_MAX, SAMPLE_DNS, SAMPLE_HI, SAMPLE_LO, SAMPLE_TRACE,
 };
@@ -97,15 +97,17 @@ impl LoadBytes for TcContext {
     }
 }
 
-/// The kernel's jiffies as last read by `sensor_clock`.
+/// Slot [`clock_slot::JIFFIES`]: the kernel's jiffies as last read by `sensor_clock`. The
+/// other slots are the agent's: the anchor that turns this map's jiffies into wall time, kept
+/// here so it lives exactly as long as the flows whose times it converts.
 #[map]
-static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+static CLOCK: Array<u64> = Array::with_max_entries(clock_slot::COUNT, 0);
 
 /// Never attached: the agent runs it with BPF_PROG_TEST_RUN to read `bpf_jiffies64()`, the
 /// clock of `first_seen`/`last_seen`, which user space has no syscall for.
 #[xdp]
 pub fn sensor_clock(_ctx: XdpContext) -> u32 {
-    if let Some(slot) = CLOCK.get_ptr_mut(0) {
+    if let Some(slot) = CLOCK.get_ptr_mut(clock_slot::JIFFIES) {
         unsafe { *slot = bpf_jiffies64() };
     }
     xdp_action::XDP_PASS

@@ -171,3 +171,52 @@ pub fn pin_to_cpu(cpu: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+/// A bpffs directory for one test's pins (`sensor.pin_path`), unique per process and call.
+/// On drop, everything pinned under it is removed (links first, which detaches the
+/// programs) and the directory goes, also when the test panics.
+pub struct PinRoot {
+    path: std::path::PathBuf,
+}
+
+impl PinRoot {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PinRoot {
+            path: std::path::PathBuf::from(format!(
+                "/sys/fs/bpf/sensor-test-{tag}-{}-{n}",
+                std::process::id()
+            )),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Every file pinned under the root, sorted.
+    pub fn pinned(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = sensor_agent::source::pins::detach(&self.path, None);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

@@ -135,12 +135,54 @@ impl NetnsPair {
         Ok(pid)
     }
 
+    /// Starts `program args` in the network namespace `ns` only: unlike `ip netns exec`, the
+    /// process keeps the host's mounts, so what it pins in /sys/fs/bpf outlives it as it
+    /// would on a real host (`ip netns exec` mounts a private /sys per invocation).
+    pub fn spawn_net_only(
+        &mut self,
+        ns: &str,
+        program: &std::path::Path,
+        args: &[String],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<u32, String> {
+        use std::os::unix::process::CommandExt;
+        let netns = File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: setns is async-signal-safe; fd stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {} in {ns}: {e}", program.display()))?;
+        drop(netns);
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
     /// Sends SIGTERM to a process started with [`Self::spawn_in`] and waits for it.
     pub fn stop(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.signal(pid, libc::SIGTERM)
+    }
+
+    /// Sends `signal` to a process started here and waits for it to exit.
+    pub fn signal(&mut self, pid: u32, signal: i32) -> Option<std::process::ExitStatus> {
         let i = self.children.iter().position(|c| c.id() == pid)?;
         let mut child = self.children.remove(i);
         // SAFETY: kill on the pid of a child we started and have not reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid as i32, signal) };
         child.wait().ok()
     }
 

@@ -5,7 +5,10 @@
 //! closes the log map the programs write to), and exposes the maps as plain Rust values.
 //! It never interprets flows: that is the flow table's and the detectors' job.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
@@ -14,8 +17,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use sensor_common::{
-    counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent, WatchBudget,
-    PAYLOAD_MAX,
+    clock_slot, counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent,
+    WatchBudget, PAYLOAD_MAX,
 };
 
 /// The sensor's eBPF object (XDP ingress + TC egress programs and their maps).
@@ -42,6 +45,18 @@ pub const CLOCK_MAP: &str = "CLOCK";
 /// Name of the watched-flow map and the message trace ring buffer in [`OBJECT`].
 pub const WATCH_MAP: &str = "WATCH";
 pub const TRACE_MAP: &str = "TRACES";
+
+/// The maps that outlive the agent when it pins ([`LoadOptions::pin_dir`]): everything the
+/// attached programs use but aya-log's map, whose messages are only worth reading live.
+pub const PINNED_MAPS: [&str; 7] = [
+    FLOW_MAP,
+    COUNTER_MAP,
+    SETTINGS_MAP,
+    PAYLOAD_MAP,
+    WATCH_MAP,
+    TRACE_MAP,
+    CLOCK_MAP,
+];
 
 /// `bpf_map_update_elem` flag: only replace an existing entry.
 const BPF_EXIST: u64 = 2;
@@ -98,6 +113,10 @@ pub struct LoadOptions {
     pub max_watched_flows: u32,
     /// Size of the message trace ring buffer in bytes (a power of two, at least one page).
     pub trace_ring_bytes: u32,
+    /// A bpffs directory to keep the maps in ([`PINNED_MAPS`], by name): maps pinned there
+    /// already are used as they are (their flows, counters and clock anchor go on), the
+    /// others are created and pinned. `None`: the maps live as long as this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Default payload ring: 4 MiB, about 7,000 copies of 568 bytes between two reads.
@@ -116,6 +135,7 @@ impl Default for LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             max_watched_flows: DEFAULT_MAX_WATCHED_FLOWS,
             trace_ring_bytes: DEFAULT_TRACE_RING_BYTES,
+            pin_dir: None,
         }
     }
 }
@@ -128,6 +148,45 @@ impl LoadOptions {
             ..Default::default()
         }
     }
+}
+
+/// What a map of the object looks like once loaded with some [`LoadOptions`]: what a pinned
+/// map must match to be used again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// Every map of the object with the shape `opts` gives it. Ring buffers have no key or value;
+/// their size is their capacity in bytes.
+pub fn map_specs(opts: &LoadOptions) -> [(&'static str, MapSpec); 7] {
+    let spec = |key: usize, value: usize, max_entries: u32| MapSpec {
+        key_size: key as u32,
+        value_size: value as u32,
+        max_entries,
+    };
+    let ring = |bytes: u32| spec(0, 0, bytes.max(4096).next_power_of_two());
+    [
+        (
+            FLOW_MAP,
+            spec(size_of::<FlowKey>(), size_of::<FlowStats>(), opts.max_flows),
+        ),
+        (COUNTER_MAP, spec(4, 8, counter::COUNT)),
+        (SETTINGS_MAP, spec(4, size_of::<DatapathSettings>(), 1)),
+        (PAYLOAD_MAP, ring(opts.ring_bytes)),
+        (
+            WATCH_MAP,
+            spec(
+                size_of::<FlowKey>(),
+                size_of::<WatchBudget>(),
+                opts.max_watched_flows.max(1),
+            ),
+        ),
+        (TRACE_MAP, ring(opts.trace_ring_bytes)),
+        (CLOCK_MAP, spec(4, 8, clock_slot::COUNT)),
+    ]
 }
 
 /// Loaded (not yet attached) datapath programs and their maps.
@@ -145,14 +204,18 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and both programs into the kernel (the verifier runs here).
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOW_MAP, opts.max_flows)
-            .map_max_entries(PAYLOAD_MAP, opts.ring_bytes.max(4096).next_power_of_two())
-            .map_max_entries(WATCH_MAP, opts.max_watched_flows.max(1))
-            .map_max_entries(
-                TRACE_MAP,
-                opts.trace_ring_bytes.max(4096).next_power_of_two(),
-            )
+        let mut loader = EbpfLoader::new();
+        for (name, spec) in map_specs(opts) {
+            loader.map_max_entries(name, spec.max_entries);
+        }
+        let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // The programs write to aya-log's map; without a reader the messages are lost, so a
@@ -199,6 +262,79 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         Ok(dp)
+    }
+
+    /// Pins the attached programs in `dir` (replacing what an earlier agent pinned there), so
+    /// `bpftool prog show pinned` finds them and they outlive this process with their links.
+    pub fn pin_programs(&mut self, dir: &Path, egress: bool) -> Result<(), DatapathError> {
+        let mut names = vec![XDP_PROGRAM];
+        if egress {
+            names.push(TC_EGRESS_PROGRAM);
+        }
+        for name in names {
+            let path = dir.join(format!("prog_{name}"));
+            // An earlier agent's program: its links now run ours, so its pin is all that
+            // keeps it loaded.
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DatapathError::Syscall {
+                        op: "unpin",
+                        name,
+                        source,
+                    })
+                }
+            }
+            self.ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Missing(name))?
+                .pin(&path)
+                .map_err(|e| DatapathError::Syscall {
+                    op: "pin",
+                    name,
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The clock anchor an agent saved in the `CLOCK` map: `(hz, jiffies, wall ns)`, zeros if
+    /// none did.
+    pub fn clock_anchor(&self) -> Result<(u64, u64, u64), DatapathError> {
+        let clock: Array<&MapData, u64> = Array::try_from(
+            self.ebpf
+                .map(CLOCK_MAP)
+                .ok_or(DatapathError::Missing(CLOCK_MAP))?,
+        )
+        .map_err(|e| map_err(CLOCK_MAP, e))?;
+        let get = |slot| clock.get(&slot, 0).map_err(|e| map_err(CLOCK_MAP, e));
+        Ok((
+            get(clock_slot::HZ)?,
+            get(clock_slot::ANCHOR_JIFFIES)?,
+            get(clock_slot::ANCHOR_WALL_NS)?,
+        ))
+    }
+
+    /// Saves the clock anchor beside the flows it converts.
+    pub fn set_clock_anchor(&mut self, anchor: (u64, u64, u64)) -> Result<(), DatapathError> {
+        let mut clock: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(CLOCK_MAP)
+                .ok_or(DatapathError::Missing(CLOCK_MAP))?,
+        )
+        .map_err(|e| map_err(CLOCK_MAP, e))?;
+        let (hz, jiffies, wall) = anchor;
+        for (slot, value) in [
+            (clock_slot::HZ, hz),
+            (clock_slot::ANCHOR_JIFFIES, jiffies),
+            (clock_slot::ANCHOR_WALL_NS, wall),
+        ] {
+            clock
+                .set(slot, value, 0)
+                .map_err(|e| map_err(CLOCK_MAP, e))?;
+        }
+        Ok(())
     }
 
     fn write_settings(&mut self) -> Result<(), DatapathError> {
@@ -327,7 +463,9 @@ impl Datapath {
             .ok_or(DatapathError::Missing(CLOCK_MAP))?;
         let clock: Array<&MapData, u64> =
             Array::try_from(map).map_err(|e| map_err(CLOCK_MAP, e))?;
-        clock.get(&0, 0).map_err(|e| map_err(CLOCK_MAP, e))
+        clock
+            .get(&clock_slot::JIFFIES, 0)
+            .map_err(|e| map_err(CLOCK_MAP, e))
     }
 
     fn flow_map_fd(&self) -> Result<RawFd, DatapathError> {

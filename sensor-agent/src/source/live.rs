@@ -22,13 +22,19 @@
 use std::{
     collections::VecDeque,
     ffi::CString,
+    path::Path,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use aya::{
     maps::{MapData, RingBuf},
-    programs::{tc, xdp::XdpMode, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::{XdpLink, XdpMode},
+        TcAttachType,
+    },
 };
 use sensor_common::{counter, PayloadEvent, TraceEvent};
 use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
@@ -37,6 +43,7 @@ use crate::{
     clock::{monotonic_ns, wall_ns, JiffiesClock},
     source::{
         datapath::{batch, read_ring, Datapath, DatapathError, LoadOptions},
+        pins::{self, PinDir, PinError},
         Feedback, FlowUpdate, MessageEvent, PayloadCopy, Source, SourceEvent,
     },
 };
@@ -63,6 +70,10 @@ pub enum LiveError {
     NoDefaultRoute,
     #[error("cannot watch a ring buffer for data: {0}")]
     Ring(std::io::Error),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("cannot pin the link attached to {iface}: {reason}")]
+    PinLink { iface: String, reason: String },
 }
 
 /// How XDP ended up attached to an interface.
@@ -107,6 +118,8 @@ pub struct LiveSource {
     pub dp: Datapath,
     pub clock: JiffiesClock,
     pub attachments: Vec<Attachment>,
+    /// Where the datapath is pinned ([`LiveSource::start`]'s `pin_root`).
+    pins: Option<PinDir>,
     /// Messages each watched flow may trace between two polls (`capture.trace_messages`; 0:
     /// no kernel tracing).
     pub trace_budget: u64,
@@ -122,6 +135,8 @@ pub struct LiveSource {
     /// The poll under way: the flow map is handed on one kernel batch at a time, so a million
     /// flows never sit in memory twice.
     walk: Option<batch::Walk>,
+    /// Wall time of the poll under way, on the flows' clock.
+    poll_now_ns: u64,
     poll_interval: Duration,
     stop: Option<watch::Receiver<bool>>,
     /// Asked to stop: the last poll is under way or done.
@@ -158,46 +173,59 @@ fn keep<T>(pending: &mut VecDeque<T>, record: T, dropped: &mut u64) {
 impl LiveSource {
     /// Loads the datapath, attaches it to `ifaces` (none: loaded only, as benchmarks use it)
     /// and calibrates the clock. Polls every `poll_interval` once it runs as a [`Source`].
+    ///
+    /// With a `pin_root`, the maps, programs and links are pinned under it
+    /// ([`crate::source::pins`]): what an earlier agent pinned there for the same interfaces
+    /// and layout is taken over (its flows, counters and clock anchor go on, its links get
+    /// this agent's programs atomically), and everything stays attached after this process
+    /// exits until [`PinDir::remove`] or `sensor-agent detach`.
     pub fn start(
         ifaces: &[String],
         egress: bool,
         load: &LoadOptions,
         poll_interval: Duration,
+        pin_root: Option<&Path>,
     ) -> Result<Self, LiveError> {
-        let mut dp = Datapath::load(load)?;
-        let mut attachments = Vec::new();
         for iface in ifaces {
             check_iface(iface)?;
-            let xdp = dp.xdp()?;
-            let mode = match xdp.attach(iface, XdpMode::Driver) {
-                Ok(_) => "native",
-                Err(native) => {
-                    // Not every driver has native XDP (lo, many virtual NICs): generic mode
-                    // sees the same packets a little later in the stack.
-                    let native = native.to_string();
-                    xdp.attach(iface, XdpMode::Skb)
-                        .map_err(|g| LiveError::AttachXdp {
-                            iface: iface.clone(),
-                            native: native.clone(),
-                            generic: g.to_string(),
-                        })?;
-                    log::warn!("{iface}: native XDP unavailable ({native}); attached in generic (skb) mode");
-                    "generic"
+        }
+        let mut load = load.clone();
+        let pins = match pin_root {
+            Some(root) if !ifaces.is_empty() => {
+                let prepared = pins::prepare(root, ifaces, &load)?;
+                load.pin_dir = Some(prepared.dir.path().to_path_buf());
+                if prepared.resumed {
+                    log::info!(
+                        "resuming the kernel state pinned in {}",
+                        prepared.dir.path().display()
+                    );
                 }
-            };
-            if egress {
-                // Kernels >= 6.6 attach through TCX links, which need no qdisc and vanish with
-                // the program. Older kernels need clsact; an existing one is fine (it is left
-                // in place on exit, as other tools may share it).
-                if !tcx_available() {
-                    let _ = tc::qdisc_add_clsact(iface);
-                }
-                dp.tc_egress()?
-                    .attach(iface, TcAttachType::Egress)
-                    .map_err(|e| LiveError::AttachTc {
+                Some(prepared.dir)
+            }
+            _ => None,
+        };
+        let mut dp = Datapath::load(&load)?;
+        let mut attachments = Vec::new();
+        for iface in ifaces {
+            let mode = attach_xdp(&mut dp, iface, pins.as_ref())?;
+            match &pins {
+                // An earlier run counted egress and this one does not: its link would go on
+                // counting what nobody asked for.
+                Some(dir) if !egress && dir.tc_link(iface).exists() => {
+                    let link = dir.tc_link(iface);
+                    std::fs::remove_file(&link).map_err(|e| LiveError::AttachTc {
                         iface: iface.clone(),
-                        reason: e.to_string(),
+                        reason: format!(
+                            "cannot remove the earlier egress link {}: {e}",
+                            link.display()
+                        ),
                     })?;
+                    log::info!("{iface}: egress is off; detached the earlier run's egress program");
+                }
+                _ => {}
+            }
+            if egress {
+                attach_tc(&mut dp, iface, pins.as_ref())?;
             }
             attachments.push(Attachment {
                 iface: iface.clone(),
@@ -205,11 +233,25 @@ impl LiveSource {
                 egress,
             });
         }
-        let clock = JiffiesClock::calibrate(|| dp.jiffies())?;
+        if let Some(dir) = &pins {
+            dp.pin_programs(dir.path(), egress)?;
+        }
+        // The anchor saved with the maps converts their jiffies exactly as before a restart;
+        // fresh maps get a new one, saved with them.
+        let (hz, j, wall) = dp.clock_anchor()?;
+        let clock = match JiffiesClock::from_anchor(hz, j, wall) {
+            Some(clock) => clock,
+            None => {
+                let clock = JiffiesClock::calibrate(|| dp.jiffies())?;
+                dp.set_clock_anchor(clock.anchor())?;
+                clock
+            }
+        };
         Ok(LiveSource {
             dp,
             clock,
             attachments,
+            pins,
             trace_budget: 64,
             stats: LiveStats::default(),
             shared: Arc::default(),
@@ -218,10 +260,16 @@ impl LiveSource {
             pending_traces: VecDeque::new(),
             poll: None,
             walk: None,
+            poll_now_ns: 0,
             poll_interval,
             stop: None,
             stopped: false,
         })
+    }
+
+    /// Where this run pinned the datapath, if it did.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
     }
 
     /// Ends the source once `stop` turns true (Ctrl-C, SIGTERM or `--duration`, decided by the
@@ -267,7 +315,14 @@ impl LiveSource {
     pub fn poll_step(&mut self) -> Result<Vec<SourceEvent>, LiveError> {
         if self.walk.is_none() {
             let j = self.dp.jiffies()?;
-            self.clock.reanchor(j);
+            if let Some(moved) = self.clock.follow(j) {
+                log::warn!(
+                    "the wall clock moved by {:.3} s against the kernel's; flow times follow it from now on",
+                    moved as f64 / 1e9
+                );
+                self.dp.set_clock_anchor(self.clock.anchor())?;
+            }
+            self.poll_now_ns = self.clock.to_wall_ns(j);
             self.stats.kernel_flows = 0;
             self.walk = Some(batch::Walk::new());
         }
@@ -329,7 +384,7 @@ impl LiveSource {
                 ts_ns: (e.ktime_ns as i128 + mono_to_wall).max(0) as u64,
             }));
         }
-        events.push(SourceEvent::Tick(clock.anchor_wall_ns()));
+        events.push(SourceEvent::Tick(self.poll_now_ns));
         self.stats.counters = self.dp.counters()?;
         *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = self.stats.clone();
         Ok(events)
@@ -427,6 +482,145 @@ impl Source for LiveSource {
 
     fn feedback(&mut self, fb: Feedback<'_>) -> Result<(), LiveError> {
         self.apply(fb)
+    }
+}
+
+/// Attaches XDP to `iface`: through the link an earlier agent pinned, if there is one (its
+/// program is swapped for ours atomically, so no packet goes uncounted), else afresh (native
+/// mode, falling back to generic), pinning the new link. Returns the mode.
+fn attach_xdp(
+    dp: &mut Datapath,
+    iface: &str,
+    pins: Option<&PinDir>,
+) -> Result<&'static str, LiveError> {
+    let xdp = dp.xdp()?;
+    if let Some(dir) = pins {
+        let path = dir.xdp_link(iface);
+        if take_over(iface, "XDP", &path, |l: XdpLink| {
+            xdp.attach_to_link(l).map(drop)
+        }) {
+            return Ok("resumed");
+        }
+    }
+    let attach = |xdp: &mut aya::programs::Xdp| -> Result<_, LiveError> {
+        match xdp.attach(iface, XdpMode::Driver) {
+            Ok(id) => Ok((id, "native")),
+            Err(native) => {
+                // Not every driver has native XDP (lo, many virtual NICs): generic mode
+                // sees the same packets a little later in the stack.
+                let native = native.to_string();
+                let id = xdp
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|g| LiveError::AttachXdp {
+                        iface: iface.to_string(),
+                        native: native.clone(),
+                        generic: g.to_string(),
+                    })?;
+                log::warn!(
+                    "{iface}: native XDP unavailable ({native}); attached in generic (skb) mode"
+                );
+                Ok((id, "generic"))
+            }
+        }
+    };
+    let (id, mode) = attach(xdp)?;
+    if let Some(dir) = pins {
+        let link = xdp.take_link(id).map_err(|e| pin_failed(iface, e))?;
+        if !pin_link(iface, link, &dir.xdp_link(iface))? {
+            // A netlink attachment (kernels before 5.9) cannot be pinned, and letting go of it
+            // detached it: attach again, for this process's lifetime only.
+            log::warn!("{iface}: this kernel attaches XDP without BPF links; the datapath detaches when the agent stops");
+            attach(xdp)?;
+        }
+    }
+    Ok(mode)
+}
+
+/// Attaches the TC egress program to `iface`, through a pinned link as [`attach_xdp`] does.
+fn attach_tc(dp: &mut Datapath, iface: &str, pins: Option<&PinDir>) -> Result<(), LiveError> {
+    let tc_err = |reason: String| LiveError::AttachTc {
+        iface: iface.to_string(),
+        reason,
+    };
+    // Kernels >= 6.6 attach through TCX links, which need no qdisc and vanish with the
+    // program. Older kernels need clsact; an existing one is fine (it is left in place on
+    // exit, as other tools may share it).
+    if !tcx_available() {
+        let _ = tc::qdisc_add_clsact(iface);
+    }
+    let prog = dp.tc_egress()?;
+    if let Some(dir) = pins {
+        let path = dir.tc_link(iface);
+        if take_over(iface, "egress", &path, |l: SchedClassifierLink| {
+            prog.attach_to_link(l).map(drop)
+        }) {
+            return Ok(());
+        }
+    }
+    let id = prog
+        .attach(iface, TcAttachType::Egress)
+        .map_err(|e| tc_err(e.to_string()))?;
+    if let Some(dir) = pins {
+        let link = prog.take_link(id).map_err(|e| pin_failed(iface, e))?;
+        if !pin_link(iface, link, &dir.tc_link(iface))? {
+            log::warn!("{iface}: this kernel attaches TC without BPF links (before 6.6); the egress program detaches when the agent stops");
+            prog.attach(iface, TcAttachType::Egress)
+                .map_err(|e| tc_err(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hands the link an earlier agent pinned at `path` to `attach` (which swaps our program in).
+/// On failure the pin is removed, so the caller attaches afresh; says whether it worked.
+fn take_over<L>(
+    iface: &str,
+    hook: &str,
+    path: &Path,
+    attach: impl FnOnce(L) -> Result<(), aya::programs::ProgramError>,
+) -> bool
+where
+    L: TryFrom<FdLink, Error = aya::programs::links::LinkError>,
+{
+    if !path.exists() {
+        return false;
+    }
+    let taken = PinnedLink::from_pin(path)
+        .and_then(|p| L::try_from(FdLink::from(p)))
+        .map_err(|e| e.to_string())
+        .and_then(|l| attach(l).map_err(|e| e.to_string()));
+    match taken {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!(
+                "{iface}: cannot take over the pinned {hook} link {} ({e}); attaching afresh",
+                path.display()
+            );
+            let _ = std::fs::remove_file(path);
+            false
+        }
+    }
+}
+
+/// Pins a link just made at `path`; `false` if it is not a BPF link (netlink attachments
+/// cannot be pinned; converting it let go of it).
+fn pin_link<L>(iface: &str, link: L, path: &Path) -> Result<bool, LiveError>
+where
+    FdLink: TryFrom<L>,
+{
+    match FdLink::try_from(link) {
+        Ok(fd) => {
+            fd.pin(path).map_err(|e| pin_failed(iface, e))?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+fn pin_failed(iface: &str, e: impl std::fmt::Display) -> LiveError {
+    LiveError::PinLink {
+        iface: iface.to_string(),
+        reason: e.to_string(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod datapath;
 pub mod live;
 pub mod packet;
+pub mod pins;
 pub mod replay;
 pub mod settings;
 

@@ -23,6 +23,10 @@ pub struct SensorConfig {
     pub max_kernel_flows: u32,
     /// How often the status line is refreshed on a terminal.
     pub status_interval: HumanDuration,
+    /// bpffs directory where the datapath's maps, programs and links are pinned, so counting
+    /// goes on while the agent is down and a restarted agent resumes where it stopped
+    /// (`source::pins`). Empty: nothing is pinned and the datapath detaches with the agent.
+    pub pin_path: String,
 }
 
 impl Default for SensorConfig {
@@ -33,6 +37,7 @@ impl Default for SensorConfig {
             poll_interval: HumanDuration::secs(10),
             max_kernel_flows: DEFAULT_MAX_FLOWS,
             status_interval: HumanDuration::secs(5),
+            pin_path: crate::source::pins::DEFAULT_PIN_PATH.to_string(),
         }
     }
 }
@@ -42,7 +47,22 @@ impl SensorConfig {
         require_positive(&[
             ("poll_interval", self.poll_interval),
             ("status_interval", self.status_interval),
-        ])
+        ])?;
+        if !self.pin_path.is_empty() && !self.pin_path.starts_with('/') {
+            return Err(Invalid::new(
+                "pin_path",
+                format!(
+                    "{:?} must be an absolute path on a bpffs, or empty to pin nothing",
+                    self.pin_path
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where to pin the datapath; `None` when pinning is off.
+    pub fn pin_root(&self) -> Option<&std::path::Path> {
+        (!self.pin_path.is_empty()).then(|| std::path::Path::new(&self.pin_path))
     }
 }
 
@@ -129,5 +149,6 @@ pub fn load_options(
         ring_bytes: capture.ring_bytes,
         max_watched_flows: u32::try_from(max_watched_flows).unwrap_or(u32::MAX),
         trace_ring_bytes: capture.trace_ring_bytes,
+        pin_dir: None,
     }
 }

@@ -102,6 +102,7 @@ fn main() -> Result<()> {
             false,
             &LoadOptions::flows_only((n + n / 4) as u32),
             std::time::Duration::from_secs(10),
+            None,
         )
         .context("load the datapath")?;
         let now = live.dp.jiffies()?;
