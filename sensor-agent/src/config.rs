@@ -16,6 +16,7 @@ use crate::{
     flow::settings::FlowConfig,
     sink::{delivery::SpoolSection, transport::SinkConfig, OutputConfig},
     source::settings::{CaptureConfig, SensorConfig},
+    state::StateConfig,
     units::Invalid,
 };
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub spool: SpoolSection,
     /// Where alarms are delivered (`[[sinks]]`); none: JSON lines to stdout or `output.alarms`.
     pub sinks: Vec<SinkConfig>,
+    /// What `run` keeps across restarts, and where.
+    pub state: StateConfig,
 }
 
 /// A configuration error, already located.
@@ -212,6 +215,7 @@ fn validate(c: &Config) -> Result<(), Invalid> {
             "flow capacities must be at least 1",
         ));
     }
+    c.state.validate().map_err(|e| e.within("state"))?;
     c.alarm.validate().map_err(|e| e.within("alarm"))
 }
 

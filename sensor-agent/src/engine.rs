@@ -11,14 +11,19 @@
 //! ended flows and the watch changes to the source, which mirrors them into the kernel.
 //! [`Engine::stats`] is all that the status line and the summaries read.
 //!
+//! Across restarts of `run`, [`Engine::snapshot`] and [`Engine::restore`] compose the parts'
+//! own snapshots (flow table, open alarms, labels, watch set) for the state file
+//! ([`crate::state`]); a replay never restores, so it stays deterministic.
+//!
 //! It must never keep state a replay could not rebuild, and never block.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    alarm::{AlarmEvent, AlarmManager, Observer},
+    alarm::{AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
     config::Config,
     detect::{
         self,
@@ -28,13 +33,13 @@ use crate::{
     enrich::{
         classify::{speaker, Speaker, Transport},
         intel::IntelStore,
-        labels::{Labeler, Payload, SampleLimits},
+        labels::{LabelSnapshot, Labeler, Payload, SampleLimits},
     },
     flow::{
         record::{ip_of, FlowRecord},
         roles::CLIENT_BY_PAYLOAD,
         table::Conversation,
-        table::FlowTable,
+        table::{FlowTable, KeySnap, TableSnapshot},
     },
     source::SourceEvent,
 };
@@ -82,6 +87,45 @@ pub struct EngineStats {
     pub messages: u64,
 }
 
+/// The engine's part of the state file: each part's own snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub table: TableSnapshot,
+    pub alarms: Vec<AlarmSnapshot>,
+    pub labels: LabelSnapshot,
+    pub watch: Vec<KeySnap>,
+}
+
+/// What [`Engine::restore`] took back, and how many entries it refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub conversations: usize,
+    pub flows: usize,
+    pub open_alarms: usize,
+    pub labelled: usize,
+    pub cached_pairs: usize,
+    pub watched: usize,
+    pub skipped: usize,
+}
+
+impl fmt::Display for Restored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} conversations, {} flows, {} open alarms, {} labelled conversations, {} cached host pairs, {} watched flows",
+            self.conversations, self.flows, self.open_alarms, self.labelled, self.cached_pairs, self.watched
+        )?;
+        if self.skipped > 0 {
+            write!(
+                f,
+                " ({} entries skipped: invalid or beyond the limits)",
+                self.skipped
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Multicast (224.0.0.0/4, ff00::/8) or limited broadcast.
 fn is_group_address(conv: &Conversation) -> bool {
     match ip_of(&conv.key.server) {
@@ -114,6 +158,48 @@ impl Engine {
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
             watch: WatchSet::new(cfg.detect.watch.clone()),
+        }
+    }
+
+    /// What the engine knows beyond the kernel, for the state file.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            table: self.table.snapshot(),
+            alarms: self.alarms.snapshot(),
+            labels: self.labels.snapshot(),
+            watch: self.watch.snapshot(),
+        }
+    }
+
+    /// Takes a snapshot into this new engine. Restored conversations are evaluated at the
+    /// next tick: their open alarms are updated or closed there under their ids, never opened
+    /// again; restored watched flows are reported as added, so a live source mirrors them.
+    /// Alarms, labels and watched flows of conversations or flows not restored are skipped.
+    pub fn restore(&mut self, snap: EngineSnapshot) -> Restored {
+        let t = self.table.restore(snap.table);
+        let rules: Vec<(&'static str, &'static str)> = self
+            .detectors
+            .iter()
+            .map(|d| (d.rule_id(), d.rule_name()))
+            .collect();
+        let table = &self.table;
+        let (open_alarms, alarms_skipped) = self
+            .alarms
+            .restore(snap.alarms, &rules, |k| table.conversation(k).is_some());
+        let l = self
+            .labels
+            .restore(snap.labels, |k| table.conversation(k).is_some());
+        let (watched, watch_skipped) = self
+            .watch
+            .restore(&snap.watch, |k| table.orientation(k).is_some());
+        Restored {
+            conversations: t.conversations,
+            flows: t.flows,
+            open_alarms,
+            labelled: l.conversations,
+            cached_pairs: l.cached_pairs,
+            watched,
+            skipped: t.skipped + alarms_skipped + l.skipped + watch_skipped,
         }
     }
 
@@ -325,18 +411,14 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
-    use crate::{
-        alarm::settings::AllowRule,
-        alarm::Action,
-        units::{Cidr, HumanDuration},
-    };
+    use crate::units::HumanDuration;
     use sensor_common::ipv4_mapped;
 
-    const S: u64 = 1_000_000_000;
+    pub const S: u64 = 1_000_000_000;
 
-    fn engine(tweak: impl FnOnce(&mut Config)) -> Engine {
+    pub fn engine(tweak: impl FnOnce(&mut Config)) -> Engine {
         let mut cfg = Config::default();
         cfg.detect.long_flow.after = HumanDuration::secs(100);
         cfg.detect.long_flow.ladder = vec![HumanDuration::secs(200), HumanDuration::secs(400)];
@@ -348,7 +430,7 @@ mod tests {
 
     /// A TCP session 10.0.0.1:40000 -> 10.0.0.2:3333 with a 60-byte keepalive every 10 s from
     /// `from` to `to` seconds, ticking after each.
-    fn session(e: &mut Engine, port: u16, from: u64, to: u64, bytes: u64) -> Vec<AlarmEvent> {
+    pub fn session(e: &mut Engine, port: u16, from: u64, to: u64, bytes: u64) -> Vec<AlarmEvent> {
         let (key, dir) = FlowKey::canonical(
             &ipv4_mapped([10, 0, 0, 1]),
             port,
@@ -367,6 +449,17 @@ mod tests {
         }
         events
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::{
+        alarm::settings::AllowRule,
+        alarm::Action,
+        units::{Cidr, HumanDuration},
+    };
 
     fn actions(events: &[AlarmEvent], rule: &str) -> Vec<(Action, u64)> {
         events
@@ -490,6 +583,86 @@ mod tests {
             !session(&mut other_port, 40000, 0, 300, 60).is_empty(),
             "an allow entry for another port does not apply"
         );
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::{alarm::Action, state};
+
+    /// Through the state file's own encoding, into a new engine.
+    fn restart(e: &Engine, tweak: impl FnOnce(&mut Config)) -> (Engine, Restored) {
+        let bytes = state::encode(&e.snapshot()).expect("encode");
+        let snap: EngineSnapshot = state::decode(&bytes).expect("decode");
+        assert_eq!(
+            snap,
+            e.snapshot(),
+            "the state file holds the snapshot exactly"
+        );
+        let mut back = engine(tweak);
+        let r = back.restore(snap);
+        (back, r)
+    }
+
+    #[test]
+    fn an_alarm_opened_before_a_restart_is_updated_and_closed_after_it_never_opened_again() {
+        let mut e = engine(|_| {});
+        let before = session(&mut e, 40000, 0, 150, 60);
+        let opened: Vec<&AlarmEvent> = before
+            .iter()
+            .filter(|x| x.action == Action::Opened)
+            .collect();
+        assert!(opened.iter().any(|x| x.rule == "long_flow"));
+        assert!(opened.iter().any(|x| x.rule == "quiet_long_flow"));
+        let (mut back, r) = restart(&e, |_| {});
+        assert_eq!((r.conversations, r.flows, r.skipped), (1, 1, 0));
+        assert_eq!(r.open_alarms, e.alarms.open_count());
+        // The session goes on (the same 5-tuple), then gets loud, then ends.
+        let mut after = session(&mut back, 40000, 160, 450, 60);
+        after.extend(session(&mut back, 40000, 460, 600, 100_000));
+        after.extend(back.tick(100_000 * S).alarms);
+        assert!(
+            after.iter().all(|x| x.action != Action::Opened),
+            "{:?}",
+            after.iter().map(|x| (x.rule, x.action)).collect::<Vec<_>>()
+        );
+        for o in &opened {
+            let same: Vec<Action> = after
+                .iter()
+                .filter(|x| x.id == o.id)
+                .map(|x| x.action)
+                .collect();
+            assert_eq!(same.last(), Some(&Action::Closed), "{} closes", o.rule);
+        }
+        let rung = after
+            .iter()
+            .find(|x| x.rule == "long_flow" && x.action == Action::Updated)
+            .expect("the ladder goes on after the restart");
+        assert_eq!(
+            rung.id,
+            opened
+                .iter()
+                .find(|x| x.rule == "long_flow")
+                .expect("opened")
+                .id
+        );
+        assert_eq!(
+            rung.json["event"]["start"],
+            opened[0].json["event"]["start"]
+        );
+    }
+
+    #[test]
+    fn alarms_of_a_rule_no_longer_evaluated_are_not_restored() {
+        let mut e = engine(|_| {});
+        session(&mut e, 40000, 0, 150, 60);
+        let open = e.alarms.open_count();
+        let (back, r) = restart(&e, |c| c.detect.long_flow.enabled = false);
+        assert_eq!(r.open_alarms, open - 1);
+        assert_eq!(r.skipped, 1);
+        assert_eq!(back.alarms.open_count(), open - 1);
     }
 }
 

@@ -10,7 +10,7 @@
 //! Detectors never know which source fed them: every source turns what it reads (the kernel
 //! maps and rings, a capture file) into the same events with explicit timestamps, and the
 //! engine never reads a clock, so a replay is deterministic. Modules are layered bottom-up
-//! (`units`, `clock`, `scoring`, `flow`, `source`, `enrich`, `detect`, `alarm`, `sink`,
+//! (`units`, `clock`, `state`, `scoring`, `flow`, `source`, `enrich`, `detect`, `alarm`, `sink`,
 //! `config`, `engine`, `pipeline`); `cargo xtask test` fails on an import cycle between them.
 //! `docs/ARCHITECTURE.md` draws the whole design.
 
@@ -25,4 +25,5 @@ pub mod pipeline;
 pub mod scoring;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod units;

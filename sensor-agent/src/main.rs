@@ -514,6 +514,14 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     };
     let mut engine =
         Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg).await?);
+    // What the agent knew before a restart; a bad state file is one line, never a stop.
+    let mut checkpoint = cfg.state.enabled.then(|| {
+        match tokio::task::block_in_place(|| pipeline::restore(&cfg.state, &mut engine, &alarms)) {
+            Ok(line) => eprintln!("sensor-agent: {line}"),
+            Err(e) => eprintln!("sensor-agent: {e}; starting without saved state"),
+        }
+        pipeline::Checkpointer::new(&cfg.state)
+    });
 
     // The status line, on a terminal only, at most every status interval, after a poll.
     let show_status = std::io::stderr().is_terminal();
@@ -552,8 +560,12 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let mut observers = Observers {
         ended_flows: Some(&mut write_flow),
         ticked: Some(&mut ticked),
+        checkpoint: checkpoint.as_mut(),
     };
     pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
+    if let Some(c) = checkpoint.as_mut() {
+        eprintln!("sensor-agent: {}", c.finish(&engine, &alarms).await);
+    }
     if show_status {
         eprintln!();
     }

@@ -10,19 +10,31 @@
 //! in replay), so a replay is deterministic. The engine's decisions go back to the source as
 //! data ([`Feedback`]), never as calls from the engine into the source.
 //!
+//! `run` also keeps its state across restarts here ([`restore`] before the loop, a
+//! [`Checkpointer`] in it): the engine's snapshot and the delivery's unreported drops make
+//! one [`AgentState`], written to the state file ([`crate::state`]) every
+//! `state.checkpoint_interval` of tick time after the tick's alarms were handed over, and at
+//! shutdown. The snapshot is taken in the loop (a copy of the tables: the engine is never
+//! shared); encoding and the fsynced write run on a blocking task. `replay` never restores
+//! nor writes: it stays deterministic.
+//!
 //! It must never drop an event or an alarm: an output that fails ends the loop with the
-//! error, and everything handed over before stays handed over.
+//! error, and everything handed over before stays handed over. A state file that cannot be
+//! read or written is reported and never stops the agent.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    engine::{Engine, EngineStats, TickOutput},
+    engine::{Engine, EngineSnapshot, EngineStats, TickOutput},
     flow::record::FlowRecord,
     sink::{AlarmOutput, OutputError},
     source::{
         replay::{ReplayError, ReplayOutcome, ReplaySource},
         Feedback, Source, SourceEvent,
     },
+    state::{self, StateConfig, StateError},
 };
 use sensor_common::FlowKey;
 
@@ -36,6 +48,122 @@ pub struct Observers<'a> {
     pub ended_flows: Option<&'a mut FlowWriter<'a>>,
     /// After every tick, with the engine's counters (the status line).
     pub ticked: Option<&'a mut dyn FnMut(&EngineStats)>,
+    /// Writes the state file every checkpoint interval (`run` only).
+    pub checkpoint: Option<&'a mut Checkpointer>,
+}
+
+/// Everything the state file holds (see [`crate::state`] for the format).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub engine: EngineSnapshot,
+    /// Alarms dropped by a full spool and not yet reported by `sensor_degraded`.
+    pub unreported_drops: u64,
+}
+
+impl AgentState {
+    pub fn capture(engine: &Engine, alarms: &AlarmOutput) -> Self {
+        AgentState {
+            engine: engine.snapshot(),
+            unreported_drops: alarms.unreported_drops(),
+        }
+    }
+}
+
+/// Loads the state file into a new `engine` and `alarms` before the loop starts. The line to
+/// report either way: what was restored, or the error (the caller starts empty then).
+pub fn restore(
+    cfg: &StateConfig,
+    engine: &mut Engine,
+    alarms: &AlarmOutput,
+) -> Result<String, StateError> {
+    let saved: AgentState = state::load(&cfg.path)?;
+    let restored = engine.restore(saved.engine);
+    alarms.restore_drops(saved.unreported_drops);
+    let mut line = format!("state file {}: restored {restored}", cfg.path.display());
+    if saved.unreported_drops > 0 {
+        line.push_str(&format!(
+            "; {} alarms dropped before the restart to report",
+            saved.unreported_drops
+        ));
+    }
+    Ok(line)
+}
+
+/// Writes the state file every `state.checkpoint_interval` of tick time (wall time live), at
+/// most one write at a time, and a last time when the loop is over ([`Checkpointer::finish`]).
+pub struct Checkpointer {
+    path: PathBuf,
+    interval_ns: u64,
+    next_ns: Option<u64>,
+    writing: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn write_checkpoint(path: &std::path::Path, saved: &AgentState) -> Result<u64, StateError> {
+    let n = state::save(path, saved)?;
+    log::debug!(
+        "state file {}: checkpoint written ({n} bytes, {} conversations, {} open alarms)",
+        path.display(),
+        saved.engine.table.conversations.len(),
+        saved.engine.alarms.len()
+    );
+    Ok(n)
+}
+
+impl Checkpointer {
+    pub fn new(cfg: &StateConfig) -> Self {
+        Checkpointer {
+            path: cfg.path.clone(),
+            interval_ns: cfg.checkpoint_interval.as_nanos(),
+            next_ns: None,
+            writing: None,
+        }
+    }
+
+    /// After the tick at `now` was delivered: a checkpoint when one is due.
+    fn tick(&mut self, now: u64, engine: &Engine, alarms: &AlarmOutput) {
+        let next = *self
+            .next_ns
+            .get_or_insert(now.saturating_add(self.interval_ns));
+        if now < next || self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        self.next_ns = Some(now.saturating_add(self.interval_ns));
+        let saved = AgentState::capture(engine, alarms);
+        let path = self.path.clone();
+        let write = move || {
+            if let Err(e) = write_checkpoint(&path, &saved) {
+                log::warn!("{e}; the checkpoint is not written, the agent runs on");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => self.writing = Some(rt.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+    }
+
+    /// The last checkpoint, after the loop ended: waits for a write in progress, then writes
+    /// the final state. The line to report.
+    pub async fn finish(&mut self, engine: &Engine, alarms: &AlarmOutput) -> String {
+        if let Some(w) = self.writing.take() {
+            let _ = w.await;
+        }
+        let saved = AgentState::capture(engine, alarms);
+        let path = self.path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            write_checkpoint(&path, &saved).map(|n| (n, saved))
+        })
+        .await;
+        match written {
+            Ok(Ok((n, saved))) => format!(
+                "state file {}: saved ({n} bytes: {} conversations, {} open alarms)",
+                self.path.display(),
+                saved.engine.table.conversations.len(),
+                saved.engine.alarms.len()
+            ),
+            Ok(Err(e)) => format!("{e}; the state is not saved"),
+            Err(e) => format!("state file {}: the write stopped: {e}", self.path.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +277,9 @@ pub fn process<S: Source>(
     if let Some(ticked) = observers.ticked.as_mut() {
         ticked(&engine.stats());
     }
+    if let Some(checkpoint) = observers.checkpoint.as_mut() {
+        checkpoint.tick(now, engine, alarms);
+    }
     Ok(Some(now))
 }
 
@@ -166,4 +297,180 @@ fn deliver<E: std::error::Error + 'static>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{alarm::Observer, config::Config, units::HumanDuration};
+    use sensor_common::ipv4_mapped;
+
+    const S: u64 = 1_000_000_000;
+
+    /// An engine with one conversation, open alarms, a watched flow and a labelled pair.
+    fn busy_engine() -> Engine {
+        let mut cfg = Config::default();
+        cfg.detect.long_flow.after = HumanDuration::secs(100);
+        cfg.detect.quiet_long_flow.after = HumanDuration::secs(100);
+        cfg.detect.watch.after = HumanDuration::secs(60);
+        let mut e = Engine::new(&cfg, Observer::default());
+        let (key, dir) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 0, 1]),
+            40000,
+            &ipv4_mapped([10, 0, 0, 2]),
+            3333,
+            6,
+        );
+        e.add_packet(&key, dir, 60, 0x02, 0);
+        e.add_packet(&key, 1 - dir, 60, 0x12, 0);
+        let subscribe =
+            b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"cgminer/4.10.0\"]}\n";
+        e.add_packet(&key, dir, 120, 0x18, S);
+        e.payload(&key, dir, false, subscribe, S);
+        for t in (10..=150).step_by(10) {
+            e.add_packet(&key, dir, 60, 0x18, t * S);
+            e.message(&key, dir, 60, t * S);
+            e.add_packet(&key, 1 - dir, 60, 0x18, t * S);
+            e.message(&key, 1 - dir, 60, t * S);
+            e.tick(t * S);
+        }
+        e
+    }
+
+    #[test]
+    fn the_state_round_trips_through_the_file_format() {
+        let e = busy_engine();
+        let saved = AgentState {
+            engine: e.snapshot(),
+            unreported_drops: 3,
+        };
+        assert!(saved.engine.alarms.len() >= 3, "{:?}", saved.engine.alarms);
+        assert_eq!(saved.engine.watch.len(), 1);
+        assert_eq!(saved.engine.labels.cache.len(), 1);
+        let m = &saved.engine.labels.conversations[0].messages;
+        assert!(m.as_ref().is_some_and(|m| !m.client.is_empty()));
+        let bytes = state::encode(&saved).expect("encode");
+        assert_eq!(state::decode::<AgentState>(&bytes).expect("decode"), saved);
+        let mut back = Engine::new(&Config::default(), Observer::default());
+        let r = back.restore(saved.engine.clone());
+        assert_eq!(
+            (
+                r.conversations,
+                r.flows,
+                r.open_alarms,
+                r.watched,
+                r.skipped
+            ),
+            (1, 1, saved.engine.alarms.len(), 1, 0),
+            "{r}"
+        );
+        assert_eq!(r.labelled, 1);
+        assert_eq!(r.cached_pairs, 1);
+        // The restored watch set is mirrored to the source at the first tick.
+        let out = back.tick(151 * S);
+        assert_eq!(out.watch.added.len(), 1);
+    }
+
+    /// postcard is not self-describing: a snapshot type that changes changes the format. This
+    /// pins the encoding of one fixed state; when it fails, bump `state::FORMAT_VERSION` (an
+    /// old file is then reported and ignored instead of misread) and update the sum here.
+    #[test]
+    fn the_encoding_of_the_snapshot_is_pinned_to_the_format_version() {
+        use crate::{
+            alarm::AlarmSnapshot,
+            enrich::{
+                classify::{Direction, IdentificationSnapshot, Kind},
+                labels::{ConvLabelSnapshot, LabelSnapshot, SeriesSnapshot, TlsInfo},
+            },
+            flow::table::{ConvKey, ConvSnapshot, FlowSnapshot, KeySnap, TableSnapshot},
+        };
+        let (a, b) = (ipv4_mapped([10, 0, 0, 1]), ipv4_mapped([10, 0, 0, 2]));
+        let conv = ConvKey {
+            client: a,
+            server: b,
+            server_port: 3333,
+            proto: 6,
+        };
+        let key = KeySnap {
+            lo: a,
+            hi: b,
+            port_lo: 40000,
+            port_hi: 3333,
+            proto: 6,
+        };
+        let ident = IdentificationSnapshot {
+            kind: Kind::MiningProtocol,
+            protocol: "stratum".into(),
+            signature: "mining.subscribe".into(),
+            role: Direction::ClientToServer,
+            coin: None,
+            agent: Some("cgminer/4.10.0".into()),
+            login_sha256: None,
+            confirmed_by_server: true,
+        };
+        let fixed = AgentState {
+            engine: EngineSnapshot {
+                table: TableSnapshot {
+                    conversations: vec![ConvSnapshot {
+                        key: conv,
+                        start_ns: 1,
+                        last_ns: 2,
+                        counts: [3, 4, 5, 6],
+                        idle_since_ns: None,
+                        flows_seen: 1,
+                        client_port: 40000,
+                        client_from: 1,
+                        fan_counted: true,
+                        connections: vec![(7, 8)],
+                    }],
+                    flows: vec![FlowSnapshot {
+                        key,
+                        packets: [1, 2],
+                        bytes: [3, 4],
+                        first_ns: 1,
+                        last_ns: 2,
+                        tcp_flags: 0x1212,
+                        client: 0,
+                        client_source: 1,
+                        role_tries: 0,
+                    }],
+                },
+                alarms: vec![AlarmSnapshot {
+                    rule: "long_flow".into(),
+                    conv,
+                    id: "00ff".into(),
+                    severity: 3,
+                    hits: 9,
+                    last_sent_ns: 2,
+                    evidence: "{\"rung\":1}".into(),
+                }],
+                labels: LabelSnapshot {
+                    conversations: vec![ConvLabelSnapshot {
+                        conv,
+                        identification: Some((ident.clone(), true)),
+                        tls: Some(TlsInfo {
+                            sni: Some("pool.example".into()),
+                            ja4: "t13d".into(),
+                            alpn: vec![],
+                        }),
+                        messages: Some(SeriesSnapshot {
+                            flow: key,
+                            since_ns: 1,
+                            client: vec![(1, 60)],
+                            server: vec![],
+                        }),
+                    }],
+                    cache: vec![(a, b, ident, 99)],
+                },
+                watch: vec![key],
+            },
+            unreported_drops: 5,
+        };
+        let bytes = state::encode(&fixed).expect("encode");
+        assert_eq!(
+            (bytes.len(), crc32fast::hash(&bytes)),
+            (390, 359_845_846),
+            "the snapshot's encoding changed: bump state::FORMAT_VERSION and update this pin"
+        );
+    }
 }

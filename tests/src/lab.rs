@@ -120,6 +120,9 @@ pub fn run(
         "--egress".into(),
         "--alarms".into(),
         alarms_path.to_string_lossy().into_owned(),
+        // The test's own state file: never /var/lib, never another run's.
+        "--set".into(),
+        format!("state.path={}", dir.join("state.bin").display()),
     ];
     for s in agent_sets(cfg) {
         args.push("--set".into());

@@ -164,6 +164,8 @@ fn errors_are_one_line_and_fail() {
         b"[detect.quiet_long_flow]\nafter = \"9h\"\nmax_bytes_per_second = 10\n",
     );
     let missing = dir.path().join("missing.pcap");
+    // Never the default state file under /var/lib, nor one another test uses.
+    let state_set = format!("state.path={}", dir.path().join("state.bin").display());
     let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
         (vec!["replay".into(), "--bogus".into()], "--bogus"),
         (
@@ -190,6 +192,8 @@ fn errors_are_one_line_and_fail() {
                 "nosuchif0".into(),
                 "--duration".into(),
                 "1s".into(),
+                "--set".into(),
+                state_set.clone().into(),
             ],
             "nosuchif0",
         ),

@@ -51,7 +51,8 @@ fn kernel_a_60_s_receiver_outage_while_alarms_keep_coming_loses_no_alarm() {
         .unwrap_or_else(|e| panic!("sink test cannot run: {e}"));
     let produced = dir.path().join("produced.json");
     let config = format!(
-        "[sensor]\npoll_interval = \"500ms\"\n\n[spool]\ndir = \"{}\"\n\n[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{}\"\nformat = \"json\"\n\n[[sinks]]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+        "[sensor]\npoll_interval = \"500ms\"\n\n[state]\npath = \"{}\"\n\n[spool]\ndir = \"{}\"\n\n[[sinks]]\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{}\"\nformat = \"json\"\n\n[[sinks]]\nkind = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
+        dir.path().join("state.bin").display(),
         dir.path().join("spool").display(),
         rsyslog.tcp_port,
         produced.display()

@@ -13,6 +13,7 @@ pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
@@ -325,6 +326,92 @@ impl AlarmManager {
             id: alarm.id.clone(),
             json,
         }
+    }
+}
+
+/// An open alarm in the state file: after a restart it is updated or closed under the same
+/// id, never opened again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmSnapshot {
+    pub rule: String,
+    pub conv: ConvKey,
+    pub id: String,
+    pub severity: u8,
+    pub hits: u64,
+    /// When it was last sent: the suppression window runs on across the restart.
+    pub last_sent_ns: u64,
+    /// `sensor.evidence` of the last finding, as JSON text (the state file's format is not
+    /// self-describing; the evidence is).
+    pub evidence: String,
+}
+
+/// Longest evidence text read back from a state file.
+const MAX_EVIDENCE_BYTES: usize = 64 * 1024;
+
+impl AlarmManager {
+    /// The open alarms, for the state file.
+    pub fn snapshot(&self) -> Vec<AlarmSnapshot> {
+        self.open
+            .iter()
+            .map(|((rule, conv), a)| AlarmSnapshot {
+                rule: rule.to_string(),
+                conv: *conv,
+                id: a.id.clone(),
+                severity: a.severity,
+                hits: a.hits,
+                last_sent_ns: a.last_sent_ns,
+                evidence: Value::Object(a.finding.evidence.clone()).to_string(),
+            })
+            .collect()
+    }
+
+    /// Takes open alarms from a snapshot into this (new) manager: those of a rule in `rules`
+    /// (id, name: the rules evaluated now) on a conversation `known` says exists, with a
+    /// well-formed id, severity and evidence. Returns (restored, skipped).
+    pub fn restore(
+        &mut self,
+        alarms: Vec<AlarmSnapshot>,
+        rules: &[(&'static str, &'static str)],
+        known: impl Fn(&ConvKey) -> bool,
+    ) -> (usize, usize) {
+        let (mut restored, mut skipped) = (0, 0);
+        for a in alarms {
+            let rule = rules.iter().find(|(id, _)| *id == a.rule);
+            let evidence = (a.evidence.len() <= MAX_EVIDENCE_BYTES)
+                .then(|| serde_json::from_str::<Value>(&a.evidence).ok())
+                .flatten();
+            let well_formed = !a.id.is_empty()
+                && a.id.len() <= 64
+                && a.id.bytes().all(|b| b.is_ascii_hexdigit())
+                && a.severity <= 10;
+            let (Some(&(rule, rule_name)), Some(Value::Object(evidence)), true, true) =
+                (rule, evidence, well_formed, known(&a.conv))
+            else {
+                skipped += 1;
+                continue;
+            };
+            if self.open.contains_key(&(rule, a.conv)) {
+                skipped += 1;
+                continue;
+            }
+            self.open.insert(
+                (rule, a.conv),
+                OpenAlarm {
+                    id: a.id,
+                    rule_name,
+                    severity: a.severity,
+                    hits: a.hits,
+                    last_sent_ns: a.last_sent_ns,
+                    finding: Finding {
+                        severity: a.severity,
+                        evidence,
+                    },
+                },
+            );
+            self.opened(a.conv);
+            restored += 1;
+        }
+        (restored, skipped)
     }
 }
 

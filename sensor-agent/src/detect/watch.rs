@@ -13,7 +13,7 @@ use sensor_common::FlowKey;
 use serde::Deserialize;
 
 use crate::{
-    flow::table::Conversation,
+    flow::table::{Conversation, KeySnap},
     units::{require_rate, HumanDuration, Invalid},
 };
 
@@ -136,6 +136,31 @@ impl WatchSet {
 
     pub fn is_empty(&self) -> bool {
         self.watched.is_empty()
+    }
+
+    /// Watches again the flows of a snapshot (the state file) that `known` says are in the
+    /// flow table, up to `max_flows`; they are reported as added at the next
+    /// [`WatchSet::take_changes`], so a live source mirrors them into the kernel. Returns
+    /// (restored, skipped).
+    pub fn restore(
+        &mut self,
+        keys: &[KeySnap],
+        known: impl Fn(&FlowKey) -> bool,
+    ) -> (usize, usize) {
+        let mut restored = 0;
+        for k in keys {
+            let Some(key) = k.key() else { continue };
+            if known(&key) && self.watched.len() < self.cfg.max_flows && self.watched.insert(key) {
+                self.added.push(key);
+                restored += 1;
+            }
+        }
+        (restored, keys.len() - restored)
+    }
+
+    /// The watched flows, for the state file.
+    pub fn snapshot(&self) -> Vec<KeySnap> {
+        self.watched.iter().map(KeySnap::from).collect()
     }
 
     /// The changes since the last call, with every flow still watched that was not just added.

@@ -15,12 +15,18 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use sensor_common::{Addr, FlowKey};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    enrich::classify::{parse_client_hello, Direction, FlowClassifier, Identification, Transport},
+    enrich::classify::{
+        parse_client_hello, Direction, FlowClassifier, Identification, IdentificationSnapshot,
+        Transport,
+    },
     enrich::intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
-    flow::{record::ip_of, table::ConvKey},
+    flow::{
+        record::ip_of,
+        table::{ConvKey, KeySnap},
+    },
     scoring::periodicity::SampleRing,
     units::HumanDuration,
 };
@@ -50,7 +56,7 @@ impl Confidence {
 }
 
 /// TLS details of a conversation's most recent ClientHello.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsInfo {
     pub sni: Option<String>,
     pub ja4: String,
@@ -399,6 +405,152 @@ impl Labeler {
     pub fn tick(&mut self, now_ns: u64) {
         self.cache.retain(|_, (_, expiry)| *expiry >= now_ns);
         self.dns.prune(now_ns);
+    }
+}
+
+/// The labeler's part of the state file: per conversation its identification, TLS details
+/// and message series (periodicity inside one flow), and the label cache of host pairs.
+/// Classifier state of open flows and DNS bindings are not kept: the first are rebuilt from
+/// the next payloads, the second from the next answers; infrastructure matches are looked up
+/// again at the first evaluation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSnapshot {
+    pub conversations: Vec<ConvLabelSnapshot>,
+    /// (client, server, identification, expiry).
+    pub cache: Vec<(Addr, Addr, IdentificationSnapshot, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvLabelSnapshot {
+    pub conv: ConvKey,
+    /// The identification, and whether its own payload said so (else cached).
+    pub identification: Option<(IdentificationSnapshot, bool)>,
+    pub tls: Option<TlsInfo>,
+    pub messages: Option<SeriesSnapshot>,
+}
+
+/// A [`MessageSeries`] in the state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesSnapshot {
+    pub flow: KeySnap,
+    pub since_ns: u64,
+    pub client: Vec<(u64, u64)>,
+    pub server: Vec<(u64, u64)>,
+}
+
+/// What a restore of labels took and refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabelsRestored {
+    pub conversations: usize,
+    pub cached_pairs: usize,
+    pub skipped: usize,
+}
+
+/// Bounds of TLS details read back from a state file (an SNI is a DNS name; ALPN ids are
+/// at most 255 bytes and a ClientHello carries a handful).
+fn tls_bounded(t: &TlsInfo) -> bool {
+    t.sni.as_ref().is_none_or(|s| s.len() <= 255)
+        && t.ja4.len() <= 128
+        && t.alpn.len() <= 32
+        && t.alpn.iter().all(|a| a.len() <= 255)
+}
+
+fn ring_from(samples: &[(u64, u64)]) -> SampleRing {
+    let mut ring = SampleRing::new(MESSAGE_SAMPLES);
+    for &(t, size) in &samples[samples.len().saturating_sub(MESSAGE_SAMPLES)..] {
+        ring.push(t, size);
+    }
+    ring
+}
+
+impl Labeler {
+    /// The labels worth keeping across a restart.
+    pub fn snapshot(&self) -> LabelSnapshot {
+        let conversations = self
+            .convs
+            .iter()
+            .filter(|(_, l)| l.identification.is_some() || l.tls.is_some() || l.messages.is_some())
+            .map(|(conv, l)| ConvLabelSnapshot {
+                conv: *conv,
+                identification: l
+                    .identification
+                    .as_ref()
+                    .map(|(i, c)| (IdentificationSnapshot::from(i), *c == Confidence::Observed)),
+                tls: l.tls.clone(),
+                messages: l.messages.as_ref().map(|m| SeriesSnapshot {
+                    flow: KeySnap::from(&m.flow),
+                    since_ns: m.since_ns,
+                    client: m.client.iter().collect(),
+                    server: m.server.iter().collect(),
+                }),
+            })
+            .collect();
+        let cache = self
+            .cache
+            .iter()
+            .map(|((c, s), (i, expiry))| (*c, *s, IdentificationSnapshot::from(i), *expiry))
+            .collect();
+        LabelSnapshot {
+            conversations,
+            cache,
+        }
+    }
+
+    /// Takes a snapshot into this (new) labeler: labels of the conversations `known` says
+    /// exist, within every bound the labeler keeps; anything else is skipped and counted.
+    pub fn restore(
+        &mut self,
+        snap: LabelSnapshot,
+        known: impl Fn(&ConvKey) -> bool,
+    ) -> LabelsRestored {
+        let mut r = LabelsRestored::default();
+        for c in snap.conversations {
+            if !known(&c.conv) || self.convs.contains_key(&c.conv) {
+                r.skipped += 1;
+                continue;
+            }
+            let mut labels = ConvLabels::default();
+            if let Some((i, observed)) = &c.identification {
+                match i.identification() {
+                    Some(i) => {
+                        let confidence = if *observed {
+                            Confidence::Observed
+                        } else {
+                            Confidence::Cached
+                        };
+                        labels.identification = Some((i, confidence));
+                    }
+                    None => r.skipped += 1,
+                }
+            }
+            labels.tls = c.tls.filter(tls_bounded);
+            if let Some(m) = c.messages {
+                match m.flow.key() {
+                    Some(flow) if self.message_series < MAX_MESSAGE_SERIES => {
+                        self.message_series += 1;
+                        labels.messages = Some(Box::new(MessageSeries {
+                            flow,
+                            since_ns: m.since_ns,
+                            client: ring_from(&m.client),
+                            server: ring_from(&m.server),
+                        }));
+                    }
+                    _ => r.skipped += 1,
+                }
+            }
+            self.convs.insert(c.conv, labels);
+            r.conversations += 1;
+        }
+        for (client, server, i, expiry) in snap.cache {
+            match i.identification() {
+                Some(i) if self.cache.len() < self.cfg.max_cached_pairs => {
+                    self.cache.insert((client, server), (i, expiry));
+                    r.cached_pairs += 1;
+                }
+                _ => r.skipped += 1,
+            }
+        }
+        r
     }
 }
 

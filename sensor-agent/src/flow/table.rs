@@ -30,6 +30,7 @@ use hashbrown::HashTable;
 use sensor_common::{
     Addr, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::{
     flow::record::FlowRecord,
@@ -49,6 +50,9 @@ pub const FAN_IN_MIN: u32 = 3;
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
 
+mod snapshot;
+pub use snapshot::{ConvSnapshot, FlowSnapshot, KeySnap, TableRestored, TableSnapshot};
+
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const FIN: u8 = 0x01;
@@ -57,7 +61,7 @@ const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
 /// A logical client-server conversation: (client, server, server port, transport).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConvKey {
     pub client: Addr,
     pub server: Addr,
@@ -687,16 +691,36 @@ impl FlowTable {
                 };
             }
             None => {
-                let i = self.flows.insert(flow);
-                let items = &self.flows.items;
-                let hasher = &self.hasher;
-                self.flow_index
-                    .insert_unique(hasher.hash_one(key), i, |&j| {
-                        hasher.hash_one(items[j as usize].key)
-                    });
+                self.insert_flow(flow);
                 self.counters.flows_created += 1;
             }
         }
+    }
+
+    /// Puts a new flow in the slab and the index.
+    fn insert_flow(&mut self, flow: Flow) -> u32 {
+        let key = flow.key;
+        let i = self.flows.insert(flow);
+        let items = &self.flows.items;
+        let hasher = &self.hasher;
+        self.flow_index
+            .insert_unique(hasher.hash_one(key), i, |&j| {
+                hasher.hash_one(items[j as usize].key)
+            });
+        i
+    }
+
+    /// Puts a new conversation in the slab and the index.
+    fn insert_conv(&mut self, conv: Conversation) -> u32 {
+        let key = conv.key;
+        let i = self.convs.insert(conv);
+        let items = &self.convs.items;
+        let hasher = &self.hasher;
+        self.conv_index
+            .insert_unique(hasher.hash_one(key), i, |&j| {
+                hasher.hash_one(items[j as usize].key)
+            });
+        i
     }
 
     /// The conversation a new flow starting at `first_ns` joins (created if needed), or
@@ -722,13 +746,7 @@ impl FlowTable {
         if self.convs.len() >= self.cfg.max_conversations {
             return None;
         }
-        let i = self.convs.insert(new_conversation(key, first_ns));
-        let items = &self.convs.items;
-        let hasher = &self.hasher;
-        self.conv_index
-            .insert_unique(hasher.hash_one(key), i, |&j| {
-                hasher.hash_one(items[j as usize].key)
-            });
+        let i = self.insert_conv(new_conversation(key, first_ns));
         self.counters.conversations_created += 1;
         Some(i)
     }
@@ -862,9 +880,9 @@ mod tests {
     use crate::units::HumanDuration;
     use sensor_common::ipv4_mapped;
 
-    const S: u64 = 1_000_000_000;
+    pub(super) const S: u64 = 1_000_000_000;
 
-    fn key(cport: u16) -> (FlowKey, usize) {
+    pub(super) fn key(cport: u16) -> (FlowKey, usize) {
         FlowKey::canonical(
             &ipv4_mapped([10, 0, 0, 1]),
             cport,
@@ -874,7 +892,7 @@ mod tests {
         )
     }
 
-    fn table() -> FlowTable {
+    pub(super) fn table() -> FlowTable {
         FlowTable::new(FlowConfig {
             tcp_idle_timeout: HumanDuration::secs(60),
             conversation_gap: HumanDuration::secs(120),

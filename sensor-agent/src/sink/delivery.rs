@@ -363,6 +363,24 @@ impl Delivery {
             .collect()
     }
 
+    /// Alarms dropped by a full spool and not yet reported by a `sensor_degraded` alarm (for
+    /// the state file).
+    pub fn unreported_drops(&self) -> u64 {
+        self.shared.unreported_drops.load(Ordering::Relaxed)
+    }
+
+    /// Drops counted before a restart: reported like new ones, by a `sensor_degraded` alarm
+    /// spooled at once when there is room, else once delivery resumes.
+    pub fn restore_drops(&self, dropped: u64) {
+        if dropped == 0 {
+            return;
+        }
+        self.shared
+            .unreported_drops
+            .fetch_add(dropped, Ordering::Relaxed);
+        report_drops(&self.shared);
+    }
+
     /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
     pub fn spool_counters(&self) -> super::spool::SpoolCounters {
         self.shared.lock().counters()

@@ -144,6 +144,26 @@ impl AlarmOutput {
         }
     }
 
+    /// Alarms dropped by a full spool not yet reported (0 without sinks): for the state file.
+    pub fn unreported_drops(&self) -> u64 {
+        match self {
+            AlarmOutput::Direct { .. } => 0,
+            AlarmOutput::Delivered(d) => d.unreported_drops(),
+        }
+    }
+
+    /// Drops counted before a restart, to be reported by `sensor_degraded`. Without sinks
+    /// nothing is ever dropped, and there is no spool to report through: the count is logged.
+    pub fn restore_drops(&self, dropped: u64) {
+        match self {
+            AlarmOutput::Delivered(d) => d.restore_drops(dropped),
+            AlarmOutput::Direct { .. } if dropped > 0 => log::warn!(
+                "{dropped} alarms were dropped by a full spool before the restart; no sink is configured now to report it"
+            ),
+            AlarmOutput::Direct { .. } => {}
+        }
+    }
+
     /// Stops the sink tasks after they finish what they are sending; spooled alarms stay for
     /// the next start.
     pub async fn shutdown(self) {

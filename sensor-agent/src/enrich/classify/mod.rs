@@ -50,7 +50,7 @@ mod tls;
 pub use speaker::{speaker, Speaker};
 pub use tls::{parse_client_hello, parse_client_hello_message, ClientHello};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Largest JSON text parsed as one message; longer ones are treated as truncated there.
@@ -61,7 +61,7 @@ pub const FLOW_BUFFER_CAP: usize = 2048;
 pub const MAX_AGENT_CHARS: usize = 128;
 
 /// Who sent a payload, as the caller knows it (the SYN sender is the client).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     ClientToServer,
@@ -93,7 +93,7 @@ pub enum Transport {
 }
 
 /// Which detection rule an identification feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A miner talking to a pool (or to a node's mining RPC).
@@ -140,6 +140,86 @@ pub struct Identification {
     /// a getwork/getblocktemplate result, an `X-Stratum`-style header in an HTTP response. For
     /// peer protocols: the matching message came from the server side.
     pub confirmed_by_server: bool,
+}
+
+/// Every protocol name an [`Identification`] carries.
+pub const PROTOCOLS: &[&str] = &[
+    "stratum",
+    "cryptonote",
+    "getwork",
+    "getblocktemplate",
+    "ethproxy",
+    "http-stratum",
+    "bitcoin",
+    "ethereum-discv4",
+    "ethereum-rlpx",
+    "monero-levin",
+];
+/// Every coin name an [`Identification`] carries.
+pub const COINS: &[&str] = &["bitcoin", "litecoin", "dogecoin", "monero", "ethereum"];
+
+/// An [`Identification`] in the state file: its names as text, checked against
+/// [`PROTOCOLS`] and [`COINS`] when read back (a state file is input too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentificationSnapshot {
+    pub kind: Kind,
+    pub protocol: String,
+    pub signature: String,
+    pub role: Direction,
+    pub coin: Option<String>,
+    pub agent: Option<String>,
+    pub login_sha256: Option<String>,
+    pub confirmed_by_server: bool,
+}
+
+/// Longest signature read back from a state file (they are method names and magics).
+const MAX_SIGNATURE_CHARS: usize = 256;
+
+impl From<&Identification> for IdentificationSnapshot {
+    fn from(i: &Identification) -> Self {
+        IdentificationSnapshot {
+            kind: i.kind,
+            protocol: i.protocol.to_string(),
+            signature: i.signature.clone(),
+            role: i.role,
+            coin: i.coin.map(str::to_string),
+            agent: i.agent.clone(),
+            login_sha256: i.login_sha256.clone(),
+            confirmed_by_server: i.confirmed_by_server,
+        }
+    }
+}
+
+impl IdentificationSnapshot {
+    /// The identification, when every name is one this agent knows and every string within
+    /// the bounds the classifiers keep.
+    pub fn identification(&self) -> Option<Identification> {
+        let known = |names: &[&'static str], name: &str| names.iter().copied().find(|n| *n == name);
+        let protocol = known(PROTOCOLS, &self.protocol)?;
+        let coin = match &self.coin {
+            Some(c) => Some(known(COINS, c)?),
+            None => None,
+        };
+        let bounded = self.signature.chars().count() <= MAX_SIGNATURE_CHARS
+            && self
+                .agent
+                .as_ref()
+                .is_none_or(|a| a.chars().count() <= MAX_AGENT_CHARS)
+            && self
+                .login_sha256
+                .as_ref()
+                .is_none_or(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()));
+        bounded.then(|| Identification {
+            kind: self.kind,
+            protocol,
+            signature: self.signature.clone(),
+            role: self.role,
+            coin,
+            agent: self.agent.clone(),
+            login_sha256: self.login_sha256.clone(),
+            confirmed_by_server: self.confirmed_by_server,
+        })
+    }
 }
 
 impl Identification {

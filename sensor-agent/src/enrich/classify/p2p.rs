@@ -398,6 +398,15 @@ pub(super) mod tests {
     const G2X: &str = "c6047f9441ed7d6d3045406e95c07cd85c778e4b8cef3ca7abac09b95c709ee5";
     const G2Y: &str = "1ae168fea63dc339a3c58419466ceaeef7f632653266d0e1236431a950cfe52a";
 
+    /// A restored identification names its coin from `COINS`: every coin named here must be
+    /// there, or identifications of it would be dropped at a restart.
+    #[test]
+    fn every_coin_of_the_magic_table_is_known_to_restores() {
+        for (_, coin) in BITCOIN_MAGICS {
+            assert!(super::super::COINS.contains(coin), "{coin}");
+        }
+    }
+
     pub fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
