@@ -14,6 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::flow::roles::EPHEMERAL_FROM;
 use crate::source::{
     records::{
         aws, azure,
@@ -259,9 +260,10 @@ fn parse_file(
     parsed.ok_or_else(|| format!("not {}", kind.name()))
 }
 
-/// The aggregation interval the records show: the longest record span (AWS, GCP), or the
-/// median gap between consecutive updates of one connection (Azure, whose tuples carry one
-/// time each). At least one second.
+/// The aggregation interval the records show: the longest record span rounded up to an
+/// interval the cloud offers (AWS: 1 or 10 minutes; GCP: 5 s to 15 min), or the median gap
+/// between consecutive updates of one connection (Azure, whose tuples carry one time each).
+/// At least one second.
 pub fn measure_interval(telemetry: Telemetry, flows: &[Aggregate]) -> u64 {
     const S: u64 = 1_000_000_000;
     let ns = match telemetry {
@@ -279,11 +281,25 @@ pub fn measure_interval(telemetry: Telemetry, flows: &[Aggregate]) -> u64 {
             gaps.sort_unstable();
             gaps.get(gaps.len() / 2).copied().unwrap_or(S)
         }
-        _ => flows
-            .iter()
-            .map(|a| a.end_ns - a.start_ns)
-            .max()
-            .unwrap_or(S),
+        // A record spans its first to its last packet, so less than the interval when the
+        // flow is sparse: the longest span, rounded up to the intervals the cloud offers.
+        t => {
+            let span = flows
+                .iter()
+                .map(|a| a.end_ns - a.start_ns)
+                .max()
+                .unwrap_or(S);
+            let offered: &[u64] = if t == Telemetry::AwsVpc {
+                &[60, 600]
+            } else {
+                &[5, 30, 60, 300, 600, 900]
+            };
+            offered
+                .iter()
+                .map(|s| s * S)
+                .find(|&o| o >= span)
+                .unwrap_or(span)
+        }
     };
     ns.div_ceil(S).max(1) * S
 }
@@ -358,9 +374,16 @@ pub fn read_inputs(
     input.items.extend(dns.into_iter().map(Item::Dns));
     input.items.extend(flows.into_iter().map(Item::Flow));
     // A lookup answered in the same second as the connection comes first, as on the wire.
-    input
-        .items
-        .sort_by_key(|i| (i.time(), matches!(i, Item::Flow(_))));
+    // Records of one second whose order the exporter's clock cannot tell (AWS writes whole
+    // seconds): a sender from an ephemeral port to a lower one first, as initiators mostly
+    // are; the first record's sender is the flow's client until stronger evidence comes.
+    input.items.sort_by_key(|i| {
+        let answering = match i {
+            Item::Flow(a) => !(a.src_port >= EPHEMERAL_FROM && a.dst_port < a.src_port),
+            Item::Dns(_) => false,
+        };
+        (i.time(), matches!(i, Item::Flow(_)), answering)
+    });
     Ok(input)
 }
 
@@ -413,9 +436,16 @@ mod tests {
         assert_eq!(measure_interval(Telemetry::AzureVnet, &flows), 60 * S);
         let spans = [Aggregate {
             start_ns: 0,
-            end_ns: 59_500_000_000,
+            end_ns: 32 * S,
             ..Aggregate::default()
         }];
         assert_eq!(measure_interval(Telemetry::AwsVpc, &spans), 60 * S);
+        assert_eq!(measure_interval(Telemetry::GcpVpc, &spans), 60 * S);
+        let long = [Aggregate {
+            start_ns: 0,
+            end_ns: 61 * S,
+            ..Aggregate::default()
+        }];
+        assert_eq!(measure_interval(Telemetry::AwsVpc, &long), 600 * S);
     }
 }
