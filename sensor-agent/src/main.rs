@@ -298,6 +298,29 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
     lines
 }
 
+/// Appends "; n what" for every note that happened, and the flows a full table refused.
+fn push_notes(summary: &mut String, notes: &[(u64, &str)], stats: &EngineStats) {
+    let dropped = stats.flows_dropped + stats.conversations_dropped;
+    let table = (
+        dropped,
+        "flows dropped by a full flow table (raise flow.max_flows)",
+    );
+    for (n, what) in notes.iter().chain([&table]) {
+        if *n > 0 {
+            summary.push_str(&format!("; {n} {what}"));
+        }
+    }
+}
+
+/// The flow record output of `--flows`, when given.
+fn open_flow_output(path: Option<&std::path::Path>) -> Result<Option<JsonLines>> {
+    path.map(|p| {
+        JsonLines::open(Some(p), "flow output")
+            .with_context(|| format!("cannot open flow output {}", p.display()))
+    })
+    .transpose()
+}
+
 /// "rule n, rule n" or "none".
 fn alarms_by_rule(stats: &EngineStats) -> String {
     if stats.opened_by_rule.is_empty() {
@@ -398,16 +421,8 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             outcome.unstamped_flows,
             "kernel flows without capture times",
         ),
-        (
-            stats.flows_dropped + stats.conversations_dropped,
-            "flows dropped by a full flow table (raise flow.max_flows)",
-        ),
     ];
-    for (n, what) in notes {
-        if n > 0 {
-            summary.push_str(&format!("; {n} {what}"));
-        }
-    }
+    push_notes(&mut summary, &notes, &stats);
     eprintln!("{summary}");
     if stats.messages > 0 {
         // A line of its own: only the user engine times messages (see README).
@@ -466,13 +481,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     let telemetry = input.telemetry.map_or("dns-logs", Telemetry::name);
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
-    let mut flow_out = match &args.flows {
-        Some(p) => Some(
-            JsonLines::open(Some(p), "flow output")
-                .with_context(|| format!("cannot open flow output {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let mut source = IngestSource::from_input(
         &mut input,
         cfg.ingest.stitch_gap.map(|d| d.as_nanos()),
@@ -539,16 +548,8 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
             input.skipped_files,
             "files skipped in directories (not log names)",
         ),
-        (
-            stats.flows_dropped + stats.conversations_dropped,
-            "flows dropped by a full flow table (raise flow.max_flows)",
-        ),
     ];
-    for (n, what) in notes {
-        if n > 0 {
-            summary.push_str(&format!("; {n} {what}"));
-        }
-    }
+    push_notes(&mut summary, &notes, &stats);
     eprintln!("{summary}");
     if input.telemetry.is_some() {
         // Said, not silently skipped: these rules read payload, which flow records lack.
@@ -592,13 +593,7 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     };
     let egress = args.egress || cfg.sensor.egress;
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
-    let mut flow_out = match &args.flows {
-        Some(p) => Some(
-            JsonLines::open(Some(p), "flow output")
-                .with_context(|| format!("cannot open flow output {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let stop = watch_signals(args.duration)?;
     // Loading (the verifier) and the clock calibration block for a while: off the workers
     // that run the signal watcher and the sinks.

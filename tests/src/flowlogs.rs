@@ -71,10 +71,13 @@ pub fn aggregate(capture: &Path, window_ns: u64) -> Aggregated {
         let ts = frame.ts_ns;
         out.first_ns = out.first_ns.min(ts);
         out.last_ns = out.last_ns.max(ts);
-        let w = out.windows.entry((tuple, ts / window_ns)).or_insert(Window {
-            first_ns: ts,
-            ..Window::default()
-        });
+        let w = out
+            .windows
+            .entry((tuple, ts / window_ns))
+            .or_insert(Window {
+                first_ns: ts,
+                ..Window::default()
+            });
         w.packets += 1;
         // IP bytes: the frame without its Ethernet header.
         w.bytes += (frame.wire_len as u64).saturating_sub(14);
@@ -197,10 +200,19 @@ impl Aggregated {
             let head = format!("{},{},{},{},{}", init.0, init.2, init.1, init.3, init.4);
             let first = per_window
                 .values()
-                .map(|(a, b)| if a.packets > 0 { a.first_ns } else { b.first_ns })
+                .map(|(a, b)| {
+                    if a.packets > 0 {
+                        a.first_ns
+                    } else {
+                        b.first_ns
+                    }
+                })
                 .min()
                 .unwrap_or(0);
-            tuples.push((first, format!("{},{head},O,B,NX,0,0,0,0", first / 1_000_000)));
+            tuples.push((
+                first,
+                format!("{},{head},O,B,NX,0,0,0,0", first / 1_000_000),
+            ));
             let n = per_window.len();
             for (j, (i, (a, b))) in per_window.iter().enumerate() {
                 // Updates are logged at the end of each interval; the last one, `E`, when the

@@ -89,9 +89,18 @@ fn every_format(agg: &Aggregated, dir: &TempDir) -> Vec<(&'static str, std::path
     std::fs::write(dir.path().join("s3/AWSLogs/README.md"), "exported").expect("write");
     vec![
         ("aws-vpc", dir.path().join("s3")),
-        ("aws-vpc", dir.write("custom-v5.log", agg.aws_custom_v5().as_bytes())),
-        ("azure-vnet", dir.write("PT1H.json", agg.azure_vnet_v4().as_bytes())),
-        ("gcp-vpc", dir.write("vpc_flows.json", agg.gcp_json_lines().as_bytes())),
+        (
+            "aws-vpc",
+            dir.write("custom-v5.log", agg.aws_custom_v5().as_bytes()),
+        ),
+        (
+            "azure-vnet",
+            dir.write("PT1H.json", agg.azure_vnet_v4().as_bytes()),
+        ),
+        (
+            "gcp-vpc",
+            dir.write("vpc_flows.json", agg.gcp_json_lines().as_bytes()),
+        ),
     ]
 }
 
@@ -106,9 +115,16 @@ fn every_format_raises_the_captures_long_and_quiet_long_alarms() {
     let agg = flowlogs::aggregate(&capture, WINDOW_NS);
     for (name, input) in every_format(&agg, &dir) {
         let (alarms, stderr) = ingest(&[&input], &THRESHOLDS);
-        assert_eq!(opened(&alarms, &rules), want, "{name}: {stderr}\n{alarms:#?}");
+        assert_eq!(
+            opened(&alarms, &rules),
+            want,
+            "{name}: {stderr}\n{alarms:#?}"
+        );
         for rule in rules {
-            let (got, exp) = (final_duration(&alarms, rule), final_duration(&want_alarms, rule));
+            let (got, exp) = (
+                final_duration(&alarms, rule),
+                final_duration(&want_alarms, rule),
+            );
             assert!(
                 got.abs_diff(exp) <= WINDOW_NS,
                 "{name} {rule}: duration {got} ns, replay {exp} ns"
@@ -208,7 +224,11 @@ fn malformed_records_are_reported_once_per_file_and_a_non_log_is_one_error() {
     );
     let f = dir.write("bad.log", text.as_bytes());
     let run = agent::run(&[std::ffi::OsStr::new("ingest"), f.as_os_str()]);
-    assert!(run.success, "malformed records are not fatal: {}", run.stderr);
+    assert!(
+        run.success,
+        "malformed records are not fatal: {}",
+        run.stderr
+    );
     let warnings: Vec<&str> = run
         .stderr
         .lines()
@@ -221,7 +241,11 @@ fn malformed_records_are_reported_once_per_file_and_a_non_log_is_one_error() {
         "{}",
         warnings[0]
     );
-    assert!(run.stderr.contains("2 malformed records skipped"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("2 malformed records skipped"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("2 flow records"), "{}", run.stderr);
 
     let not_log = dir.write("notes.txt", b"Dear diary,\ntoday I mined nothing.\n");
@@ -242,4 +266,62 @@ fn malformed_records_are_reported_once_per_file_and_a_non_log_is_one_error() {
 
 fn flowlogs_header() -> &'static str {
     "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"
+}
+
+/// The published-layout samples of `tests/data/flowlogs` (sources in its README).
+fn sample(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/flowlogs")
+        .join(name);
+    assert!(p.is_file(), "sample {} is missing", p.display());
+    p
+}
+
+#[test]
+fn the_published_samples_ingest_cleanly() {
+    let dns = [
+        sample("route53-resolver-query.log"),
+        sample("gcp-cloud-dns.json"),
+    ];
+    // (file, flow records, flows, what the summary must also say)
+    let cases = [
+        (
+            "aws-vpc-default.log",
+            2,
+            2,
+            "1 NODATA records; 1 SKIPDATA records",
+        ),
+        ("aws-vpc-custom-v5.log", 2, 1, "aws-vpc"),
+        ("azure-vnet-v4.json", 4, 2, "azure-vnet"),
+        ("azure-nsg-v2.json", 4, 3, "2 records of denied traffic"),
+        ("gcp-vpc-flows.json", 2, 1, "gcp-vpc"),
+    ];
+    for (file, records, flows, note) in cases {
+        let f = sample(file);
+        let run = agent::run(&[
+            std::ffi::OsStr::new("ingest"),
+            dns[0].as_os_str(),
+            dns[1].as_os_str(),
+            f.as_os_str(),
+        ]);
+        assert!(run.success, "{file}: {}", run.stderr);
+        assert!(!run.stderr.contains("warning"), "{file}: {}", run.stderr);
+        let want = format!("{records} flow records stitched into {flows} flows");
+        assert!(
+            run.stderr.contains(&want),
+            "{file}: want {want}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(note),
+            "{file}: want {note}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr
+                .contains("3 DNS log entries (1 without an address)"),
+            "{file}: {}",
+            run.stderr
+        );
+    }
 }
