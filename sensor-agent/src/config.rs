@@ -15,6 +15,7 @@ use crate::{
     enrich::{intel::IntelConfig, labels::LabelConfig},
     flow::settings::FlowConfig,
     sink::{delivery::SpoolSection, transport::SinkConfig, OutputConfig},
+    source::records::settings::IngestConfig,
     source::settings::{CaptureConfig, SensorConfig},
     state::StateConfig,
     units::Invalid,
@@ -34,6 +35,8 @@ pub struct Config {
     pub output: OutputConfig,
     /// The durable spool between the detectors and the sinks.
     pub spool: SpoolSection,
+    /// How flow logs are read and stitched (`sensor-agent ingest`).
+    pub ingest: IngestConfig,
     /// Where alarms are delivered (`[[sinks]]`); none: JSON lines to stdout or `output.alarms`.
     pub sinks: Vec<SinkConfig>,
     /// What `run` keeps across restarts, and where.
@@ -195,6 +198,7 @@ fn validate(c: &Config) -> Result<(), Invalid> {
     c.sensor.validate().map_err(|e| e.within("sensor"))?;
     c.capture.validate().map_err(|e| e.within("capture"))?;
     c.flow.validate().map_err(|e| e.within("flow"))?;
+    c.ingest.validate().map_err(|e| e.within("ingest"))?;
     c.detect.validate().map_err(|e| e.within("detect"))?;
     for (i, sink) in c.sinks.iter().enumerate() {
         if let Err(e) = sink.validate() {

@@ -248,6 +248,7 @@ impl Engine {
             }
             SourceEvent::Payload(p) => self.payload(&p.key, p.dir, p.dns, &p.data, p.ts_ns),
             SourceEvent::Message(m) => self.message(&m.key, m.dir, m.size, m.ts_ns),
+            SourceEvent::Resolved(r) => self.labels.resolved(r),
             SourceEvent::Tick(_) | SourceEvent::End(_) => {}
         }
     }

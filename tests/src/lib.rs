@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod captures;
+pub mod flowlogs;
 pub mod frames;
 pub mod kernel;
 pub mod lab;

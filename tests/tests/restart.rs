@@ -123,6 +123,7 @@ impl Scenario {
             format!("detect.long_flow.after={THRESHOLD_S}s"),
             format!("detect.quiet_long_flow.after={QUIET_AFTER_S}s"),
             "detect.quiet_long_flow.max_bytes_per_sec=100000".into(),
+            format!("state.path={}", self.dir.path().join("state.bin").display()),
         ];
         for s in sets {
             args.push("--set".into());
@@ -296,10 +297,22 @@ fn restart_keeps_the_session(signal: i32) {
         );
     }
     if signal == libc::SIGKILL {
-        // Killed before any checkpoint: the alarm is raised again, under the same id.
+        // Killed before any checkpoint held the alarm: only the kernel's state survived, and
+        // the alarm is raised again under the same id (a SIEM sees one alarm).
         assert!(
             !quiet_after.is_empty(),
             "quiet_long_flow raised again after the kill: {after:?}"
+        );
+    } else {
+        // Stopped cleanly: the state file written at shutdown holds the open alarm, which is
+        // never opened again.
+        assert!(
+            events(&after, "quiet_long_flow", "opened").is_empty(),
+            "quiet_long_flow opened again after a clean restart: {after:?}"
+        );
+        assert!(
+            second_log.contains("state"),
+            "the restarted agent says what it restored: {second_log}"
         );
     }
 }

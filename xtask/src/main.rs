@@ -86,7 +86,7 @@ enum Cmd {
     Layers,
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
-        /// Which benchmark: `datapath`, `agent`, `sinks` or `detect`.
+        /// Which benchmark: `datapath`, `agent`, `sinks`, `detect` or `ingest`.
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -379,6 +379,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("agent", "bench-agent"),
     ("sinks", "bench-sinks"),
     ("detect", "bench-detect"),
+    ("ingest", "bench-ingest"),
 ];
 
 fn bench(which: &str, args: &[String]) -> Result<()> {

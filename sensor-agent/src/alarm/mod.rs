@@ -50,6 +50,19 @@ pub struct Observer {
     pub hostname: String,
     /// Set when the sensor watches exactly one interface.
     pub interface: Option<String>,
+    /// Set when the flows came from someone else's telemetry (flow logs, NetFlow/IPFIX)
+    /// rather than the sensor's own packets: `sensor.telemetry` and its time resolution.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// Where flows came from when not from packets, and how finely that source sees time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Telemetry {
+    /// `aws-vpc`, `azure-vnet`, `azure-nsg`, `gcp-vpc` (later `netflow-v9`, `ipfix`).
+    pub name: &'static str,
+    /// The records' aggregation interval in seconds: durations and times of the alarm are
+    /// known to within it.
+    pub resolution_s: u64,
 }
 
 impl Observer {
@@ -66,6 +79,7 @@ impl Observer {
         Observer {
             hostname,
             interface,
+            telemetry: None,
         }
     }
 }
@@ -320,6 +334,11 @@ impl AlarmManager {
                 "client_from": client_from(conv.client_from),
             },
         });
+        let mut json = json;
+        if let Some(t) = &self.observer.telemetry {
+            json["sensor"]["telemetry"] = json!(t.name);
+            json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);
+        }
         AlarmEvent {
             rule,
             action,

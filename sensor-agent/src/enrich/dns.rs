@@ -183,6 +183,58 @@ fn read_name(msg: &[u8], mut pos: usize) -> Result<(String, usize), DnsError> {
     }
 }
 
+/// A name in presentation form (as DNS logs write them: any case, trailing dot or not,
+/// `\\DDD` and `\\X` escapes) written like the wire parser writes names. `None` when it is
+/// longer than a name can be or has an empty label.
+pub fn name_from_text(text: &str) -> Option<String> {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    let mut name = String::new();
+    let mut wire_len = 1usize;
+    let mut label_len = 0usize;
+    let mut bytes = text.bytes();
+    let push = |name: &mut String, b: u8, label_len: &mut usize| {
+        *label_len += 1;
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            name.push(char::from(b.to_ascii_lowercase()));
+        } else {
+            name.push_str(&format!("\\{b:03}"));
+        }
+    };
+    if text.is_empty() {
+        return Some(name);
+    }
+    while let Some(b) = bytes.next() {
+        match b {
+            b'.' => {
+                if label_len == 0 || label_len > 63 {
+                    return None;
+                }
+                wire_len += label_len + 1;
+                label_len = 0;
+                name.push('.');
+            }
+            b'\\' => {
+                let c = bytes.next()?;
+                let b = if c.is_ascii_digit() {
+                    let d = [c, bytes.next()?, bytes.next()?];
+                    std::str::from_utf8(&d).ok()?.parse::<u8>().ok()?
+                } else {
+                    c
+                };
+                push(&mut name, b, &mut label_len);
+            }
+            b => push(&mut name, b, &mut label_len),
+        }
+        if wire_len + label_len + 1 > MAX_NAME_WIRE_LEN {
+            return None;
+        }
+    }
+    if label_len == 0 || label_len > 63 {
+        return None;
+    }
+    Some(name)
+}
+
 /// Parses a DNS message carried over UDP.
 pub fn parse_udp(msg: &[u8]) -> Result<DnsMessage, DnsError> {
     let id = u16_at(msg, 0)?;
@@ -324,6 +376,8 @@ pub struct BinderStats {
     /// Answers to an outstanding query whose question differs (name or type) or that carry
     /// no question.
     pub answers_mismatched: u64,
+    /// Answers a resolver logged itself (cloud DNS query logs), bound without a query.
+    pub answers_logged: u64,
     /// Answer records whose owner is not on the question's CNAME chain (ignored).
     pub records_off_chain: u64,
     pub parse_errors: u64,
@@ -544,12 +598,30 @@ impl DnsBinder {
                 bindings: 0,
             };
         }
+        self.bind_chain(&p.qname, &msg.answers, now_ns)
+    }
 
-        // The CNAME chain from the question.
-        let mut chain: Vec<Arc<str>> = vec![Arc::from(p.qname.as_str())];
+    /// Binds the answers of a resolution a resolver logged itself (cloud DNS query logs):
+    /// `qname` and `answers` written like the wire parser's. The resolver saw the query it
+    /// answered, so no query needs matching; only the records on the CNAME chain from the
+    /// question bind, with their TTLs, exactly as for a matched answer.
+    pub fn observe_logged(
+        &mut self,
+        qname: &str,
+        answers: &[Record],
+        now_ns: u64,
+    ) -> AnswerOutcome {
+        self.tick(now_ns);
+        self.stats.answers_logged += 1;
+        self.bind_chain(qname, answers, now_ns)
+    }
+
+    /// Binds every address on the CNAME chain from `qname` to every name of the chain.
+    fn bind_chain(&mut self, qname: &str, answers: &[Record], now_ns: u64) -> AnswerOutcome {
+        let mut chain: Vec<Arc<str>> = vec![Arc::from(qname)];
         while chain.len() <= MAX_CNAME_CHAIN {
             let last = chain.last().expect("never empty").clone();
-            let next = msg.answers.iter().find_map(|r| match &r.data {
+            let next = answers.iter().find_map(|r| match &r.data {
                 RData::Cname(t) if *r.name == *last && !chain.iter().any(|c| **c == **t) => {
                     Some(t.as_str())
                 }
@@ -562,7 +634,7 @@ impl DnsBinder {
         }
 
         let (mut addresses, mut bindings) = (0, 0);
-        for r in &msg.answers {
+        for r in answers {
             let on_chain = chain.iter().any(|c| **c == *r.name);
             let addr = match r.data {
                 RData::A(a) => IpAddr::V4(a),
@@ -1222,5 +1294,71 @@ pub(crate) mod tests {
         }
         assert_eq!(b.pending_queries(), 5);
         assert_eq!(b.stats().pending_evicted, 3);
+    }
+
+    #[test]
+    fn logged_answers_bind_their_chain_and_names_read_like_the_wire() {
+        assert_eq!(
+            name_from_text("EU.Pool.Example."),
+            Some("eu.pool.example".into())
+        );
+        assert_eq!(
+            name_from_text("a\\.b.example"),
+            Some("a\\046b.example".into())
+        );
+        assert_eq!(
+            name_from_text("x\\032y.example"),
+            Some("x\\032y.example".into())
+        );
+        assert_eq!(name_from_text("a..b"), None);
+        assert_eq!(name_from_text(&"a".repeat(64)), None);
+        assert_eq!(name_from_text(&["abc"; 70].join(".")), None);
+        let mut b = DnsBinder::new(BinderConfig::default());
+        let rec = |name: &str, ttl: u32, data: RData| Record {
+            name: name.into(),
+            ttl,
+            data,
+        };
+        let answers = [
+            rec(
+                "eu.pool.example",
+                60,
+                RData::Cname("pool-eu.example".into()),
+            ),
+            rec(
+                "pool-eu.example",
+                60,
+                RData::A(Ipv4Addr::new(203, 0, 113, 9)),
+            ),
+            rec(
+                "elsewhere.example",
+                60,
+                RData::A(Ipv4Addr::new(203, 0, 113, 10)),
+            ),
+        ];
+        let out = b.observe_logged("eu.pool.example", &answers, T0);
+        assert_eq!(
+            out,
+            AnswerOutcome::Bound {
+                addresses: 1,
+                bindings: 2
+            }
+        );
+        let names: Vec<String> = b
+            .names_for(ip("203.0.113.9"), T0)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["eu.pool.example", "pool-eu.example"]);
+        assert!(
+            b.names_for(ip("203.0.113.10"), T0).is_empty(),
+            "off the chain"
+        );
+        assert!(
+            b.names_for(ip("203.0.113.9"), T0 + 61_000_000_000)
+                .is_empty(),
+            "TTL"
+        );
+        assert_eq!(b.stats().answers_logged, 1);
     }
 }

@@ -22,12 +22,14 @@ use crate::{
         parse_client_hello, Direction, FlowClassifier, Identification, IdentificationSnapshot,
         Transport,
     },
+    enrich::dns::{name_from_text, RData, Record},
     enrich::intel::{self, BinderConfig, DnsBinder, InfraMatch, IntelConfig, IntelStore},
     flow::{
         record::ip_of,
         table::{ConvKey, KeySnap},
     },
     scoring::periodicity::SampleRing,
+    source::{AnswerData, Resolution},
     units::HumanDuration,
 };
 
@@ -301,6 +303,46 @@ impl Labeler {
             changed = true;
         }
         changed
+    }
+
+    /// A resolution a resolver logged (cloud DNS query logs): its answers bind names to
+    /// addresses through the same binder as answers seen on the wire. Answers without an
+    /// owner take the next name on the CNAME chain from the question, as logged in order.
+    pub fn resolved(&mut self, r: &Resolution) {
+        self.counters.dns_messages += 1;
+        let Some(qname) = name_from_text(&r.name) else {
+            return;
+        };
+        let mut chain = qname.clone();
+        let mut records = Vec::with_capacity(r.answers.len());
+        for a in &r.answers {
+            let owner = match &a.owner {
+                Some(o) => match name_from_text(o) {
+                    Some(o) => o,
+                    None => continue,
+                },
+                None => chain.clone(),
+            };
+            let data = match &a.data {
+                AnswerData::Addr(std::net::IpAddr::V4(v4)) => RData::A(*v4),
+                AnswerData::Addr(std::net::IpAddr::V6(v6)) => RData::Aaaa(*v6),
+                AnswerData::Alias(target) => match name_from_text(target) {
+                    Some(t) => {
+                        if a.owner.is_none() {
+                            chain = t.clone();
+                        }
+                        RData::Cname(t)
+                    }
+                    None => continue,
+                },
+            };
+            records.push(Record {
+                name: owner,
+                ttl: a.ttl,
+                data,
+            });
+        }
+        self.dns.observe_logged(&qname, &records, r.ts_ns);
     }
 
     /// Times one payload message (`size` payload bytes on the wire) of a watched flow.

@@ -7,6 +7,8 @@
 //! from stronger evidence, strongest first:
 //!
 //! 1. `syn`: a SYN without ACK; always wins, even when it arrives after other evidence;
+//!    then `exporter`: a flow record whose exporter tracked the connection and names its
+//!    initiator (Azure flow tuples are oriented so), which only record sources carry;
 //! 2. `payload`: a message only one side sends (a stratum notification, a TLS ServerHello, an
 //!    HTTP response, a DNS answer), recognised by `enrich::classify::speaker` and applied by the
 //!    engine when the payload arrives, once per flow;
@@ -26,6 +28,9 @@ use sensor_common::{FlowKey, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, C
 
 /// The client sent a message only a client sends, or its peer one only a server sends.
 pub const CLIENT_BY_PAYLOAD: u8 = 4;
+/// The exporter of a flow record tracked the connection and names its initiator (a
+/// record source's evidence, not the kernel's).
+pub const CLIENT_BY_EXPORTER: u8 = 5;
 /// The client's port is ephemeral and its peer's a service port.
 pub const CLIENT_BY_PORT: u8 = 2;
 /// The server is an endpoint many clients reached with a SYN on the same port.
@@ -34,7 +39,8 @@ pub const CLIENT_BY_FAN_IN: u8 = 3;
 /// How strong a `client_source` is: higher wins; unknown codes count as the first packet.
 pub fn strength(source: u8) -> u8 {
     match source {
-        CLIENT_BY_SYN => 5,
+        CLIENT_BY_SYN => 6,
+        CLIENT_BY_EXPORTER => 5,
         CLIENT_BY_PAYLOAD => 4,
         CLIENT_BY_PORT => 3,
         CLIENT_BY_FAN_IN => 2,
@@ -47,11 +53,18 @@ pub fn client_from(source: u8) -> &'static str {
     match source {
         CLIENT_BY_SYN => "syn",
         CLIENT_BY_PAYLOAD => "payload",
+        CLIENT_BY_EXPORTER => "exporter",
         CLIENT_BY_PORT => "port",
         CLIENT_BY_FAN_IN => "fan_in",
         CLIENT_BY_FIRST_PACKET => "first_packet",
         _ => "first_packet",
     }
+}
+
+/// Whether a source hands in this evidence with its counters (a SYN it saw, an exporter's
+/// initiator) rather than the table deciding it: such evidence overrides weaker decisions.
+pub fn from_source(source: u8) -> bool {
+    source == CLIENT_BY_SYN || source == CLIENT_BY_EXPORTER
 }
 
 /// Lowest port of the ephemeral range (Linux's default starts here, IANA's at 49152).
@@ -180,11 +193,22 @@ mod tests {
             CLIENT_BY_FAN_IN,
             CLIENT_BY_PORT,
             CLIENT_BY_PAYLOAD,
+            CLIENT_BY_EXPORTER,
             CLIENT_BY_SYN,
         ];
         assert!(order.windows(2).all(|w| strength(w[0]) < strength(w[1])));
         let names: Vec<&str> = order.iter().map(|&s| client_from(s)).collect();
-        assert_eq!(names, ["first_packet", "fan_in", "port", "payload", "syn"]);
+        assert_eq!(
+            names,
+            [
+                "first_packet",
+                "fan_in",
+                "port",
+                "payload",
+                "exporter",
+                "syn"
+            ]
+        );
         assert_eq!(client_from(200), "first_packet");
     }
 }

@@ -399,15 +399,17 @@ impl FlowTable {
         if !self.roles {
             return (stats.client, stats.client_source);
         }
+        // A source's own evidence (a SYN, an exporter's initiator) beats weaker decisions.
+        let reported = roles::from_source(stats.client_source);
         if let Some(i) = found {
             let f = &self.flows.items[i as usize];
-            if stats.client_source == CLIENT_BY_SYN && f.client_source != CLIENT_BY_SYN {
-                return (stats.client, CLIENT_BY_SYN);
+            if reported && roles::strength(stats.client_source) > roles::strength(f.client_source) {
+                return (stats.client, stats.client_source);
             }
             return (f.client, f.client_source);
         }
-        if stats.client_source == CLIENT_BY_SYN {
-            return (stats.client, CLIENT_BY_SYN);
+        if reported {
+            return (stats.client, stats.client_source);
         }
         if let Some(client) = roles::client_by_port(key) {
             return (client, CLIENT_BY_PORT);

@@ -8,14 +8,20 @@
 //!   payload and trace rings read as soon as the kernel writes them.
 //! - [`replay`]: capture files, read on a blocking thread, parsed by [`packet`] (or pushed
 //!   through the kernel program by [`datapath`]'s test runs), on the capture's own clock.
+//! - [`ingest`]: cloud flow logs and DNS query logs, parsed by [`records`] and stitched from
+//!   aggregate records back into flows, on the records' own clock.
 
 pub mod capture;
 pub mod datapath;
+pub mod ingest;
 pub mod live;
 pub mod packet;
 pub mod pins;
+pub mod records;
 pub mod replay;
 pub mod settings;
+
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use sensor_common::{FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS};
@@ -46,6 +52,9 @@ pub enum SourceEvent {
     Payload(PayloadCopy),
     /// One payload message of a watched flow (kernel trace).
     Message(MessageEvent),
+    /// A DNS resolution as a resolver logged it (cloud DNS query logs): the question and its
+    /// answers, which bind names to addresses as answers seen on the wire do.
+    Resolved(Arc<Resolution>),
     /// Evaluate at this time (ns since the epoch): every poll interval, of wall time live or
     /// of capture time in replay.
     Tick(u64),
@@ -111,6 +120,38 @@ pub struct MessageEvent {
     /// Transport payload bytes.
     pub size: u64,
     pub ts_ns: u64,
+}
+
+/// A query and its answers as a resolver logged them (Route 53 Resolver, Cloud DNS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// When the query was answered, ns since the Unix epoch.
+    pub ts_ns: u64,
+    /// Who asked, when the log says.
+    pub client: Option<IpAddr>,
+    /// The name asked for, as logged (any case, trailing dot or not).
+    pub name: String,
+    /// Answer records in the order logged.
+    pub answers: Vec<Answer>,
+}
+
+/// One answer record of a logged resolution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Owner name when the log gives it; `None`: the next name on the chain from the question
+    /// (Route 53 logs answers in order without owners).
+    pub owner: Option<String>,
+    /// Seconds; the log's TTL, or `ingest.dns_ttl` for logs that carry none.
+    pub ttl: u32,
+    pub data: AnswerData,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnswerData {
+    /// An A or AAAA record.
+    Addr(IpAddr),
+    /// A CNAME record's target.
+    Alias(String),
 }
 
 /// What the engine decided at a tick that a source must act on: flows to forget (the kernel
