@@ -443,3 +443,210 @@ impl Decoder {
 fn v9_id(k: &V9Field) -> u16 {
     u16::from(*k)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REV: u32 = 29305;
+
+    /// An IPFIX message of `sets` ((set id, body)) from domain `domain`.
+    fn message(seq: u32, domain: u32, sets: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (id, b) in sets {
+            body.extend(id.to_be_bytes());
+            body.extend(((b.len() + 4) as u16).to_be_bytes());
+            body.extend(b);
+        }
+        let mut m = Vec::new();
+        m.extend(10u16.to_be_bytes());
+        m.extend(((body.len() + 16) as u16).to_be_bytes());
+        m.extend(1_700_000_000u32.to_be_bytes());
+        m.extend(seq.to_be_bytes());
+        m.extend(domain.to_be_bytes());
+        m.extend(body);
+        m
+    }
+
+    /// A template record: (element id, length, enterprise).
+    fn template(id: u16, fields: &[(u16, u16, Option<u32>)]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend(id.to_be_bytes());
+        t.extend((fields.len() as u16).to_be_bytes());
+        for (ie, len, ent) in fields {
+            let ie = if ent.is_some() { ie | 0x8000 } else { *ie };
+            t.extend(ie.to_be_bytes());
+            t.extend(len.to_be_bytes());
+            if let Some(e) = ent {
+                t.extend(e.to_be_bytes());
+            }
+        }
+        t
+    }
+
+    /// Biflow template 256: addresses, ports, protocol, start/end ms, forward and reverse
+    /// (RFC 5103) octets and packets.
+    fn biflow_template() -> Vec<u8> {
+        template(
+            256,
+            &[
+                (8, 4, None),
+                (12, 4, None),
+                (7, 2, None),
+                (11, 2, None),
+                (4, 1, None),
+                (152, 8, None),
+                (153, 8, None),
+                (1, 8, None),
+                (2, 8, None),
+                (1, 8, Some(REV)),
+                (2, 8, Some(REV)),
+            ],
+        )
+    }
+
+    fn biflow_record(start_ms: u64, end_ms: u64, n: u64) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend([10, 0, 0, 5]);
+        r.extend([203, 0, 113, 7]);
+        r.extend(50000u16.to_be_bytes());
+        r.extend(3333u16.to_be_bytes());
+        r.push(6);
+        r.extend(start_ms.to_be_bytes());
+        r.extend(end_ms.to_be_bytes());
+        r.extend((n * 100).to_be_bytes());
+        r.extend(n.to_be_bytes());
+        r.extend((n * 50).to_be_bytes());
+        r.extend((n * 2).to_be_bytes());
+        r
+    }
+
+    fn from() -> SocketAddr {
+        "192.0.2.1:4739".parse().expect("address")
+    }
+
+    #[test]
+    fn ipfix_biflow_records_decode_with_reverse_counts_and_absolute_times() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let msg = message(
+            0,
+            7,
+            &[
+                (2, biflow_template()),
+                (256, biflow_record(1_700_000_000_000, 1_700_000_300_000, 10)),
+            ],
+        );
+        assert_eq!(d.decode(from(), &msg, &mut out), Some(Telemetry::Ipfix));
+        assert_eq!(out.len(), 1, "{:?}", d.counters);
+        let a = out[0];
+        assert_eq!(
+            (a.packets, a.bytes, a.rev_packets, a.rev_bytes),
+            (10, 1000, 20, 500)
+        );
+        assert_eq!(a.start_ns, 1_700_000_000_000_000_000);
+        assert_eq!(a.end_ns - a.start_ns, 300_000_000_000);
+        assert_eq!((a.src_port, a.dst_port, a.proto), (50000, 3333, 6));
+    }
+
+    #[test]
+    fn templates_are_per_domain_withdrawn_and_sequence_gaps_counted() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        // Domain 1 knows template 256; domain 2 does not.
+        let m = message(0, 1, &[(2, biflow_template())]);
+        d.decode(from(), &m, &mut out);
+        let data = |seq, domain| message(seq, domain, &[(256, biflow_record(1, 2, 1))]);
+        d.decode(from(), &data(0, 2), &mut out);
+        assert!(out.is_empty(), "another domain's template must not apply");
+        d.decode(from(), &data(0, 1), &mut out);
+        assert_eq!(out.len(), 1);
+        // Records 1..4 lost: the next message says sequence 5.
+        d.decode(from(), &data(5, 1), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(d.counters.sequence_gaps, 4);
+        // Withdrawal (field count 0): data of 256 no longer decodes.
+        let withdraw = message(6, 1, &[(2, template(256, &[]))]);
+        d.decode(from(), &withdraw, &mut out);
+        d.decode(from(), &data(6, 1), &mut out);
+        assert_eq!(out.len(), 2, "{:?}", d.counters);
+    }
+
+    #[test]
+    fn options_data_sampling_scales_the_counts() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let mut opt = Vec::new();
+        opt.extend(257u16.to_be_bytes());
+        opt.extend(2u16.to_be_bytes()); // fields
+        opt.extend(1u16.to_be_bytes()); // scope fields
+        opt.extend(149u16.to_be_bytes()); // observationDomainId (scope)
+        opt.extend(4u16.to_be_bytes());
+        opt.extend(305u16.to_be_bytes()); // samplingPacketInterval
+        opt.extend(4u16.to_be_bytes());
+        let mut optdata = Vec::new();
+        optdata.extend(3u32.to_be_bytes());
+        optdata.extend(100u32.to_be_bytes());
+        let m = message(0, 3, &[(2, biflow_template()), (3, opt), (257, optdata)]);
+        d.decode(from(), &m, &mut out);
+        let m = message(0, 3, &[(256, biflow_record(1, 2, 1))]);
+        d.decode(from(), &m, &mut out);
+        assert_eq!(out.len(), 1, "{:?}", d.counters);
+        assert_eq!((out[0].packets, out[0].bytes), (100, 10_000));
+        assert_eq!(d.counters.max_sampling, 100);
+    }
+
+    #[test]
+    fn a_session_cut_by_active_timeout_stitches_back_into_one_flow() {
+        use crate::source::records::stitch::{StitchConfig, Stitcher};
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let t0 = 1_700_000_000_000u64;
+        let mut sets = vec![(2, biflow_template())];
+        for i in 0..3 {
+            sets.push((
+                256,
+                biflow_record(t0 + i * 300_000, t0 + (i + 1) * 300_000, 5),
+            ));
+        }
+        d.decode(from(), &message(0, 1, &sets), &mut out);
+        assert_eq!(out.len(), 3);
+        let mut st = Stitcher::new(StitchConfig {
+            gap_ns: 600_000_000_000,
+            tick_ns: 1_000_000_000,
+        });
+        let last = out
+            .iter()
+            .filter_map(|a| st.push(a))
+            .last()
+            .expect("update");
+        assert_eq!(st.counters.flows, 1);
+        assert_eq!(last.last_ns - last.first_ns, 900_000_000_000);
+        assert_eq!(last.stats.packets.iter().sum::<u64>(), 3 * (5 + 10));
+    }
+
+    #[test]
+    fn hostile_datagrams_are_counted_never_fatal() {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let good = message(0, 1, &[(2, biflow_template())]);
+        // Every truncation and a byte pattern of each kind.
+        for n in 0..good.len() {
+            d.decode(from(), &good[..n], &mut out);
+        }
+        let mut x: u32 = 1;
+        for _ in 0..2000 {
+            let mut m = good.clone();
+            for b in m.iter_mut().skip(2) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if x % 7 == 0 {
+                    *b = x as u8;
+                }
+            }
+            d.decode(from(), &m, &mut out);
+        }
+        assert!(d.counters.malformed > 0);
+    }
+}
