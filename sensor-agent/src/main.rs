@@ -26,7 +26,7 @@ use sensor_agent::{
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
     pipeline::{self, Observers},
-    sink::{AlarmOutput, JsonLines},
+    sink::{ipfix::Exporters, AlarmOutput, JsonLines},
     source::{
         collect::CollectSource,
         datapath::LoadOptions,
@@ -413,9 +413,10 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
         progress: !args.no_progress,
     };
+    let mut exporters = Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?;
     let source = ReplaySource::start(args.captures.clone(), opts);
-    let (looped, outcome) =
-        pipeline::replay(source, &mut engine, &mut alarms, args.flows.is_some()).await;
+    let want_flows = args.flows.is_some() || !exporters.is_empty();
+    let (looped, outcome) = pipeline::replay(source, &mut engine, &mut alarms, want_flows).await;
     let context = || format!("replay with the {} engine", kind.name());
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;
@@ -435,6 +436,15 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             w.write_all(b"\n").context("write flow record")?;
         }
         w.flush().context("write flow records")?;
+    }
+    if !exporters.is_empty() {
+        for flow in &outcome.flows {
+            exporters.push(flow);
+        }
+        exporters.flush();
+        for line in exporters.report() {
+            eprintln!("{line}");
+        }
     }
 
     let stats = engine.stats();
@@ -828,9 +838,20 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             alarms_by_rule(stats)
         );
     };
-    let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
-        Some(out) => out.emit(&f.to_json("kernel")),
-        None => Ok(()),
+    let exporters = std::cell::RefCell::new(
+        Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?,
+    );
+    let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| {
+        exporters.borrow_mut().push(f);
+        match flow_out.as_mut() {
+            Some(out) => out.emit(&f.to_json("kernel")),
+            None => Ok(()),
+        }
+    };
+    let mut ticked = |stats: &EngineStats| {
+        // Flow records ended at this poll leave now, not when a message fills.
+        exporters.borrow_mut().flush();
+        ticked(stats);
     };
     let mut observers = Observers {
         ended_flows: Some(&mut write_flow),
@@ -838,6 +859,10 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         checkpoint: checkpoint.as_mut(),
     };
     pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
+    exporters.borrow_mut().flush();
+    for line in exporters.borrow().report() {
+        eprintln!("sensor-agent: {line}");
+    }
     if let Some(c) = checkpoint.as_mut() {
         eprintln!("sensor-agent: {}", c.finish(&engine, &alarms).await);
     }

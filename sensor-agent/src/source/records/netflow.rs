@@ -126,7 +126,7 @@ impl Fields {
             22 => self.start_up = num(),
             150..=157 => {
                 // Seconds, milliseconds, microseconds, nanoseconds: as_u64 gives ms.
-                if id % 2 == 0 {
+                if id.is_multiple_of(2) {
                     self.start_ms = num();
                 } else {
                     self.end_ms = num();
@@ -641,7 +641,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     *b = x as u8;
                 }
             }
