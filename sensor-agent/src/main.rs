@@ -560,25 +560,14 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
         cfg.ingest.stitch_gap.map(|d| d.as_nanos()),
         cfg.sensor.poll_interval.as_nanos(),
     );
-    {
-        let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
-            Some(out) => out.emit(&f.to_json(telemetry)),
-            None => Ok(()),
-        };
-        let mut observers = Observers {
-            ended_flows: Some(&mut write_flow),
-            ticked: None,
-            checkpoint: None,
-        };
-        pipeline::run(&mut source, &mut engine, &mut alarms, &mut observers).await?;
-    }
-    if let Some(out) = flow_out.as_mut() {
-        // Flows still open at the end of the input.
-        for f in engine.table.flows() {
-            out.emit(&f.to_json(telemetry))
-                .context("write flow record")?;
-        }
-    }
+    run_records(
+        &mut source,
+        &mut engine,
+        &mut alarms,
+        flow_out.as_mut(),
+        telemetry,
+    )
+    .await?;
     close_alarms(alarms, &cfg).await?;
 
     let stats = engine.stats();
@@ -626,12 +615,47 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     push_notes(&mut summary, &notes, &stats);
     eprintln!("{summary}");
     if input.telemetry.is_some() {
-        // Said, not silently skipped: these rules read payload, which flow records lack.
-        eprintln!(
-            "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
-        );
+        say_no_payload(telemetry);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Said, not silently skipped: these rules read payload, which flow records lack.
+fn say_no_payload(telemetry: &str) {
+    eprintln!(
+        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
+    );
+}
+
+/// The event loop for aggregate records (`ingest`, `collect`): every ended flow, and those
+/// still open at the end of the input, to the flow output.
+async fn run_records<S: sensor_agent::source::Source>(
+    source: &mut S,
+    engine: &mut Engine,
+    alarms: &mut AlarmOutput,
+    mut flow_out: Option<&mut JsonLines>,
+    telemetry: &str,
+) -> Result<()> {
+    {
+        let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
+            Some(out) => out.emit(&f.to_json(telemetry)),
+            None => Ok(()),
+        };
+        let mut observers = Observers {
+            ended_flows: Some(&mut write_flow),
+            ticked: None,
+            checkpoint: None,
+        };
+        pipeline::run(source, engine, alarms, &mut observers).await?;
+    }
+    if let Some(out) = flow_out {
+        // Flows still open at the end of the input.
+        for f in engine.table.flows() {
+            out.emit(&f.to_json(telemetry))
+                .context("write flow record")?;
+        }
+    }
+    Ok(())
 }
 
 /// The aggregation interval assumed for NetFlow/IPFIX when `ingest.interval` is unset: a
@@ -672,24 +696,14 @@ async fn cmd_collect(args: CollectArgs) -> Result<ExitCode> {
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
-    {
-        let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
-            Some(out) => out.emit(&f.to_json(telemetry)),
-            None => Ok(()),
-        };
-        let mut observers = Observers {
-            ended_flows: Some(&mut write_flow),
-            ticked: None,
-            checkpoint: None,
-        };
-        pipeline::run(&mut source, &mut engine, &mut alarms, &mut observers).await?;
-    }
-    if let Some(out) = flow_out.as_mut() {
-        for f in engine.table.flows() {
-            out.emit(&f.to_json(telemetry))
-                .context("write flow record")?;
-        }
-    }
+    run_records(
+        &mut source,
+        &mut engine,
+        &mut alarms,
+        flow_out.as_mut(),
+        telemetry,
+    )
+    .await?;
     close_alarms(alarms, &cfg).await?;
     let stats = engine.stats();
     let (d, st) = (&source.decoder.counters, &source.stitcher.counters);
@@ -719,9 +733,7 @@ async fn cmd_collect(args: CollectArgs) -> Result<ExitCode> {
     ];
     push_notes(&mut summary, &notes, &stats);
     eprintln!("{summary}");
-    eprintln!(
-        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
-    );
+    say_no_payload(telemetry);
     Ok(ExitCode::SUCCESS)
 }
 

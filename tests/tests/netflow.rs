@@ -4,13 +4,15 @@
 //! endpoints, with durations within one record interval, and says which telemetry it was.
 
 use std::{
-    collections::BTreeSet,
     io::{BufRead, BufReader, Read},
     path::Path,
     process::{Child, ChildStderr, Command, Stdio},
 };
 
-use sensor_tests::agent;
+use sensor_tests::{
+    agent,
+    flowlogs::{self, opened},
+};
 use serde_json::Value;
 
 const THRESHOLDS: [&str; 4] = [
@@ -104,34 +106,6 @@ fn replay(capture: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// (rule, client ip, server ip, server port) of each opened alarm of `rules`.
-fn opened(alarms: &[Value], rules: &[&str]) -> BTreeSet<(String, String, String, u64)> {
-    alarms
-        .iter()
-        .filter(|a| {
-            a["event"]["action"] == "opened"
-                && rules.contains(&a["rule"]["id"].as_str().unwrap_or(""))
-        })
-        .map(|a| {
-            (
-                a["rule"]["id"].as_str().unwrap_or("").to_string(),
-                a["source"]["ip"].as_str().unwrap_or("").to_string(),
-                a["destination"]["ip"].as_str().unwrap_or("").to_string(),
-                a["destination"]["port"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-fn final_duration(alarms: &[Value], rule: &str) -> u64 {
-    alarms
-        .iter()
-        .rev()
-        .find(|a| a["rule"]["id"] == rule)
-        .and_then(|a| a["event"]["duration"].as_u64())
-        .unwrap_or_else(|| panic!("no {rule} alarm in {alarms:#?}"))
-}
-
 /// softflowd exporting `capture` in `version` (9 or 10) to the collector's port.
 fn softflowd(capture: &Path, port: u16, version: &str) {
     let out = Command::new("softflowd")
@@ -159,25 +133,7 @@ fn softflowd_v9_and_ipfix_raise_the_captures_long_and_quiet_long_alarms() {
         let collector = Collector::start(&THRESHOLDS);
         softflowd(&capture, collector.port, version);
         let (alarms, stderr) = collector.finish();
-        assert_eq!(
-            opened(&alarms, &rules),
-            want,
-            "{name}: {stderr}\n{alarms:#?}"
-        );
-        for rule in rules {
-            let (got, exp) = (
-                final_duration(&alarms, rule),
-                final_duration(&want_alarms, rule),
-            );
-            assert!(
-                got.abs_diff(exp) <= INTERVAL_NS,
-                "{name} {rule}: duration {got} ns, replay {exp} ns"
-            );
-        }
-        for a in &alarms {
-            assert_eq!(a["sensor"]["telemetry"], name, "{a}");
-            assert_eq!(a["sensor"]["telemetry_resolution_s"], 300, "{a}");
-        }
+        flowlogs::assert_like_replay(name, &alarms, &want_alarms, &rules, INTERVAL_NS, &stderr);
         assert!(
             stderr.contains(&format!("({name}, 300 s resolution)")),
             "{name}: {stderr}"
