@@ -141,3 +141,18 @@ fn softflowd_v9_and_ipfix_raise_the_captures_long_and_quiet_long_alarms() {
         assert!(stderr.contains("payload rules: not applicable"), "{stderr}");
     }
 }
+
+#[test]
+fn an_address_in_use_is_one_error_line() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let run = agent::run(&["collect", "--listen", &addr, "--duration", "5s"]);
+    assert!(!run.success, "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains(&format!("cannot listen on UDP {addr}")),
+        "{}",
+        run.stderr
+    );
+}
