@@ -107,12 +107,13 @@ fn replay(capture: &Path) -> Vec<Value> {
 }
 
 /// softflowd exporting `capture` in `version` (9 or 10) to the collector's port.
-fn softflowd(capture: &Path, port: u16, version: &str) {
+fn softflowd(capture: &Path, port: u16, version: &str, extra: &[&str]) {
     let out = Command::new("softflowd")
         .arg("-r")
         .arg(capture)
         .args(["-n", &format!("127.0.0.1:{port}"), "-v", version, "-a"])
         .args(["-t", "maxlife=300"])
+        .args(extra)
         .output()
         .expect("softflowd is not installed (Debian package softflowd; cargo xtask deps)");
     assert!(
@@ -129,9 +130,17 @@ fn softflowd_v9_and_ipfix_raise_the_captures_long_and_quiet_long_alarms() {
     let want_alarms = replay(&capture);
     let want = opened(&want_alarms, &rules);
     assert_eq!(want.len(), 2, "the capture's replay: {want_alarms:#?}");
-    for (version, name) in [("9", "netflow-v9"), ("10", "ipfix")] {
+    // softflowd -r expires flows only when its table is full (softflowd(8)), so maxlife alone
+    // gives one record per direction; a one-flow table (-m 1) makes each direction's packets
+    // expire the other's record: the session arrives as dozens of records.
+    let runs: [(&str, &str, &[&str]); 3] = [
+        ("9", "netflow-v9", &[]),
+        ("10", "ipfix", &[]),
+        ("9", "netflow-v9", &["-m", "1"]),
+    ];
+    for (version, name, extra) in runs {
         let collector = Collector::start(&THRESHOLDS);
-        softflowd(&capture, collector.port, version);
+        softflowd(&capture, collector.port, version, extra);
         let (alarms, stderr) = collector.finish();
         flowlogs::assert_like_replay(name, &alarms, &want_alarms, &rules, INTERVAL_NS, &stderr);
         assert!(
@@ -139,6 +148,23 @@ fn softflowd_v9_and_ipfix_raise_the_captures_long_and_quiet_long_alarms() {
             "{name}: {stderr}"
         );
         assert!(stderr.contains("payload rules: not applicable"), "{stderr}");
+        let records: u64 = stderr
+            .split("datagrams (")
+            .nth(1)
+            .and_then(|t| t.split("): ").nth(1))
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no record count in the summary: {stderr}"));
+        assert!(
+            stderr.contains("stitched into 1 flows"),
+            "{name} {extra:?}: {stderr}"
+        );
+        if !extra.is_empty() {
+            assert!(
+                records > 10,
+                "{name} {extra:?}: {records} records: {stderr}"
+            );
+        }
     }
 }
 
