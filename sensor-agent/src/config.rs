@@ -14,7 +14,7 @@ use crate::{
     detect::DetectConfig,
     enrich::{intel::IntelConfig, labels::LabelConfig},
     flow::settings::FlowConfig,
-    sink::{delivery::SpoolSection, transport::SinkConfig, OutputConfig},
+    sink::{delivery::SpoolSection, ipfix::ExporterConfig, transport::SinkConfig, OutputConfig},
     source::records::settings::IngestConfig,
     source::settings::{CaptureConfig, SensorConfig},
     state::StateConfig,
@@ -39,6 +39,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Where alarms are delivered (`[[sinks]]`); none: JSON lines to stdout or `output.alarms`.
     pub sinks: Vec<SinkConfig>,
+    /// Where the sensor's own flow records are sent as IPFIX (`[[exporters]]`).
+    pub exporters: Vec<ExporterConfig>,
     /// What `run` keeps across restarts, and where.
     pub state: StateConfig,
 }
@@ -204,6 +206,10 @@ fn validate(c: &Config) -> Result<(), Invalid> {
         if let Err(e) = sink.validate() {
             return Err(Invalid::new(format!("sinks[{i}]"), e.to_string()));
         }
+    }
+    for (i, ex) in c.exporters.iter().enumerate() {
+        ex.validate()
+            .map_err(|e| e.within(&format!("exporters[{i}]")))?;
     }
     if let Err(e) = c.spool.spool_config().validate() {
         return Err(Invalid::new("spool", e.to_string()));

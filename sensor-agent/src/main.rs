@@ -26,14 +26,16 @@ use sensor_agent::{
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
     pipeline::{self, Observers},
-    sink::{AlarmOutput, JsonLines},
+    sink::{ipfix::Exporters, AlarmOutput, JsonLines},
     source::{
+        collect::CollectSource,
         datapath::LoadOptions,
         ingest::IngestSource,
         live::{default_route_interface, LiveSource},
         pins,
         records::{
             files::{read_inputs, Kind},
+            stitch::StitchConfig,
             Telemetry,
         },
         replay::{EngineKind, ReplayOptions, ReplaySource},
@@ -62,6 +64,8 @@ enum Command {
     Replay(ReplayArgs),
     /// Read cloud flow logs (AWS VPC, Azure VNet/NSG, GCP VPC) and DNS query logs (Route 53 Resolver, Cloud DNS) through the detection engine on the records' own clock.
     Ingest(IngestArgs),
+    /// Receive NetFlow v5/v9 and IPFIX over UDP (from routers, softflowd, ...) and run the records through the detection engine on their own clock.
+    Collect(CollectArgs),
     /// Check a configuration file (and --set overrides) without running anything.
     Validate(ConfigArgs),
     /// Remove the datapath that `run` left attached (programs, links and pinned maps), from one interface or all.
@@ -103,6 +107,24 @@ struct IngestArgs {
     /// Log files or directories (searched recursively, e.g. an S3 export's AWSLogs/ tree); plain or gzip.
     #[arg(value_name = "FILE|DIR", required = true)]
     inputs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct CollectArgs {
+    /// UDP address to receive on, e.g. 127.0.0.1:2055 (loopback: only exporters on this host; port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: std::net::SocketAddr,
+    /// Stop after this long (e.g. 90s); runs until Ctrl-C or SIGTERM otherwise.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Write alarms as JSON lines to FILE ("-" for stdout, the default; overrides output.alarms).
+    #[arg(long, value_name = "FILE")]
+    alarms: Option<PathBuf>,
+    /// Write a flow record (JSON line) for every stitched flow, to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    flows: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -198,6 +220,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime().and_then(|rt| rt.block_on(cmd_run(args))),
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(cmd_replay(args))),
         Command::Ingest(args) => runtime().and_then(|rt| rt.block_on(cmd_ingest(args))),
+        Command::Collect(args) => runtime().and_then(|rt| rt.block_on(cmd_collect(args))),
     };
     match result {
         Ok(code) => code,
@@ -390,9 +413,10 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         poll_interval_ns: cfg.sensor.poll_interval.as_nanos(),
         progress: !args.no_progress,
     };
+    let mut exporters = Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?;
     let source = ReplaySource::start(args.captures.clone(), opts);
-    let (looped, outcome) =
-        pipeline::replay(source, &mut engine, &mut alarms, args.flows.is_some()).await;
+    let want_flows = args.flows.is_some() || !exporters.is_empty();
+    let (looped, outcome) = pipeline::replay(source, &mut engine, &mut alarms, want_flows).await;
     let context = || format!("replay with the {} engine", kind.name());
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;
@@ -412,6 +436,15 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             w.write_all(b"\n").context("write flow record")?;
         }
         w.flush().context("write flow records")?;
+    }
+    if !exporters.is_empty() {
+        for flow in &outcome.flows {
+            exporters.push(flow);
+        }
+        exporters.flush();
+        for line in exporters.report() {
+            eprintln!("{line}");
+        }
     }
 
     let stats = engine.stats();
@@ -516,6 +549,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     observer.telemetry = input.telemetry.map(|t| alarm::Telemetry {
         name: t.name(),
         resolution_s,
+        sampling: 1,
     });
     let telemetry = input.telemetry.map_or("dns-logs", Telemetry::name);
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
@@ -526,25 +560,14 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
         cfg.ingest.stitch_gap.map(|d| d.as_nanos()),
         cfg.sensor.poll_interval.as_nanos(),
     );
-    {
-        let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
-            Some(out) => out.emit(&f.to_json(telemetry)),
-            None => Ok(()),
-        };
-        let mut observers = Observers {
-            ended_flows: Some(&mut write_flow),
-            ticked: None,
-            checkpoint: None,
-        };
-        pipeline::run(&mut source, &mut engine, &mut alarms, &mut observers).await?;
-    }
-    if let Some(out) = flow_out.as_mut() {
-        // Flows still open at the end of the input.
-        for f in engine.table.flows() {
-            out.emit(&f.to_json(telemetry))
-                .context("write flow record")?;
-        }
-    }
+    run_records(
+        &mut source,
+        &mut engine,
+        &mut alarms,
+        flow_out.as_mut(),
+        telemetry,
+    )
+    .await?;
     close_alarms(alarms, &cfg).await?;
 
     let stats = engine.stats();
@@ -592,11 +615,125 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     push_notes(&mut summary, &notes, &stats);
     eprintln!("{summary}");
     if input.telemetry.is_some() {
-        // Said, not silently skipped: these rules read payload, which flow records lack.
-        eprintln!(
-            "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
-        );
+        say_no_payload(telemetry);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Said, not silently skipped: these rules read payload, which flow records lack.
+fn say_no_payload(telemetry: &str) {
+    eprintln!(
+        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
+    );
+}
+
+/// The event loop for aggregate records (`ingest`, `collect`): every ended flow, and those
+/// still open at the end of the input, to the flow output.
+async fn run_records<S: sensor_agent::source::Source>(
+    source: &mut S,
+    engine: &mut Engine,
+    alarms: &mut AlarmOutput,
+    mut flow_out: Option<&mut JsonLines>,
+    telemetry: &str,
+) -> Result<()> {
+    {
+        let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
+            Some(out) => out.emit(&f.to_json(telemetry)),
+            None => Ok(()),
+        };
+        let mut observers = Observers {
+            ended_flows: Some(&mut write_flow),
+            ticked: None,
+            checkpoint: None,
+        };
+        pipeline::run(source, engine, alarms, &mut observers).await?;
+    }
+    if let Some(out) = flow_out {
+        // Flows still open at the end of the input.
+        for f in engine.table.flows() {
+            out.emit(&f.to_json(telemetry))
+                .context("write flow record")?;
+        }
+    }
+    Ok(())
+}
+
+/// The aggregation interval assumed for NetFlow/IPFIX when `ingest.interval` is unset: a
+/// common active timeout (exporters cut long flows into records this far apart at most).
+const COLLECT_INTERVAL_NS: u64 = 300_000_000_000;
+
+async fn cmd_collect(args: CollectArgs) -> Result<ExitCode> {
+    let cfg = load_config(&args.config)?;
+    let interval = cfg
+        .ingest
+        .interval
+        .map_or(COLLECT_INTERVAL_NS, |d| d.as_nanos());
+    let stitch = StitchConfig {
+        gap_ns: cfg
+            .ingest
+            .stitch_gap
+            .map_or(interval.saturating_mul(2), |d| d.as_nanos()),
+        tick_ns: cfg.sensor.poll_interval.as_nanos(),
+    };
+    let stop = watch_signals(args.duration)?;
+    let mut source = CollectSource::bind(args.listen, stitch, stop)
+        .await
+        .with_context(|| format!("cannot listen on UDP {}", args.listen))?;
+    let local = source.local_addr().context("socket address")?;
+    eprintln!("collecting NetFlow/IPFIX on udp {local}");
+    let Some(version) = source.first_version().await else {
+        eprintln!("collected nothing: no NetFlow/IPFIX datagram decoded before the stop");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let telemetry = version.name();
+    let resolution_s = interval / 1_000_000_000;
+    let mut observer = Observer::local(None);
+    observer.telemetry = Some(alarm::Telemetry {
+        name: telemetry,
+        resolution_s,
+        sampling: source.decoder.counters.max_sampling.max(1),
+    });
+    let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
+    let mut flow_out = open_flow_output(args.flows.as_deref())?;
+    run_records(
+        &mut source,
+        &mut engine,
+        &mut alarms,
+        flow_out.as_mut(),
+        telemetry,
+    )
+    .await?;
+    close_alarms(alarms, &cfg).await?;
+    let stats = engine.stats();
+    let (d, st) = (&source.decoder.counters, &source.stitcher.counters);
+    let mut summary = format!(
+        "collected {} datagrams ({telemetry}, {resolution_s} s resolution): {} flow records stitched into {} flows; alarms: {}",
+        d.datagrams,
+        st.records,
+        st.flows,
+        alarms_by_rule(&stats),
+    );
+    if d.max_sampling > 1 {
+        summary.push_str(&format!(
+            "; {} sampled records scaled (up to 1 in {})",
+            d.sampled, d.max_sampling
+        ));
+    }
+    let notes = [
+        (d.malformed, "datagrams that did not decode"),
+        (d.no_template, "data sets before their template"),
+        (d.incomplete, "records without addresses, protocol or times"),
+        (d.sequence_gaps, "records lost by sequence numbers"),
+        (
+            source.other_versions,
+            "datagrams of another NetFlow version",
+        ),
+        (st.restarted, "records after the stitch gap (new flows)"),
+    ];
+    push_notes(&mut summary, &notes, &stats);
+    eprintln!("{summary}");
+    say_no_payload(telemetry);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -713,9 +850,20 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             alarms_by_rule(stats)
         );
     };
-    let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
-        Some(out) => out.emit(&f.to_json("kernel")),
-        None => Ok(()),
+    let exporters = std::cell::RefCell::new(
+        Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?,
+    );
+    let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| {
+        exporters.borrow_mut().push(f);
+        match flow_out.as_mut() {
+            Some(out) => out.emit(&f.to_json("kernel")),
+            None => Ok(()),
+        }
+    };
+    let mut ticked = |stats: &EngineStats| {
+        // Flow records ended at this poll leave now, not when a message fills.
+        exporters.borrow_mut().flush();
+        ticked(stats);
     };
     let mut observers = Observers {
         ended_flows: Some(&mut write_flow),
@@ -723,6 +871,10 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         checkpoint: checkpoint.as_mut(),
     };
     pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
+    exporters.borrow_mut().flush();
+    for line in exporters.borrow().report() {
+        eprintln!("sensor-agent: {line}");
+    }
     if let Some(c) = checkpoint.as_mut() {
         eprintln!("sensor-agent: {}", c.finish(&engine, &alarms).await);
     }

@@ -270,3 +270,69 @@ pub fn route53_answer(name: &str, addr: IpAddr, client: IpAddr, ts_ns: u64) -> S
     })
     .to_string()
 }
+
+/// (rule, client ip, server ip, server port) of each opened alarm of `rules`: what a flow
+/// source must agree on with the capture's replay.
+pub fn opened(
+    alarms: &[serde_json::Value],
+    rules: &[&str],
+) -> std::collections::BTreeSet<(String, String, String, u64)> {
+    alarms
+        .iter()
+        .filter(|a| {
+            a["event"]["action"] == "opened"
+                && rules.contains(&a["rule"]["id"].as_str().unwrap_or(""))
+        })
+        .map(|a| {
+            (
+                a["rule"]["id"].as_str().unwrap_or("").to_string(),
+                a["source"]["ip"].as_str().unwrap_or("").to_string(),
+                a["destination"]["ip"].as_str().unwrap_or("").to_string(),
+                a["destination"]["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The last reported duration (ns) of `rule`'s alarm.
+pub fn final_duration(alarms: &[serde_json::Value], rule: &str) -> u64 {
+    alarms
+        .iter()
+        .rev()
+        .find(|a| a["rule"]["id"] == rule)
+        .and_then(|a| a["event"]["duration"].as_u64())
+        .unwrap_or_else(|| panic!("no {rule} alarm in {alarms:#?}"))
+}
+
+/// Asserts `alarms` from telemetry `name` (stderr `stderr`) open the replay's alarms of
+/// `rules` on the same endpoints, with final durations within `tolerance_ns` (one record
+/// interval), and say their telemetry and its resolution.
+pub fn assert_like_replay(
+    name: &str,
+    alarms: &[serde_json::Value],
+    replay: &[serde_json::Value],
+    rules: &[&str],
+    tolerance_ns: u64,
+    stderr: &str,
+) {
+    assert_eq!(
+        opened(alarms, rules),
+        opened(replay, rules),
+        "{name}: {stderr}\n{alarms:#?}"
+    );
+    for rule in rules {
+        let (got, exp) = (final_duration(alarms, rule), final_duration(replay, rule));
+        assert!(
+            got.abs_diff(exp) <= tolerance_ns,
+            "{name} {rule}: duration {got} ns, replay {exp} ns"
+        );
+    }
+    for a in alarms {
+        assert_eq!(a["sensor"]["telemetry"], name, "{a}");
+        assert_eq!(
+            a["sensor"]["telemetry_resolution_s"],
+            tolerance_ns / S,
+            "{a}"
+        );
+    }
+}

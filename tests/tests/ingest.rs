@@ -4,11 +4,11 @@
 //! window; intel feeds name pools by address and, through Route 53 Resolver query logs, by
 //! domain; bad input is reported, never fatal, and a file that is no log is one error.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use sensor_tests::{
     agent::{self, TempDir},
-    flowlogs::{self, Aggregated},
+    flowlogs::{self, opened, Aggregated},
 };
 use serde_json::Value;
 
@@ -42,35 +42,6 @@ fn replay(capture: &Path, extra: &[&str]) -> Vec<Value> {
     args.extend(extra.iter().map(|s| s.into()));
     args.push(capture.as_os_str().to_owned());
     alarms_of(&agent::run(&args))
-}
-
-/// (rule, client ip, server ip, server port) of each opened alarm of `rules`.
-fn opened(alarms: &[Value], rules: &[&str]) -> BTreeSet<(String, String, String, u64)> {
-    alarms
-        .iter()
-        .filter(|a| {
-            a["event"]["action"] == "opened"
-                && rules.contains(&a["rule"]["id"].as_str().unwrap_or(""))
-        })
-        .map(|a| {
-            (
-                a["rule"]["id"].as_str().unwrap_or("").to_string(),
-                a["source"]["ip"].as_str().unwrap_or("").to_string(),
-                a["destination"]["ip"].as_str().unwrap_or("").to_string(),
-                a["destination"]["port"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
-/// The last reported duration (ns) of `rule`'s alarm.
-fn final_duration(alarms: &[Value], rule: &str) -> u64 {
-    alarms
-        .iter()
-        .rev()
-        .find(|a| a["rule"]["id"] == rule)
-        .and_then(|a| a["event"]["duration"].as_u64())
-        .unwrap_or_else(|| panic!("no {rule} alarm in {alarms:#?}"))
 }
 
 /// Every format generated from `agg`, written into `dir`: (telemetry name, path). AWS v2 in
@@ -115,25 +86,7 @@ fn every_format_raises_the_captures_long_and_quiet_long_alarms() {
     let agg = flowlogs::aggregate(&capture, WINDOW_NS);
     for (name, input) in every_format(&agg, &dir) {
         let (alarms, stderr) = ingest(&[&input], &THRESHOLDS);
-        assert_eq!(
-            opened(&alarms, &rules),
-            want,
-            "{name}: {stderr}\n{alarms:#?}"
-        );
-        for rule in rules {
-            let (got, exp) = (
-                final_duration(&alarms, rule),
-                final_duration(&want_alarms, rule),
-            );
-            assert!(
-                got.abs_diff(exp) <= WINDOW_NS,
-                "{name} {rule}: duration {got} ns, replay {exp} ns"
-            );
-        }
-        for a in &alarms {
-            assert_eq!(a["sensor"]["telemetry"], name, "{a}");
-            assert_eq!(a["sensor"]["telemetry_resolution_s"], 60, "{a}");
-        }
+        flowlogs::assert_like_replay(name, &alarms, &want_alarms, &rules, WINDOW_NS, &stderr);
         assert!(
             stderr.contains("payload rules: not applicable"),
             "{name}: payload rules must say they did not run: {stderr}"

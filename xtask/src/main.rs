@@ -37,6 +37,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("tshark", "independent oracle for capture tests"),
     ("tcpdump", "captures in network-namespace tests"),
     (
+        "softflowd",
+        "a real NetFlow v9/IPFIX exporter feeding sensor-agent collect in tests",
+    ),
+    (
+        "nfdump",
+        "nfcapd/nfdump, a real NetFlow/IPFIX collector and reader for the exporter tests",
+    ),
+    (
         "iproute2",
         "network namespaces and veth pairs for tests and the lab",
     ),

@@ -63,6 +63,8 @@ pub struct Telemetry {
     /// The records' aggregation interval in seconds: durations and times of the alarm are
     /// known to within it.
     pub resolution_s: u64,
+    /// 1-in-N packet sampling of the records (1: none): counts were scaled by it.
+    pub sampling: u32,
 }
 
 impl Observer {
@@ -338,6 +340,10 @@ impl AlarmManager {
         if let Some(t) = &self.observer.telemetry {
             json["sensor"]["telemetry"] = json!(t.name);
             json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);
+            if t.sampling > 1 {
+                // Counts are estimates: the exporter saw 1 in N packets.
+                json["sensor"]["telemetry_sampling"] = json!(t.sampling);
+            }
         }
         AlarmEvent {
             rule,

@@ -7,10 +7,12 @@
 //! as it is raised. Either way the detection loop only hands alarms over: it never renders
 //! for a remote receiver, retries or waits on a network.
 //!
-//! Flow records (`--flows`) are JSON lines through the same transports ([`JsonLines`]).
+//! Flow records (`--flows`) are JSON lines through the same transports ([`JsonLines`]), and
+//! IPFIX to the `[[exporters]]` ([`ipfix`]).
 
 pub mod delivery;
 pub mod format;
+pub mod ipfix;
 pub mod spool;
 pub mod transport;
 

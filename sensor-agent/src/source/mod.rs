@@ -10,8 +10,11 @@
 //!   through the kernel program by [`datapath`]'s test runs), on the capture's own clock.
 //! - [`ingest`]: cloud flow logs and DNS query logs, parsed by [`records`] and stitched from
 //!   aggregate records back into flows, on the records' own clock.
+//! - [`collect`]: NetFlow v5/v9 and IPFIX received over UDP, decoded by [`records::netflow`]
+//!   and stitched the same way.
 
 pub mod capture;
+pub mod collect;
 pub mod datapath;
 pub mod ingest;
 pub mod live;

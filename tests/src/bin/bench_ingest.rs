@@ -10,6 +10,11 @@
 //!   (flow table, detectors at each tick, alarms rendered to /dev/null), what `ingest` does
 //!   after reading the files.
 //!
+//! NetFlow v9 and IPFIX: the same records as datagrams the way softflowd sends them (a template
+//! set first, then data sets of 30 records per datagram, one record per direction), decoded by
+//! the collector's [`Decoder`] (decode), and decoded, ordered, stitched and processed (into
+//! the engine).
+//!
 //! Figures are printed with the target (1M records/s per core), never asserted.
 
 use std::{fmt::Write as _, time::Instant};
@@ -25,7 +30,10 @@ use sensor_agent::{
     sink::AlarmOutput,
     source::{
         ingest::IngestSource,
-        records::{aws, azure, gcp, stitch::StitchConfig, Aggregate, FileCounts, Item, Telemetry},
+        records::{
+            aws, azure, gcp, netflow::Decoder, stitch::StitchConfig, Aggregate, FileCounts, Item,
+            Telemetry,
+        },
     },
 };
 use sensor_tests::parse_count;
@@ -120,6 +128,137 @@ fn rfc3339(s: u64) -> String {
     t.format(&f).expect("format")
 }
 
+/// Records per datagram (about 1,300 bytes: below a 1,500-byte MTU).
+const PER_DATAGRAM: usize = 30;
+
+/// The synthetic records as NetFlow v9 (`ipfix` false) or IPFIX datagrams: IPv4 5-tuple,
+/// octets, packets, TCP flags and the start and end (v9: sysUpTime-relative ms; IPFIX:
+/// flowStartMilliseconds/flowEndMilliseconds).
+fn datagrams(ipfix: bool, args: &Args) -> Vec<Vec<u8>> {
+    let mut rng = Rng::with_seed(args.seed);
+    let flows: Vec<([u8; 4], u16, [u8; 4], u16)> = (0..args.flows)
+        .map(|i| {
+            (
+                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                rng.u16(32768..61000),
+                [203, 0, rng.u8(0..255), rng.u8(1..255)],
+                [443, 3333, 4444, 8080][rng.usize(0..4)],
+            )
+        })
+        .collect();
+    let (start_ie, end_ie, time_len) = if ipfix {
+        (152u16, 153u16, 8u16)
+    } else {
+        (22, 21, 4)
+    };
+    let fields: [(u16, u16); 9] = [
+        (8, 4),
+        (12, 4),
+        (7, 2),
+        (11, 2),
+        (4, 1),
+        (6, 1),
+        (1, 8),
+        (2, 8),
+        (start_ie, time_len),
+    ];
+    let mut template = Vec::new();
+    template.extend(256u16.to_be_bytes());
+    template.extend((fields.len() as u16 + 1).to_be_bytes());
+    for (ie, len) in fields.iter().chain([(end_ie, time_len)].iter()) {
+        template.extend(ie.to_be_bytes());
+        template.extend(len.to_be_bytes());
+    }
+    // v9 times are ms of the exporter's uptime; it booted at T0.
+    let boot_ms = T0 * 1000;
+    let mut records = Vec::new();
+    let (mut n, mut w) = (0, 0u64);
+    'outer: loop {
+        for (c, cp, srv, sp) in &flows {
+            let start = (T0 + w * WINDOW + rng.u64(0..20)) * 1000;
+            let end = start + rng.u64(10_000..40_000);
+            for (src, spt, dst, dpt) in [(c, cp, srv, sp), (srv, sp, c, cp)] {
+                let mut r = Vec::with_capacity(48);
+                r.extend(src);
+                r.extend(dst);
+                r.extend(spt.to_be_bytes());
+                r.extend(dpt.to_be_bytes());
+                r.extend([6, 0x18]);
+                r.extend(rng.u64(60..3000).to_be_bytes());
+                r.extend(rng.u64(1..20).to_be_bytes());
+                for t in [start, end] {
+                    if ipfix {
+                        r.extend(t.to_be_bytes());
+                    } else {
+                        r.extend(((t - boot_ms) as u32).to_be_bytes());
+                    }
+                }
+                records.push((end, r));
+                n += 1;
+            }
+            if n >= args.records {
+                break 'outer;
+            }
+        }
+        w += 1;
+    }
+    // Exporters send a record when the flow's interval ends.
+    records.sort_by_key(|(end, _)| *end);
+    let set = |id: u16, body: &[u8]| {
+        let mut s = Vec::with_capacity(body.len() + 4);
+        s.extend(id.to_be_bytes());
+        s.extend((body.len() as u16 + 4).to_be_bytes());
+        s.extend(body);
+        s
+    };
+    let mut out = Vec::new();
+    let mut seq = 0u32;
+    for (i, chunk) in records.chunks(PER_DATAGRAM).enumerate() {
+        let latest = chunk.last().map_or(0, |(e, _)| *e);
+        let mut sets = Vec::new();
+        if i == 0 {
+            sets.extend(set(if ipfix { 2 } else { 0 }, &template));
+        }
+        let body: Vec<u8> = chunk.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        sets.extend(set(256, &body));
+        let mut d = Vec::with_capacity(sets.len() + 20);
+        if ipfix {
+            d.extend(10u16.to_be_bytes());
+            d.extend((sets.len() as u16 + 16).to_be_bytes());
+            d.extend(((latest / 1000) as u32).to_be_bytes());
+            d.extend(seq.to_be_bytes());
+            d.extend(1u32.to_be_bytes());
+            seq = seq.wrapping_add(chunk.len() as u32);
+        } else {
+            d.extend(9u16.to_be_bytes());
+            d.extend((chunk.len() as u16 + u16::from(i == 0)).to_be_bytes());
+            d.extend(((latest - boot_ms) as u32).to_be_bytes());
+            d.extend(((latest / 1000) as u32).to_be_bytes());
+            d.extend(seq.to_be_bytes());
+            d.extend(1u32.to_be_bytes());
+            seq = seq.wrapping_add(1);
+        }
+        d.extend(sets);
+        out.push(d);
+    }
+    out
+}
+
+fn decode_datagrams(datagrams: &[Vec<u8>]) -> Result<Vec<Aggregate>> {
+    let mut d = Decoder::new();
+    let from = "127.0.0.1:2055".parse().context("address")?;
+    let mut out = Vec::with_capacity(datagrams.len() * PER_DATAGRAM);
+    for dg in datagrams {
+        d.decode(from, dg, &mut out);
+    }
+    let c = &d.counters;
+    anyhow::ensure!(
+        c.malformed == 0 && c.incomplete == 0 && c.no_template == 0 && c.sequence_gaps == 0,
+        "synthetic datagrams did not decode cleanly: {c:?}"
+    );
+    Ok(out)
+}
+
 fn decode(t: Telemetry, text: &str) -> Result<Vec<Aggregate>> {
     let (mut c, mut out) = (FileCounts::default(), Vec::new());
     match t {
@@ -137,8 +276,8 @@ fn decode(t: Telemetry, text: &str) -> Result<Vec<Aggregate>> {
 }
 
 /// Parse, order, stitch and process every event; returns the records handed over.
-fn into_engine(t: Telemetry, text: &str, rt: &tokio::runtime::Runtime) -> Result<u64> {
-    let mut items: Vec<Item> = decode(t, text)?.into_iter().map(Item::Flow).collect();
+fn into_engine(records: Vec<Aggregate>, rt: &tokio::runtime::Runtime) -> Result<u64> {
+    let mut items: Vec<Item> = records.into_iter().map(Item::Flow).collect();
     items.sort_by_key(Item::time);
     let cfg = Config::default();
     let mut engine = Engine::new(&cfg, Observer::default());
@@ -184,7 +323,7 @@ fn main() -> Result<()> {
             let n = decode(t, &text)?.len();
             dec.push(n as f64 / start.elapsed().as_secs_f64());
             let start = Instant::now();
-            let n = into_engine(t, &text, &rt)?;
+            let n = into_engine(decode(t, &text)?, &rt)?;
             eng.push(n as f64 / start.elapsed().as_secs_f64());
         }
         let (d, e) = (median(dec), median(eng));
@@ -192,6 +331,28 @@ fn main() -> Result<()> {
             "{:<11} {:>6.1} MB  decode {:>6.2} M records/s  into the engine {:>6.2} M records/s  {}",
             t.name(),
             text.len() as f64 / 1e6,
+            d / 1e6,
+            e / 1e6,
+            if e >= 1e6 { "(target met)" } else { "(below target)" }
+        );
+    }
+    for (ipfix, name) in [(false, Telemetry::NetflowV9), (true, Telemetry::Ipfix)] {
+        let dgs = datagrams(ipfix, &args);
+        let bytes: usize = dgs.iter().map(Vec::len).sum();
+        let (mut dec, mut eng) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            let start = Instant::now();
+            let n = decode_datagrams(&dgs)?.len();
+            dec.push(n as f64 / start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            let n = into_engine(decode_datagrams(&dgs)?, &rt)?;
+            eng.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        let (d, e) = (median(dec), median(eng));
+        println!(
+            "{:<11} {:>6.1} MB  decode {:>6.2} M records/s  into the engine {:>6.2} M records/s  {}",
+            name.name(),
+            bytes as f64 / 1e6,
             d / 1e6,
             e / 1e6,
             if e >= 1e6 { "(target met)" } else { "(below target)" }

@@ -1,4 +1,4 @@
-//! Flow telemetry that others aggregated: cloud flow logs (and, later, NetFlow/IPFIX), turned
+//! Flow telemetry that others aggregated: cloud flow logs and NetFlow/IPFIX, turned
 //! into the same flows the datapath counts.
 //!
 //! An exporter does not hand over packets but *aggregate records*: what it counted for one
@@ -10,7 +10,8 @@
 //!   observation point that reported it);
 //! - one parser per format: [`aws`] (VPC Flow Logs, default and custom formats), [`azure`]
 //!   (VNet flow logs v4, NSG flow logs v2), [`gcp`] (VPC Flow Logs as exported from Cloud
-//!   Logging), [`dnslog`] (Route 53 Resolver and Cloud DNS query logs);
+//!   Logging), [`dnslog`] (Route 53 Resolver and Cloud DNS query logs), [`netflow`] (NetFlow
+//!   v5/v9 and IPFIX datagrams);
 //! - [`files`]: files, directories (the S3 export layout), gzip, format detection, and the
 //!   per-file report of malformed records;
 //! - [`stitch`]: the [`stitch::Stitcher`] that joins records back into flows and hands the
@@ -26,6 +27,7 @@ pub mod azure;
 pub mod dnslog;
 pub mod files;
 pub mod gcp;
+pub mod netflow;
 pub mod settings;
 pub mod stitch;
 
@@ -45,6 +47,9 @@ pub enum Telemetry {
     AzureVnet,
     AzureNsg,
     GcpVpc,
+    NetflowV5,
+    NetflowV9,
+    Ipfix,
 }
 
 impl Telemetry {
@@ -54,6 +59,9 @@ impl Telemetry {
             Telemetry::AzureVnet => "azure-vnet",
             Telemetry::AzureNsg => "azure-nsg",
             Telemetry::GcpVpc => "gcp-vpc",
+            Telemetry::NetflowV5 => "netflow-v5",
+            Telemetry::NetflowV9 => "netflow-v9",
+            Telemetry::Ipfix => "ipfix",
         }
     }
 }
