@@ -26,7 +26,7 @@ use sensor_agent::{
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
     pipeline::{self, Observers},
-    sink::{AlarmOutput, JsonLines},
+    sink::{self, AlarmOutput, JsonLines},
     source::{
         datapath::LoadOptions,
         ingest::IngestSource,
@@ -351,6 +351,18 @@ fn push_notes(summary: &mut String, notes: &[(u64, &str)], stats: &EngineStats) 
     }
 }
 
+/// Refuses, before anything is opened for writing, an alarm or flow output that is an input.
+fn refuse_overwriting(
+    alarms: Option<&std::path::Path>,
+    flows: Option<&std::path::Path>,
+    cfg: &Config,
+    inputs: &[PathBuf],
+) -> Result<()> {
+    let mut outputs = sink::alarm_files(alarms, &cfg.sinks, &cfg.output);
+    outputs.extend(flows.filter(|p| p.as_os_str() != "-").map(PathBuf::from));
+    Ok(sink::refuse_inputs_as_outputs(&outputs, inputs)?)
+}
+
 /// The flow record output of `--flows`, when given.
 fn open_flow_output(path: Option<&std::path::Path>) -> Result<Option<JsonLines>> {
     path.map(|p| {
@@ -379,6 +391,12 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         EngineArg::User => EngineKind::User,
         EngineArg::Kernel => EngineKind::Kernel,
     };
+    refuse_overwriting(
+        args.alarms.as_deref(),
+        args.flows.as_deref(),
+        &cfg,
+        &args.captures,
+    )?;
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
     let opts = ReplayOptions {
@@ -502,6 +520,12 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
         FormatArg::AzureNsg => Some(Telemetry::AzureNsg),
         FormatArg::GcpVpc => Some(Telemetry::GcpVpc),
     };
+    refuse_overwriting(
+        args.alarms.as_deref(),
+        args.flows.as_deref(),
+        &cfg,
+        &args.inputs,
+    )?;
     let (paths, ingest_cfg) = (args.inputs.clone(), cfg.ingest.clone());
     let mut input = tokio::task::spawn_blocking(move || read_inputs(&paths, format, &ingest_cfg))
         .await
