@@ -42,6 +42,23 @@ use sensor_agent::{
 use sensor_common::counter;
 use tokio::sync::watch;
 
+// Status lines, summaries and errors go to stderr. The std macros panic when it cannot be
+// written (`2>/dev/full`, a closed pipe), which would turn a finished command into exit 101
+// and a backtrace. These shadow them for this file: a line that cannot be written is lost
+// (there is nowhere left to report it) and the command keeps its own exit status.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "sensor-agent",
@@ -226,7 +243,8 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
         .config
         .as_deref()
         .map_or("defaults".to_string(), |p| p.display().to_string());
-    println!(
+    let written = writeln!(
+        std::io::stdout(),
         "{origin}: valid (long_flow after {}, quiet_long_flow after {} at <= {} B/s, tcp idle {}, udp idle {})",
         cfg.detect.long_flow.after,
         cfg.detect.quiet_long_flow.after,
@@ -234,7 +252,13 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
         cfg.flow.tcp_idle_timeout,
         cfg.flow.udp_idle_timeout
     );
-    Ok(ExitCode::SUCCESS)
+    match written {
+        // A reader that stopped reading (`validate | true`) is a normal end.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the result to stdout")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn cmd_detach(args: &DetachArgs) -> Result<ExitCode> {
@@ -424,12 +448,17 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
                 format!("cannot create flow file {}", path.display())
             })?))
         };
-        for flow in &outcome.flows {
-            serde_json::to_writer(&mut w, &flow.to_json(kind.name()))
-                .context("write flow record")?;
-            w.write_all(b"\n").context("write flow record")?;
+        let written = outcome.flows.iter().try_for_each(|flow| {
+            serde_json::to_writer(&mut w, &flow.to_json(kind.name()))?;
+            w.write_all(b"\n")
+        });
+        match written.and_then(|()| w.flush()) {
+            // `replay --flows - | head`: the reader has what it wanted; the summary follows.
+            Err(e) if path.as_os_str() == "-" && e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => {
+                other.with_context(|| format!("cannot write flow records to {}", path.display()))?
+            }
         }
-        w.flush().context("write flow records")?;
     }
 
     let stats = engine.stats();

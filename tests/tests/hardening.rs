@@ -3,7 +3,12 @@
 //! in the feed directory, hostile Unicode) and checks the agent's answer: one clear line, a
 //! defined exit status, and nothing already there destroyed.
 
-use std::{fs, os::unix::fs::symlink};
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::symlink,
+    process::Stdio,
+};
 
 use sensor_tests::{
     agent::{self, TempDir},
@@ -79,4 +84,108 @@ fn output_that_is_an_input_is_refused() {
     assert!(run.success, "{run:?}");
     assert_eq!(agent::read_flows(&flows).len(), 1, "one flow written");
     assert_eq!(fs::read(&cap).expect("capture"), bytes);
+}
+
+/// Many flows, so that the output outlives a reader that stops early.
+fn many_flows_capture(n: u16) -> Vec<u8> {
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            let conv = TcpConn::new([10, 0, 0, 1], 10000 + i, [10, 0, 0, 2], 443);
+            let ts = 1_600_000_000_000_000_000 + u64::from(i) * 1_000_000;
+            Record::new(ts, conv.frame(true, TCP_SYN, &[]))
+        })
+        .collect();
+    pcap::pcapng(LINKTYPE_ETHERNET, &records)
+}
+
+fn dev_full() -> fs::File {
+    fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full exists on Linux; this test needs it")
+}
+
+fn assert_no_panic(what: &str, out: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{what}: panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{what}: no panic or backtrace: {stderr}"
+    );
+}
+
+/// `validate >/dev/full`: one error line on stderr and exit 1; `replay ... 2>/dev/full`: the
+/// command's own status (0 for a good capture, 1 for a bad one), never a panic (101).
+#[test]
+fn unwritable_output_is_one_line_not_a_panic() {
+    let out = agent::command()
+        .arg("validate")
+        .stdout(dev_full())
+        .output()
+        .expect("run validate");
+    assert_no_panic("validate >/dev/full", &out);
+    assert_eq!(out.status.code(), Some(1), "validate >/dev/full fails");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("error: cannot write the result to stdout")
+            && lines[0].contains("No space left on device"),
+        "{stderr}"
+    );
+
+    let dir = TempDir::new("hard-full");
+    let good = dir.write("good.pcapng", &capture(6));
+    let bad = dir.write("bad.pcapng", b"this is no capture at all, just text\n");
+    for (cap, code) in [(&good, 0), (&bad, 1)] {
+        let out = agent::command()
+            .args(["replay", "--no-progress", "--flows", "-"])
+            .arg(cap)
+            .stderr(dev_full())
+            .output()
+            .expect("run replay");
+        assert_no_panic("replay 2>/dev/full", &out);
+        assert_eq!(out.status.code(), Some(code), "{}", cap.display());
+    }
+    // Flow records to a full disk: one line, exit 1.
+    let out = agent::command()
+        .args(["replay", "--no-progress", "--flows", "-"])
+        .arg(&good)
+        .stdout(dev_full())
+        .output()
+        .expect("run replay");
+    assert_no_panic("replay >/dev/full", &out);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("No space left on device"), "{stderr}");
+}
+
+/// `replay --flows - | head -1`: the reader leaving is a normal end (exit 0, the summary is
+/// written), not an error or a panic.
+#[test]
+fn closed_stdout_pipe_is_a_normal_end() {
+    let dir = TempDir::new("hard-pipe");
+    let cap = dir.write("many.pcapng", &many_flows_capture(3000));
+    let mut child = agent::command()
+        .args(["replay", "--no-progress", "--flows", "-"])
+        .arg(&cap)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start replay");
+    // Read one line, like `head -1`, then close the pipe.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read the first flow record");
+    assert!(first.starts_with('{'), "a flow record: {first}");
+    let out = child.wait_with_output().expect("wait for replay");
+    assert_no_panic("replay | head -1", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("replayed 3000 frames"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }

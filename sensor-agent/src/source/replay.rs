@@ -143,17 +143,20 @@ impl Progress {
         let pct = (done * 100).checked_div(self.total).unwrap_or(100);
         let width = 30;
         let filled = (pct as usize * width / 100).min(width);
-        eprint!(
+        // Never eprint!: it panics when the terminal goes away; a lost progress line is fine.
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
             "\r[{}{}] {pct:3}% {frames} frames",
             "#".repeat(filled),
             " ".repeat(width - filled)
         );
-        let _ = std::io::stderr().flush();
+        let _ = err.flush();
     }
 
     fn finish(&self) {
         if self.enabled {
-            eprint!("\r{}\r", " ".repeat(60));
+            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(60));
         }
     }
 }
