@@ -1,6 +1,7 @@
 //! Units the settings are written in: durations for humans (`90s`, `9h`, `3d`) and IP
 //! networks in CIDR notation, plus [`Invalid`], the one shape every settings section uses to
-//! say which of its keys is wrong and why. Nothing here knows any section.
+//! say which of its keys is wrong and why; and [`excerpt`], the one way bad input is quoted
+//! in a message. Nothing here knows any section.
 
 use std::{fmt, net::IpAddr, time::Duration};
 
@@ -192,9 +193,41 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// Longest excerpt of bad input a message quotes, in characters.
+pub const EXCERPT_CHARS: usize = 60;
+
+/// A short, escaped quote of untrusted input for a log line or an error: at most
+/// [`EXCERPT_CHARS`] characters, control and invisible characters escaped (`escape_debug`),
+/// and the size of what was left out. A 15 MB feed line, or a line with terminal escapes,
+/// never reaches the log whole.
+pub fn excerpt(s: &str) -> String {
+    let mut out = String::from("\"");
+    for (taken, (i, c)) in s.char_indices().enumerate() {
+        if taken == EXCERPT_CHARS {
+            out.push_str(&format!("\"... ({} more bytes)", s.len() - i));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpt_is_short_and_escaped() {
+        assert_eq!(excerpt("0.0.0.0/0"), "\"0.0.0.0/0\"");
+        assert_eq!(excerpt("a\u{1b}[2Jb\u{202e}"), "\"a\\u{1b}[2Jb\\u{202e}\"");
+        let long = "x".repeat(1_000_000);
+        let e = excerpt(&long);
+        assert!(
+            e.len() < 100 && e.ends_with(&format!("({} more bytes)", 1_000_000 - EXCERPT_CHARS)),
+            "{e}"
+        );
+    }
 
     #[test]
     fn cidr_matching() {

@@ -189,3 +189,66 @@ fn closed_stdout_pipe_is_a_normal_end() {
     assert!(stderr.contains("replayed 3000 frames"), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+fn infra_alarms(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|a| a["rule"]["id"] == "mining_infrastructure" && a["event"]["action"] == "opened")
+        .count()
+}
+
+/// A poisoned feed listing `0.0.0.0/0`, `::/0`, `0.0.0.0/1` and a /7: every such network is
+/// refused (counted, said once with the first one), so no flow matches; the same feed with
+/// `intel.min_prefix_v4 = 0` does match, which shows the capture would raise the alarm.
+#[test]
+fn feed_networks_broader_than_the_minimum_are_refused() {
+    let dir = TempDir::new("hard-broad");
+    let cap = dir.write("c.pcapng", &capture(12));
+    let feeds = dir.path().join("feeds");
+    fs::create_dir_all(&feeds).expect("feed dir");
+    fs::write(
+        feeds.join("poisoned.txt"),
+        "# pools\n0.0.0.0/0\n::/0\n0.0.0.0/1\n10.0.0.0/7\n2001:db8::/48\n",
+    )
+    .expect("feed");
+    let set = format!("intel.directory={:?}", feeds.display().to_string());
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        "--set",
+        &set,
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(run.success, "{run:?}");
+    assert_eq!(infra_alarms(&run.stdout), 0, "{run:?}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("broader"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "said once: {}", run.stderr);
+    assert!(
+        warnings[0].starts_with("warning: ") && warnings[0].contains("4 networks broader"),
+        "{}",
+        run.stderr
+    );
+
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        "--set",
+        &set,
+        "--set",
+        "intel.min_prefix_v4=0",
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(run.success, "{run:?}");
+    assert_eq!(infra_alarms(&run.stdout), 1, "{run:?}");
+    // A bad minimum is refused by validate, naming the key.
+    let run = agent::run(&["validate", "--set", "intel.min_prefix_v4=33"]);
+    assert!(
+        !run.success && run.stderr.contains("intel.min_prefix_v4"),
+        "{run:?}"
+    );
+}

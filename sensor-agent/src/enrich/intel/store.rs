@@ -143,9 +143,11 @@ impl IntelStore {
             for (name, path) in listed.as_ref().map(|v| v.as_slice()).unwrap_or(&[]) {
                 let source = path.display().to_string();
                 let csv_name = name.to_ascii_lowercase().ends_with(".csv");
-                let result = read_file_capped(path, cap).and_then(|data| {
-                    parse_feed(&source, &data, FeedFormat::Auto, csv_name, max_entries)
-                });
+                let result = read_file_capped(path, cap)
+                    .and_then(|data| {
+                        parse_feed(&source, &data, FeedFormat::Auto, csv_name, max_entries)
+                    })
+                    .map(|p| self.refuse_broad(p, &source));
                 self.settle(
                     Outcome {
                         key: SourceKey::File(name.clone()),
@@ -205,7 +207,8 @@ impl IntelStore {
 
         for u in &self.config.urls {
             let result = fetch_capped(&self.http, &u.url, cap)
-                .and_then(|data| parse_feed(&u.url, &data, u.format, false, max_entries));
+                .and_then(|data| parse_feed(&u.url, &data, u.format, false, max_entries))
+                .map(|p| self.refuse_broad(p, &u.url));
             self.settle(
                 Outcome {
                     key: SourceKey::Url(u.name.clone()),
@@ -228,6 +231,12 @@ impl IntelStore {
         report
     }
 
+    /// The feed without its networks broader than `intel.min_prefix_v4` / `_v6`.
+    fn refuse_broad(&self, mut p: Parsed, origin: &str) -> Parsed {
+        p.refuse_broad(origin, self.config.min_prefix_v4, self.config.min_prefix_v6);
+        p
+    }
+
     /// Puts the new version of a source into `feeds`, or its previous version when it failed
     /// (and reports either way).
     fn settle(
@@ -248,6 +257,7 @@ impl IntelStore {
                     entries: p.entries.len(),
                     malformed: p.malformed,
                     skipped: p.skipped,
+                    too_broad: p.too_broad,
                 });
                 feeds.push(Arc::new(LoadedFeed {
                     name: o.name,
@@ -280,6 +290,7 @@ impl IntelStore {
                         entries: old.entries.len(),
                         malformed: old.malformed,
                         skipped: old.skipped,
+                        too_broad: 0,
                     });
                     feeds.push(old.clone());
                 }
@@ -295,6 +306,7 @@ impl IntelStore {
                         entries: 0,
                         malformed: 0,
                         skipped: 0,
+                        too_broad: 0,
                     });
                 }
             },
