@@ -252,3 +252,109 @@ fn feed_networks_broader_than_the_minimum_are_refused() {
         "{run:?}"
     );
 }
+
+/// A feed directory `feeds` under `dir` with one good feed, and the `--set` naming it.
+fn feed_dir(dir: &TempDir) -> (std::path::PathBuf, String) {
+    let feeds = dir.path().join("feeds");
+    fs::create_dir_all(&feeds).expect("feed dir");
+    fs::write(feeds.join("good.txt"), "198.51.100.7\n").expect("feed");
+    let set = format!("intel.directory={:?}", feeds.display().to_string());
+    (feeds, set)
+}
+
+/// A FIFO in the feed directory: `validate` names it and refuses, `replay` refuses the same
+/// way instead of blocking forever on opening it (the test would hang without the fix, so it
+/// runs the agent with a watchdog that kills it and fails).
+#[test]
+fn fifo_in_the_feed_directory_is_refused_not_opened() {
+    let dir = TempDir::new("hard-fifo");
+    let cap = dir.write("c.pcapng", &capture(4));
+    let (feeds, set) = feed_dir(&dir);
+    let fifo = feeds.join("pipe.txt");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    for args in [
+        vec!["validate", "--set", &set],
+        vec![
+            "replay",
+            "--no-progress",
+            "--set",
+            &set,
+            cap.to_str().expect("utf-8"),
+        ],
+    ] {
+        let run = run_with_watchdog(&args);
+        assert_eq!(run.code, Some(1), "{args:?}: {run:?}");
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 1, "{run:?}");
+        assert!(
+            errors[0].contains("intel.directory")
+                && errors[0].contains("pipe.txt")
+                && errors[0].contains("FIFO"),
+            "{}",
+            errors[0]
+        );
+    }
+}
+
+/// A symlink in the feed directory to a file outside it is refused by default (its lines
+/// never reach the log); `intel.follow_symlinks = true` reads it.
+#[test]
+fn feed_symlink_out_of_the_directory_is_not_followed() {
+    let dir = TempDir::new("hard-link");
+    let secret = dir.write("secret.txt", b"root:SECRETHASH:19000:0:99999:7:::\n");
+    let (feeds, set) = feed_dir(&dir);
+    symlink(&secret, feeds.join("shadow")).expect("symlink");
+    // A link inside the directory is fine.
+    symlink(feeds.join("good.txt"), feeds.join("alias.txt")).expect("symlink");
+    let run = agent::run(&["validate", "--set", &set]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("symlink out of the feed directory")
+            && run.stderr.contains("intel.follow_symlinks"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("SECRETHASH"), "{run:?}");
+    assert!(!run.stderr.contains("alias.txt"), "{run:?}");
+    let run = agent::run(&[
+        "validate",
+        "--set",
+        &set,
+        "--set",
+        "intel.follow_symlinks=true",
+    ]);
+    assert!(run.success, "{run:?}");
+}
+
+/// Runs the agent, killing it (and failing) if it has not ended within a minute: a hang is
+/// what this guards against, so the test must not hang with it.
+fn run_with_watchdog(args: &[&str]) -> agent::Run {
+    let child = agent::command()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => {
+            let out = out.expect("wait for the agent");
+            agent::Run {
+                success: out.status.success(),
+                code: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the agent hung on {args:?} (killed after 60 s)");
+        }
+    }
+}

@@ -87,6 +87,9 @@ pub struct IntelConfig {
     pub min_prefix_v4: u8,
     /// The same for IPv6 networks.
     pub min_prefix_v6: u8,
+    /// Read feed files that are symlinks leading out of `directory` (off: such links are
+    /// refused, so a link to a system file cannot leak it into the log).
+    pub follow_symlinks: bool,
 }
 
 impl Default for IntelConfig {
@@ -101,6 +104,7 @@ impl Default for IntelConfig {
             allow: Vec::new(),
             min_prefix_v4: DEFAULT_MIN_PREFIX_V4,
             min_prefix_v6: DEFAULT_MIN_PREFIX_V6,
+            follow_symlinks: false,
         }
     }
 }
@@ -153,6 +157,17 @@ impl IntelConfig {
         }
         if self.refresh.0.is_zero() {
             errors.push("intel.refresh: must be longer than 0s".into());
+        }
+        if let Some(dir) = &self.directory {
+            // What a reload would refuse (a FIFO, a device, a link out of the directory) is
+            // said here too, so that `validate` reports it.
+            if let Ok(files) = fetch::list_dir(dir) {
+                for (_, path) in files {
+                    if let Some(why) = fetch::refuse_entry(dir, &path, self.follow_symlinks) {
+                        errors.push(format!("intel.directory: {why}"));
+                    }
+                }
+            }
         }
         if self.min_prefix_v4 > 32 {
             errors.push("intel.min_prefix_v4: must be 0..=32".into());

@@ -22,7 +22,7 @@ use std::{
 
 use super::{
     allowlist::Allowlist,
-    fetch::{fetch_capped, http_agent, list_dir, read_file_capped},
+    fetch::{fetch_capped, http_agent, list_dir, read_file_capped, refuse_entry},
     format::{parse_feed, FeedFormat, Parsed},
     report::{FeedReport, FeedStatus, ReloadReport},
     snapshot::{IntelSnapshot, LoadedFeed, Match, SourceKey},
@@ -143,7 +143,10 @@ impl IntelStore {
             for (name, path) in listed.as_ref().map(|v| v.as_slice()).unwrap_or(&[]) {
                 let source = path.display().to_string();
                 let csv_name = name.to_ascii_lowercase().ends_with(".csv");
-                let result = read_file_capped(path, cap)
+                let refused = refuse_entry(dir, path, self.config.follow_symlinks);
+                let result = refused
+                    .map_or(Ok(()), Err)
+                    .and_then(|()| read_file_capped(path, cap))
                     .and_then(|data| {
                         parse_feed(&source, &data, FeedFormat::Auto, csv_name, max_entries)
                     })
@@ -323,6 +326,34 @@ mod tests {
     };
     use crate::units::HumanDuration;
     use std::{fs, thread, time::Duration};
+
+    /// A FIFO that appears after the configuration was checked (a reload an hour later):
+    /// refused without blocking, the other feeds load. Without O_NONBLOCK `reload` would
+    /// wait forever for a writer.
+    #[test]
+    fn intel_fifo_appearing_later_is_refused_without_blocking() {
+        let dir = TempDir::new("fifo");
+        dir.write("pools.txt", "pool.example\n");
+        // Created after the store (which validates the directory): the store must hold on
+        // its own.
+        let store = store_for(&dir, |_| {});
+        let fifo = dir.path().join("late.txt");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || tx.send(store.reload(T1)).unwrap());
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reload blocked on the FIFO");
+        assert_eq!(r.failures.len(), 1, "{r}");
+        assert!(
+            r.failures[0].contains("late.txt")
+                && r.failures[0].contains("a FIFO, not a regular file"),
+            "{r}"
+        );
+        assert_eq!(r.indicators, 1, "{r}");
+    }
 
     #[test]
     fn intel_malformed_lines_reported_with_file_and_line_and_skipped() {
