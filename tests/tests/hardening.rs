@@ -358,3 +358,75 @@ fn run_with_watchdog(args: &[&str]) -> agent::Run {
         }
     }
 }
+
+/// A 1 MB malformed feed line with terminal escapes is quoted as a short escaped excerpt,
+/// never whole: no stderr line is longer than a few hundred bytes, no raw ESC reaches it.
+#[test]
+fn bad_feed_lines_are_quoted_short_and_escaped() {
+    let dir = TempDir::new("hard-excerpt");
+    let (feeds, set) = feed_dir(&dir);
+    let mut huge = "\u{1b}[2J".to_string();
+    huge.push_str(&"z".repeat(1_000_000));
+    fs::write(feeds.join("big.txt"), format!("198.51.100.9\n{huge}\n")).expect("feed");
+    let cap = dir.write("c.pcapng", &capture(4));
+    let out = agent::command()
+        .env("RUST_LOG", "warn")
+        .args(["replay", "--no-progress", "--set", &set])
+        .arg(&cap)
+        .output()
+        .expect("run replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("big.txt:2:") && stderr.contains("more bytes"),
+        "the bad line is reported, shortened: {}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    for line in stderr.lines() {
+        assert!(line.len() < 400, "a long line: {}", &line[..400]);
+    }
+    assert!(!stderr.contains('\u{1b}'), "raw ESC in the log");
+}
+
+/// An error whose cause text is already part of it is said once: a spool locked by another
+/// process ("spool X is in use by another process") appears once on the line.
+#[test]
+fn errors_do_not_repeat_their_cause() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("hard-repeat");
+    let spool = dir.path().join("spool");
+    fs::create_dir_all(&spool).expect("spool dir");
+    let lock = fs::File::create(spool.join("LOCK")).expect("lock file");
+    // SAFETY: flock on a descriptor this test owns; held until `lock` drops.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let config = dir.write(
+        "sensor.toml",
+        format!(
+            "[spool]\ndir = {:?}\n\n[[sinks]]\nkind = \"file\"\npath = {:?}\n",
+            spool.display().to_string(),
+            dir.path().join("alarms.log").display().to_string()
+        )
+        .as_bytes(),
+    );
+    let cap = dir.write("c.pcapng", &capture(4));
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        "--config",
+        config.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert_eq!(
+        errors[0].matches("in use").count(),
+        1,
+        "said once: {}",
+        errors[0]
+    );
+    drop(lock);
+}

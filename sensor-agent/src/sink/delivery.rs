@@ -75,10 +75,20 @@ impl SpoolSection {
     }
 }
 
+fn spool_message(dir: &str, source: &SpoolError) -> String {
+    let text = source.to_string();
+    if text.starts_with(&format!("spool {dir}")) {
+        text
+    } else {
+        format!("spool {dir}: {text}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    // The source is in the message (not chained), so one-line error output shows it once.
-    #[error("spool {dir}: {source}")]
+    // The source is in the message (not chained), so one-line error output shows it once;
+    // the directory too, unless the spool's own message already names it.
+    #[error("{}", spool_message(dir, source))]
     Spool { dir: String, source: SpoolError },
     #[error("sink {name}: {message}")]
     Sink { name: String, message: String },
