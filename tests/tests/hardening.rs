@@ -430,3 +430,68 @@ fn errors_do_not_repeat_their_cause() {
     );
     drop(lock);
 }
+
+/// Hostile Unicode from a feed's description (line and paragraph separators, bidi overrides
+/// and isolates) reaches no output format raw: JSON, CEF, LEEF and OCSF files written by
+/// `[[sinks]]` hold none of them, and the JSON ones still carry the exact text (escaped).
+#[test]
+fn line_separators_and_bidi_controls_are_escaped_in_every_format() {
+    const UNSAFE: [char; 11] = [
+        '\u{2028}', '\u{2029}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}',
+        '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+    ];
+    let dir = TempDir::new("hard-bidi");
+    let cap = dir.write("c.pcapng", &capture(6));
+    let feeds = dir.path().join("feeds");
+    fs::create_dir_all(&feeds).expect("feed dir");
+    let description: String = format!("pool{}", UNSAFE.iter().collect::<String>()) + " exe.gnp";
+    fs::write(
+        feeds.join("pools.txt"),
+        format!("10.0.0.2 # {description}\n"),
+    )
+    .expect("feed");
+    let mut config = format!(
+        "[intel]\ndirectory = {:?}\n\n[spool]\ndir = {:?}\n",
+        feeds.display().to_string(),
+        dir.path().join("spool").display().to_string()
+    );
+    let formats = ["json", "cef", "leef", "ocsf"];
+    for f in formats {
+        config.push_str(&format!(
+            "\n[[sinks]]\nkind = \"file\"\nname = \"{f}\"\nformat = \"{f}\"\npath = {:?}\n",
+            dir.path().join(format!("alarms.{f}")).display().to_string()
+        ));
+    }
+    let config = dir.write("sensor.toml", config.as_bytes());
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        "--config",
+        config.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(run.success, "{run:?}");
+    for f in formats {
+        let text = fs::read_to_string(dir.path().join(format!("alarms.{f}")))
+            .unwrap_or_else(|e| panic!("{f}: {e}: {run:?}"));
+        assert!(
+            text.contains("mining_infrastructure") || text.contains("Mining"),
+            "{f}: an alarm: {text}"
+        );
+        assert!(
+            !text.chars().any(|c| UNSAFE.contains(&c)),
+            "{f}: a raw separator or bidi control: {text:?}"
+        );
+        if f == "json" {
+            let alarm: serde_json::Value = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|a| a["rule"]["id"] == "mining_infrastructure")
+                .expect("the alarm");
+            assert_eq!(
+                alarm["sensor"]["evidence"]["description"], description,
+                "json keeps the exact text"
+            );
+        }
+    }
+}
