@@ -412,13 +412,7 @@ fn errors_do_not_repeat_their_cause() {
         .as_bytes(),
     );
     let cap = dir.write("c.pcapng", &capture(4));
-    let run = agent::run(&[
-        "replay",
-        "--no-progress",
-        "--config",
-        config.to_str().expect("utf-8"),
-        cap.to_str().expect("utf-8"),
-    ]);
+    let run = replay_with_config(&config, &cap);
     assert_eq!(run.code, Some(1), "{run:?}");
     let errors = run.error_lines();
     assert_eq!(errors.len(), 1, "{run:?}");
@@ -463,13 +457,7 @@ fn line_separators_and_bidi_controls_are_escaped_in_every_format() {
         ));
     }
     let config = dir.write("sensor.toml", config.as_bytes());
-    let run = agent::run(&[
-        "replay",
-        "--no-progress",
-        "--config",
-        config.to_str().expect("utf-8"),
-        cap.to_str().expect("utf-8"),
-    ]);
+    let run = replay_with_config(&config, &cap);
     assert!(run.success, "{run:?}");
     for f in formats {
         let text = fs::read_to_string(dir.path().join(format!("alarms.{f}")))
@@ -494,4 +482,15 @@ fn line_separators_and_bidi_controls_are_escaped_in_every_format() {
             );
         }
     }
+}
+
+/// `replay --no-progress --config CONFIG CAPTURE`.
+fn replay_with_config(config: &std::path::Path, cap: &std::path::Path) -> agent::Run {
+    agent::run(&[
+        "replay",
+        "--no-progress",
+        "--config",
+        config.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ])
 }
