@@ -348,6 +348,9 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
                 "sink {}: {} sent, {} errors, {} retries, {} pending",
                 s.name, s.sent, s.errors, s.retries, s.pending
             );
+            if s.truncated > 0 {
+                line.push_str(&format!(", {} sent cut to max_datagram", s.truncated));
+            }
             if let Some(age) = s.oldest_undelivered {
                 line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
             }

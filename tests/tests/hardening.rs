@@ -494,3 +494,44 @@ fn replay_with_config(config: &std::path::Path, cap: &std::path::Path) -> agent:
         cap.to_str().expect("utf-8"),
     ])
 }
+
+/// UDP syslog with `max_datagram = 480` and an alarm longer than that (a long feed
+/// description): the datagram a real UDP receiver gets is at most 480 bytes, and the summary
+/// counts the cut alarm instead of passing it as whole.
+#[test]
+fn udp_syslog_cuts_are_counted() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP receiver");
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let port = receiver.local_addr().expect("addr").port();
+    let dir = TempDir::new("hard-udp");
+    let cap = dir.write("c.pcapng", &capture(6));
+    let feeds = dir.path().join("feeds");
+    fs::create_dir_all(&feeds).expect("feed dir");
+    fs::write(
+        feeds.join("pools.txt"),
+        format!("10.0.0.2 # {}\n", "d".repeat(1500)),
+    )
+    .expect("feed");
+    let config = dir.write(
+        "sensor.toml",
+        format!(
+            "[intel]\ndirectory = {:?}\n\n[spool]\ndir = {:?}\n\n[[sinks]]\nkind = \"syslog\"\nname = \"udp\"\naddress = \"udp://127.0.0.1:{port}\"\nmax_datagram = 480\n",
+            feeds.display().to_string(),
+            dir.path().join("spool").display().to_string()
+        )
+        .as_bytes(),
+    );
+    let run = replay_with_config(&config, &cap);
+    assert!(run.success, "{run:?}");
+    let mut buf = vec![0u8; 65536];
+    let n = receiver.recv(&mut buf).expect("a datagram");
+    assert!(n <= 480, "datagram of {n} bytes");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("sink udp:"))
+        .unwrap_or_else(|| panic!("a sink line: {}", run.stderr));
+    assert!(line.contains("1 sent cut to max_datagram"), "{line}");
+}

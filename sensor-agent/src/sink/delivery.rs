@@ -104,6 +104,8 @@ pub struct SinkMetrics {
     pub sent: AtomicU64,
     pub errors: AtomicU64,
     pub retries: AtomicU64,
+    /// Messages the transport cut to fit (UDP syslog `max_datagram`): sent, but not whole.
+    pub truncated: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -118,6 +120,8 @@ pub struct SinkStatus {
     pub pending: u64,
     pub oldest_undelivered: Option<Duration>,
     pub last_error: Option<String>,
+    /// Messages sent cut (UDP syslog over `max_datagram`).
+    pub truncated: u64,
 }
 
 struct Shared {
@@ -362,6 +366,7 @@ impl Delivery {
                 sent: m.sent.load(Ordering::Relaxed),
                 errors: m.errors.load(Ordering::Relaxed),
                 retries: m.retries.load(Ordering::Relaxed),
+                truncated: m.truncated.load(Ordering::Relaxed),
                 pending: spool.pending(id),
                 oldest_undelivered: spool.oldest_unacked_age(id, now),
                 last_error: m
@@ -526,6 +531,13 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
                     log::error!("sink {name}: cannot record delivery: {e}");
                 }
                 metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
+                let cut = transport.counters().truncated;
+                if metrics.truncated.swap(cut, Ordering::Relaxed) == 0 && cut > 0 {
+                    // Once: every later cut is only counted (the summary and status say how many).
+                    log::warn!(
+                        "sink {name}: an alarm was longer than the datagram limit and was sent cut; raise max_datagram if the receiver takes more"
+                    );
+                }
                 report_drops(&shared);
                 if attempt > 0 {
                     log::info!("sink {name}: delivering again");
