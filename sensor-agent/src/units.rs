@@ -107,6 +107,20 @@ impl fmt::Display for HumanDuration {
 
 pub const DURATION_HINT: &str = "a duration such as 90s, 15m, 9h or 3d";
 
+/// The longest duration any setting takes: 100 years. Longer ones are slips (a number of
+/// milliseconds typed as seconds, "584 billion years") whose arithmetic would saturate.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `d` when within [`MAX_DURATION`], else the error for `written`.
+fn bounded<E: de::Error>(d: Duration, written: &dyn fmt::Display) -> Result<HumanDuration, E> {
+    if d > MAX_DURATION {
+        return Err(E::custom(format!(
+            "duration {written} is longer than the 100 years any setting takes: expected {DURATION_HINT}"
+        )));
+    }
+    Ok(HumanDuration(d))
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -116,21 +130,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str(DURATION_HINT)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                u64::try_from(v).map(HumanDuration::secs).map_err(|_| {
+                let secs = u64::try_from(v).map_err(|_| {
                     E::custom(format!("negative duration {v}: expected {DURATION_HINT}"))
-                })
+                })?;
+                self.visit_u64(secs)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration::secs(v))
+                bounded(Duration::from_secs(v), &format_args!("{v}s"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration {v:?} ({e}): expected {DURATION_HINT}"
-                        ))
-                    })
+                let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {} ({e}): expected {DURATION_HINT}",
+                        excerpt(v)
+                    ))
+                })?;
+                bounded(d, &excerpt(v))
             }
         }
         d.deserialize_any(V)

@@ -535,3 +535,81 @@ fn udp_syslog_cuts_are_counted() {
         .unwrap_or_else(|| panic!("a sink line: {}", run.stderr));
     assert!(line.contains("1 sent cut to max_datagram"), "{line}");
 }
+
+/// Configuration slips: each refused by `validate` with one line naming the key and where it
+/// came from, and refused the same way by `replay` (what validate accepts every command
+/// accepts); an endless or huge config file is refused without reading it all.
+#[test]
+fn config_slips_are_refused_by_validate_and_replay_alike() {
+    let dir = TempDir::new("hard-config");
+    let cap = dir.write("c.pcapng", &capture(4));
+    let two_stdout = dir.write(
+        "two.toml",
+        b"[[sinks]]\nkind = \"stdout\"\n\n[[sinks]]\nkind = \"stdout\"\nformat = \"cef\"\n",
+    );
+    let huge = dir.path().join("huge.toml");
+    {
+        // 8 MB of comments: valid TOML, far too big for a configuration.
+        let line = format!("# {}\n", "c".repeat(1000));
+        fs::write(&huge, line.repeat(8 * 1024)).expect("huge config");
+    }
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec!["--set".into(), "sensor.max_kernel_flows=0".into()],
+            "--set sensor.max_kernel_flows=0",
+            "sensor.max_kernel_flows",
+        ),
+        (
+            vec!["--set".into(), "detect.long_flow.after=1h\n2h".into()],
+            "--set",
+            "line break",
+        ),
+        (
+            vec![
+                "--set".into(),
+                "detect.long_flow.after=584000000000y".into(),
+            ],
+            "--set",
+            "100 years",
+        ),
+        (
+            vec!["--set".into(), "output.alarms=\"\"".into()],
+            "--set",
+            "output.alarms",
+        ),
+        (
+            vec!["--config".into(), two_stdout.display().to_string()],
+            "two.toml",
+            "sinks[1].name",
+        ),
+        (
+            vec!["--config".into(), "/dev/zero".into()],
+            "/dev/zero",
+            "larger than",
+        ),
+        (
+            vec!["--config".into(), huge.display().to_string()],
+            "huge.toml",
+            "larger than",
+        ),
+    ];
+    for (args, origin, what) in cases {
+        let mut validate = vec!["validate".to_string()];
+        validate.extend(args.iter().cloned());
+        let mut replay = vec!["replay".to_string(), "--no-progress".into()];
+        replay.extend(args.iter().cloned());
+        replay.push(cap.display().to_string());
+        for cmd in [validate, replay] {
+            let run = run_with_watchdog(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(run.code, Some(1), "{cmd:?}: {run:?}");
+            let errors = run.error_lines();
+            assert_eq!(errors.len(), 1, "{cmd:?}: {run:?}");
+            assert!(
+                errors[0].contains(origin) && errors[0].contains(what),
+                "{cmd:?}: names {origin} and {what}: {}",
+                errors[0]
+            );
+            assert!(!run.stderr.contains("replayed"), "{cmd:?}: refused first");
+        }
+    }
+}
