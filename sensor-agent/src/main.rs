@@ -518,7 +518,11 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         ),
         (
             outcome.time_jumps_back,
-            "frames earlier than the replay clock (merged captures)",
+            "frames earlier than the replay clock (out of order)",
+        ),
+        (
+            outcome.time_outliers,
+            "frames stamped more than a day away from their neighbours (replayed at the clock's time)",
         ),
         (
             outcome.evicted_flows,

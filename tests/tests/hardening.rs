@@ -613,3 +613,102 @@ fn config_slips_are_refused_by_validate_and_replay_alike() {
         }
     }
 }
+
+/// 12 frames of one conversation, a second apart from `base_ns`, with frame `odd` (if any)
+/// stamped at `odd_ns` instead.
+fn timed_capture(base_ns: u64, odd: Option<(usize, u64)>, offset_s: Option<i64>) -> Vec<u8> {
+    let conv = TcpConn::new([10, 0, 0, 1], 40000, [10, 0, 0, 2], 443);
+    let records: Vec<Record> = (0..12)
+        .map(|i| {
+            let mut ts = base_ns + i as u64 * 1_000_000_000;
+            if let Some((at, odd_ns)) = odd {
+                if at == i {
+                    ts = odd_ns;
+                }
+            }
+            let flags = if i == 0 { TCP_SYN } else { TCP_PSH | TCP_ACK };
+            Record::new(ts, conv.frame(i % 2 == 0, flags, b"data"))
+        })
+        .collect();
+    pcap::pcapng_with_offset(LINKTYPE_ETHERNET, offset_s, &records)
+}
+
+fn only_flow(run: &agent::Run) -> serde_json::Value {
+    let flows = run.stdout_flows();
+    assert_eq!(flows.len(), 1, "{run:?}");
+    flows[0].clone()
+}
+
+/// One frame dated 2106 (and, separately, one dated 1970) in a 2020 capture: counted, the
+/// flow keeps its real 11 s; a pcapng interface with `if_tsoffset` puts its frames at the
+/// offset's time.
+#[test]
+fn a_frame_far_from_its_neighbours_does_not_move_the_clock() {
+    const Y2020: u64 = 1_600_000_000_000_000_000;
+    const Y2106: u64 = 4_290_000_000_000_000_000;
+    let dir = TempDir::new("hard-time");
+    for (name, odd_ns) in [("2106", Y2106), ("1970", 5_000_000_000)] {
+        let cap = dir.write(
+            &format!("{name}.pcapng"),
+            &timed_capture(Y2020, Some((6, odd_ns)), None),
+        );
+        let run = agent::run(&[
+            "replay",
+            "--no-progress",
+            "--flows",
+            "-",
+            cap.to_str().expect("utf-8"),
+        ]);
+        assert!(run.success, "{name}: {run:?}");
+        let flow = only_flow(&run);
+        assert_eq!(
+            flow["event"]["duration"], 11_000_000_000u64,
+            "{name}: {flow}"
+        );
+        assert!(
+            run.stderr
+                .contains("1 frames stamped more than a day away from their neighbours"),
+            "{name}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            flow["network"]["packets"], 12,
+            "{name}: the frame still counts: {flow}"
+        );
+    }
+    // A real jump (two captures of different days, merged) is followed by frames near the
+    // new time: not an outlier.
+    let day1 = dir.write("day1.pcapng", &timed_capture(Y2020, None, None));
+    let day3 = dir.write(
+        "day3.pcapng",
+        &timed_capture(Y2020 + 2 * 86_400 * 1_000_000_000, None, None),
+    );
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        day1.to_str().expect("utf-8"),
+        day3.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        run.success && !run.stderr.contains("stamped more than"),
+        "{run:?}"
+    );
+
+    let offset = dir.write(
+        "offset.pcapng",
+        &timed_capture(0, None, Some(1_600_000_000)),
+    );
+    let run = agent::run(&[
+        "replay",
+        "--no-progress",
+        "--flows",
+        "-",
+        offset.to_str().expect("utf-8"),
+    ]);
+    assert!(run.success, "{run:?}");
+    let flow = only_flow(&run);
+    assert_eq!(
+        flow["event"]["start"], "2020-09-13T12:26:40.000000Z",
+        "if_tsoffset honoured: {flow}"
+    );
+}

@@ -95,13 +95,22 @@ pub struct ReplayOutcome {
     pub evicted_flows: u64,
     /// Frames whose captured part was shorter than on the wire.
     pub cut_frames: u64,
-    /// Frames whose timestamp was earlier than the replay clock (merged captures).
+    /// Frames whose timestamp was earlier than the replay clock (out of order).
     pub time_jumps_back: u64,
+    /// Frames stamped more than [`OUTLIER_NS`] away from the replay clock that the next frame
+    /// does not confirm (one frame dated 2106 in a 2018 capture): counted, replayed at the
+    /// clock's time, and the clock is not moved.
+    pub time_outliers: u64,
     /// Kernel payload copies not kept because too many were buffered (kernel engine).
     pub payloads_dropped: u64,
     /// Errors, one per capture that could not be read to its end.
     pub errors: Vec<CaptureError>,
 }
+
+/// How far from the replay clock a frame's time may be before it needs the next frame to
+/// confirm it: a real gap (captures of different days, a quiet night) is followed by frames
+/// near the new time; a corrupt or forged stamp stands alone.
+pub const OUTLIER_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -278,6 +287,8 @@ fn read_captures(
     let mut runts = 0u64;
     let mut kernel_payloads: Vec<(PayloadEvent, u64)> = Vec::new();
     let mut clock: Option<u64> = None;
+    // The previous frame's own timestamp, before any outlier correction.
+    let mut last_raw: Option<u64> = None;
     let mut next_tick = 0u64;
     let mut progress = Progress {
         enabled: opts.progress && std::io::stderr().is_terminal(),
@@ -299,8 +310,10 @@ fn read_captures(
                 continue;
             }
         };
+        // One frame of lookahead, read only to confirm a frame far from the clock.
+        let mut ahead = None;
         loop {
-            let mut frame = match reader.next_frame() {
+            let mut frame = match ahead.take().unwrap_or_else(|| reader.next_frame()) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -312,6 +325,22 @@ fn read_captures(
             progress.show(reader.offset(), out.frames);
             if (frame.data.len() as u64) < frame.wire_len as u64 {
                 out.cut_frames += 1;
+            }
+            // A frame far from the clock moves it only when the frame before or after it is
+            // near it too (a merged capture of another day is a run of such frames).
+            let raw = frame.ts_ns;
+            let near_previous = last_raw.is_some_and(|p: u64| p.abs_diff(raw) <= OUTLIER_NS);
+            last_raw = Some(raw);
+            if let (Some(now), false) = (clock, near_previous) {
+                if frame.ts_ns.abs_diff(now) > OUTLIER_NS {
+                    let peeked = reader.next_frame();
+                    let confirmed = matches!(&peeked, Ok(Some(n)) if n.ts_ns.abs_diff(frame.ts_ns) <= OUTLIER_NS);
+                    ahead = Some(peeked);
+                    if !confirmed {
+                        out.time_outliers += 1;
+                        frame.ts_ns = now;
+                    }
+                }
             }
             // The replay clock: ticks happen at the first frame at or past each poll boundary.
             let ts = frame.ts_ns;
