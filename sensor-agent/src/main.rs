@@ -521,6 +521,10 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             "frames earlier than the replay clock (out of order)",
         ),
         (
+            outcome.too_large_for_test_run,
+            "frames too large for the kernel test run (not counted by the kernel engine)",
+        ),
+        (
             outcome.time_outliers,
             "frames stamped more than a day away from their neighbours (replayed at the clock's time)",
         ),

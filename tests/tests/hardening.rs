@@ -712,3 +712,41 @@ fn a_frame_far_from_its_neighbours_does_not_move_the_clock() {
         "if_tsoffset honoured: {flow}"
     );
 }
+
+/// `--engine kernel` on a capture holding a 100 KB frame (as GRO/TSO captures do) between
+/// ordinary ones: the big frame is counted under its own reason, the replay goes on to the
+/// end with its summary, and the other frames are counted by the kernel. Needs root.
+#[test]
+fn kernel_replay_counts_frames_too_large_for_the_test_run() {
+    sensor_tests::kernel::require_bpf();
+    let conv = TcpConn::new([10, 0, 0, 1], 40000, [10, 0, 0, 2], 443);
+    let mut records: Vec<Record> = (0..6)
+        .map(|i| {
+            let flags = if i == 0 { TCP_SYN } else { TCP_PSH | TCP_ACK };
+            let ts = 1_600_000_000_000_000_000 + i as u64 * 1_000_000_000;
+            Record::new(ts, conv.frame(i % 2 == 0, flags, b"data"))
+        })
+        .collect();
+    let big = conv.frame(true, TCP_PSH | TCP_ACK, &vec![b'g'; 100 * 1024]);
+    records.insert(3, Record::new(1_600_000_002_500_000_000, big));
+    let dir = TempDir::new("hard-bigframe");
+    let cap = dir.write("gro.pcapng", &pcap::pcapng(LINKTYPE_ETHERNET, &records));
+    let run = agent::replay("kernel", Some(std::path::Path::new("-")), &[&cap]);
+    assert!(run.success, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("replayed 7 frames with the kernel engine")
+            && run
+                .stderr
+                .contains("1 frames too large for the kernel test run"),
+        "{}",
+        run.stderr
+    );
+    let flows = run.stdout_flows();
+    assert_eq!(flows.len(), 1, "{run:?}");
+    assert_eq!(
+        flows[0]["network"]["packets"], 6,
+        "the other frames counted: {}",
+        flows[0]
+    );
+}

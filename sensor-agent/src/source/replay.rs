@@ -97,6 +97,10 @@ pub struct ReplayOutcome {
     pub cut_frames: u64,
     /// Frames whose timestamp was earlier than the replay clock (out of order).
     pub time_jumps_back: u64,
+    /// Frames the kernel's test run refused for their size (GRO/TSO captures hold frames of
+    /// tens of KB; BPF_PROG_TEST_RUN takes a page plus a bounded number of fragments):
+    /// counted, not counted by the kernel engine, and the replay goes on (kernel engine).
+    pub too_large_for_test_run: u64,
     /// Frames stamped more than [`OUTLIER_NS`] away from the replay clock that the next frame
     /// does not confirm (one frame dated 2106 in a 2018 capture): counted, replayed at the
     /// clock's time, and the clock is not moved.
@@ -112,10 +116,31 @@ pub struct ReplayOutcome {
 /// near the new time; a corrupt or forged stamp stands alone.
 pub const OUTLIER_NS: u64 = 24 * 3600 * 1_000_000_000;
 
+/// The innermost cause's text: the kernel's answer, without the wrappers that repeat it.
+fn root_cause(e: &DatapathError) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Frames up to this size always fit BPF_PROG_TEST_RUN (one page of linear data); a test run
+/// that fails on a larger frame is put down to its size.
+pub const TEST_RUN_LINEAR_BYTES: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    // The cause is in the message (innermost text only), not chained: one line, said once.
+    #[error("{} frame {frame}: the kernel test run failed: {}", path.display(), root_cause(error))]
+    TestRun {
+        path: PathBuf,
+        /// 1-based number of the frame in its capture.
+        frame: u64,
+        error: DatapathError,
+    },
     #[error("the capture reader stopped unexpectedly: {0}")]
     Reader(String),
 }
@@ -312,6 +337,7 @@ fn read_captures(
         };
         // One frame of lookahead, read only to confirm a frame far from the clock.
         let mut ahead = None;
+        let mut frame_in_capture = 0u64;
         loop {
             let mut frame = match ahead.take().unwrap_or_else(|| reader.next_frame()) {
                 Ok(Some(f)) => f,
@@ -322,6 +348,7 @@ fn read_captures(
                 }
             };
             out.frames += 1;
+            frame_in_capture += 1;
             progress.show(reader.offset(), out.frames);
             if (frame.data.len() as u64) < frame.wire_len as u64 {
                 out.cut_frames += 1;
@@ -411,7 +438,17 @@ fn read_captures(
                 if parsed.is_ok() {
                     pad_to_wire(&mut frame);
                 }
-                dp.test_run_xdp(&frame.data)?;
+                if let Err(e) = dp.test_run_xdp(&frame.data) {
+                    if frame.data.len() > TEST_RUN_LINEAR_BYTES {
+                        out.too_large_for_test_run += 1;
+                        continue;
+                    }
+                    return Err(ReplayError::TestRun {
+                        path: path.clone(),
+                        frame: frame_in_capture,
+                        error: e,
+                    });
+                }
                 // The ring holds this frame's copy, if any: stamp it with the capture time.
                 dp.drain_payloads(|e| {
                     if kernel_payloads.len() < MAX_BUFFERED_PAYLOADS {
