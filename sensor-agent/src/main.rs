@@ -443,6 +443,7 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         &args.captures,
     )?;
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
     let opts = ReplayOptions {
         engine: kind,
@@ -457,6 +458,12 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let (looped, outcome) =
         pipeline::replay(source, &mut engine, &mut alarms, args.flows.is_some()).await;
     let context = || format!("replay with the {} engine", kind.name());
+    if looped.is_err() {
+        // What the sinks and the spool did before the end, also when it ends in an error.
+        for line in sink_report(&alarms) {
+            eprintln!("{line}");
+        }
+    }
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;
     close_alarms(alarms, &cfg).await?;
@@ -601,6 +608,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     });
     let telemetry = input.telemetry.map_or("dns-logs", Telemetry::name);
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let mut source = IngestSource::from_input(

@@ -750,3 +750,52 @@ fn kernel_replay_counts_frames_too_large_for_the_test_run() {
         flows[0]
     );
 }
+
+/// `when_full = "block"` with the receiver down during a replay: the producer waits at most
+/// `spool.drain_timeout` for room, then the replay ends with one error line and the sink and
+/// spool counters, instead of hanging (the watchdog fails the test if it hangs).
+#[test]
+fn a_blocked_spool_honours_the_drain_timeout() {
+    let dir = TempDir::new("hard-block");
+    // A port with nobody listening: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cap = dir.write(
+        "mining.pcap",
+        &pcap::pcap(
+            LINKTYPE_ETHERNET,
+            &sensor_tests::captures::stratum_sessions(100),
+        ),
+    );
+    let config = dir.write(
+        "sensor.toml",
+        format!(
+            "[spool]\ndir = {:?}\nmax_bytes = 65536\nsegment_bytes = 16384\nwhen_full = \"block\"\ndrain_timeout = \"2s\"\n\n[[sinks]]\nkind = \"syslog\"\nname = \"down\"\naddress = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\n",
+            dir.path().join("spool").display().to_string()
+        )
+        .as_bytes(),
+    );
+    let run = run_with_watchdog(&[
+        "replay",
+        "--no-progress",
+        "--config",
+        config.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{run:?}");
+    assert!(
+        errors[0].contains("stayed full") && errors[0].contains("drain_timeout"),
+        "{}",
+        errors[0]
+    );
+    assert!(run.stderr.contains("sink down: 0 sent"), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("spool: ")),
+        "{}",
+        run.stderr
+    );
+}

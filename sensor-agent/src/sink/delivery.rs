@@ -96,6 +96,8 @@ pub enum DeliveryError {
     DuplicateName(String),
     #[error("delivery stopped while the spool was full")]
     Stopped,
+    #[error("the spool stayed full for {0:?} (when_full = \"block\", spool.drain_timeout) while no sink took anything; what is spooled stays for the next run")]
+    StayedFull(Duration),
 }
 
 /// Per-sink counters (metrics).
@@ -147,6 +149,10 @@ pub struct Delivery {
     shared: Arc<Shared>,
     workers: Vec<Worker>,
     dir: String,
+    /// With `when_full = "block"`: how long one alarm may wait for room before the producer
+    /// gives up (bounded inputs: `spool.drain_timeout`); `None` waits as long as it takes
+    /// (`run`, where back-pressure is the point).
+    block_limit: Option<Duration>,
 }
 
 /// One sink's worker: a blocking task of the runtime, or a thread outside one.
@@ -264,6 +270,7 @@ impl Delivery {
             shared,
             workers,
             dir,
+            block_limit: None,
         }))
     }
 
@@ -275,6 +282,7 @@ impl Delivery {
             message: e.to_string(),
         })?;
         let mut spool = self.shared.lock();
+        let mut blocked_since: Option<Instant> = None;
         loop {
             match spool
                 .append(&bytes, wall_ns())
@@ -292,6 +300,12 @@ impl Delivery {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         return Err(DeliveryError::Stopped);
                     }
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    if let Some(limit) = self.block_limit {
+                        if since.elapsed() >= limit {
+                            return Err(DeliveryError::StayedFull(limit));
+                        }
+                    }
                     spool = self
                         .shared
                         .changed
@@ -304,6 +318,11 @@ impl Delivery {
         drop(spool);
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    /// Bounds how long one alarm waits for room in a full `block` spool (see `block_limit`).
+    pub fn limit_blocking(&mut self, limit: Duration) {
+        self.block_limit = Some(limit);
     }
 
     /// Makes spooled records durable per the fsync policy (once per detection tick).

@@ -176,6 +176,14 @@ impl AlarmOutput {
         }
     }
 
+    /// For bounded inputs (`replay`, `ingest`): a full `block` spool makes the producer wait
+    /// at most `limit` for room, then fail, instead of hanging while the receiver is down.
+    pub fn limit_blocking(&mut self, limit: std::time::Duration) {
+        if let AlarmOutput::Delivered(d) = self {
+            d.limit_blocking(limit);
+        }
+    }
+
     /// Once per tick: makes spooled alarms durable per the fsync policy.
     pub fn flush(&mut self) -> Result<(), OutputError> {
         if let AlarmOutput::Delivered(d) = self {
