@@ -56,17 +56,36 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The largest configuration file read: a real one is a few KB; `--config /dev/zero` or a
+/// 61 MB file must be refused before it costs gigabytes.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The text of a configuration file, read up to [`MAX_CONFIG_BYTES`] (enforced while reading,
+/// so an endless device is refused too).
+fn read_capped(p: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let err = |message: String| ConfigError {
+        origin: p.display().to_string(),
+        key: String::new(),
+        message,
+    };
+    let f = std::fs::File::open(p).map_err(|e| err(e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| err(e.to_string()))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes; not a configuration file"
+        )));
+    }
+    String::from_utf8(buf).map_err(|_| err("not UTF-8 text".into()))
+}
+
 /// Loads `file` (if any), applies `--set` overrides in order, and validates the result.
 pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
     let (text, origin) = match file {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| ConfigError {
-                origin: p.display().to_string(),
-                key: String::new(),
-                message: e.to_string(),
-            })?,
-            p.display().to_string(),
-        ),
+        Some(p) => (read_capped(p)?, p.display().to_string()),
         None => (String::new(), "defaults".to_string()),
     };
     // First the file alone, from its text: errors then carry line numbers.
@@ -84,6 +103,14 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
             message: "expected KEY=VALUE, for example detect.long_flow.after=1h".into(),
         })?;
         let key = key.trim();
+        if value.contains(['\n', '\r']) {
+            // TOML would keep only the first line; the rest would vanish silently.
+            return Err(ConfigError {
+                origin: format!("--set {}", crate::units::excerpt(set)),
+                key: key.to_string(),
+                message: "the value contains a line break; one line only".into(),
+            });
+        }
         insert(&mut table, key, parse_value(value.trim())).map_err(|message| ConfigError {
             origin: set_origin.clone(),
             key: key.to_string(),
@@ -211,6 +238,32 @@ fn validate(c: &Config) -> Result<(), Invalid> {
         ex.validate()
             .map_err(|e| e.within(&format!("exporters[{i}]")))?;
     }
+    // What `run`/`replay` would refuse when starting the outputs, refused here already, so
+    // that what `validate` accepts every command accepts.
+    let mut names = Vec::new();
+    for (i, sink) in c.sinks.iter().enumerate() {
+        let name = sink.name();
+        if names.contains(&name) {
+            return Err(Invalid::new(
+                format!("sinks[{i}].name"),
+                format!("{name} is used by another sink (give one a `name`)"),
+            ));
+        }
+        names.push(name);
+    }
+    if c.output
+        .alarms
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(Invalid::new(
+            "output.alarms",
+            "must not be empty (leave it out, or \"-\", for stdout)",
+        ));
+    }
+    if !c.sinks.is_empty() && c.spool.dir.as_os_str().is_empty() {
+        return Err(Invalid::new("spool.dir", "must not be empty"));
+    }
     if let Err(e) = c.spool.spool_config().validate() {
         return Err(Invalid::new("spool", e.to_string()));
     }
@@ -219,11 +272,17 @@ fn validate(c: &Config) -> Result<(), Invalid> {
         let (key, message) = first.split_once(": ").unwrap_or(("intel", first.as_str()));
         return Err(Invalid::new(key, message));
     }
-    if c.sensor.max_kernel_flows == 0 || c.flow.max_flows == 0 || c.flow.max_conversations == 0 {
-        return Err(Invalid::new(
-            "flow.max_flows",
-            "flow capacities must be at least 1",
-        ));
+    for (key, n) in [
+        (
+            "sensor.max_kernel_flows",
+            u64::from(c.sensor.max_kernel_flows),
+        ),
+        ("flow.max_flows", c.flow.max_flows as u64),
+        ("flow.max_conversations", c.flow.max_conversations as u64),
+    ] {
+        if n == 0 {
+            return Err(Invalid::new(key, "must be at least 1"));
+        }
     }
     c.state.validate().map_err(|e| e.within("state"))?;
     c.alarm.validate().map_err(|e| e.within("alarm"))

@@ -26,7 +26,7 @@ use sensor_agent::{
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
     pipeline::{self, Observers},
-    sink::{ipfix::Exporters, AlarmOutput, JsonLines},
+    sink::{self, ipfix::Exporters, AlarmOutput, JsonLines},
     source::{
         collect::CollectSource,
         datapath::LoadOptions,
@@ -43,6 +43,23 @@ use sensor_agent::{
 };
 use sensor_common::counter;
 use tokio::sync::watch;
+
+// Status lines, summaries and errors go to stderr. The std macros panic when it cannot be
+// written (`2>/dev/full`, a closed pipe), which would turn a finished command into exit 101
+// and a backtrace. These shadow them for this file: a line that cannot be written is lost
+// (there is nowhere left to report it) and the command keeps its own exit status.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -225,10 +242,28 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many errors already include their
+/// cause's text (`spool X: open segment: <io error>`), and `{:#}` would repeat it
+/// ("Broken pipe (os error 32): Broken pipe (os error 32)").
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -249,7 +284,8 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
         .config
         .as_deref()
         .map_or("defaults".to_string(), |p| p.display().to_string());
-    println!(
+    let written = writeln!(
+        std::io::stdout(),
         "{origin}: valid (long_flow after {}, quiet_long_flow after {} at <= {} B/s, tcp idle {}, udp idle {})",
         cfg.detect.long_flow.after,
         cfg.detect.quiet_long_flow.after,
@@ -257,7 +293,13 @@ fn cmd_validate(args: &ConfigArgs) -> Result<ExitCode> {
         cfg.flow.tcp_idle_timeout,
         cfg.flow.udp_idle_timeout
     );
-    Ok(ExitCode::SUCCESS)
+    match written {
+        // A reader that stopped reading (`validate | true`) is a normal end.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the result to stdout")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn cmd_detach(args: &DetachArgs) -> Result<ExitCode> {
@@ -329,6 +371,9 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
                 "sink {}: {} sent, {} errors, {} retries, {} pending",
                 s.name, s.sent, s.errors, s.retries, s.pending
             );
+            if s.truncated > 0 {
+                line.push_str(&format!(", {} sent cut to max_datagram", s.truncated));
+            }
             if let Some(age) = s.oldest_undelivered {
                 line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
             }
@@ -374,6 +419,18 @@ fn push_notes(summary: &mut String, notes: &[(u64, &str)], stats: &EngineStats) 
     }
 }
 
+/// Refuses, before anything is opened for writing, an alarm or flow output that is an input.
+fn refuse_overwriting(
+    alarms: Option<&std::path::Path>,
+    flows: Option<&std::path::Path>,
+    cfg: &Config,
+    inputs: &[PathBuf],
+) -> Result<()> {
+    let mut outputs = sink::alarm_files(alarms, &cfg.sinks, &cfg.output);
+    outputs.extend(flows.filter(|p| p.as_os_str() != "-").map(PathBuf::from));
+    Ok(sink::refuse_inputs_as_outputs(&outputs, inputs)?)
+}
+
 /// The flow record output of `--flows`, when given.
 fn open_flow_output(path: Option<&std::path::Path>) -> Result<Option<JsonLines>> {
     path.map(|p| {
@@ -402,7 +459,14 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         EngineArg::User => EngineKind::User,
         EngineArg::Kernel => EngineKind::Kernel,
     };
+    refuse_overwriting(
+        args.alarms.as_deref(),
+        args.flows.as_deref(),
+        &cfg,
+        &args.captures,
+    )?;
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
     let opts = ReplayOptions {
         engine: kind,
@@ -418,6 +482,12 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let want_flows = args.flows.is_some() || !exporters.is_empty();
     let (looped, outcome) = pipeline::replay(source, &mut engine, &mut alarms, want_flows).await;
     let context = || format!("replay with the {} engine", kind.name());
+    if looped.is_err() {
+        // What the sinks and the spool did before the end, also when it ends in an error.
+        for line in sink_report(&alarms) {
+            eprintln!("{line}");
+        }
+    }
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;
     close_alarms(alarms, &cfg).await?;
@@ -430,12 +500,17 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
                 format!("cannot create flow file {}", path.display())
             })?))
         };
-        for flow in &outcome.flows {
-            serde_json::to_writer(&mut w, &flow.to_json(kind.name()))
-                .context("write flow record")?;
-            w.write_all(b"\n").context("write flow record")?;
+        let written = outcome.flows.iter().try_for_each(|flow| {
+            serde_json::to_writer(&mut w, &flow.to_json(kind.name()))?;
+            w.write_all(b"\n")
+        });
+        match written.and_then(|()| w.flush()) {
+            // `replay --flows - | head`: the reader has what it wanted; the summary follows.
+            Err(e) if path.as_os_str() == "-" && e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => {
+                other.with_context(|| format!("cannot write flow records to {}", path.display()))?
+            }
         }
-        w.flush().context("write flow records")?;
     }
     if !exporters.is_empty() {
         for flow in &outcome.flows {
@@ -483,7 +558,15 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         ),
         (
             outcome.time_jumps_back,
-            "frames earlier than the replay clock (merged captures)",
+            "frames earlier than the replay clock (out of order)",
+        ),
+        (
+            outcome.too_large_for_test_run,
+            "frames too large for the kernel test run (not counted by the kernel engine)",
+        ),
+        (
+            outcome.time_outliers,
+            "frames stamped more than a day away from their neighbours (replayed at the clock's time)",
         ),
         (
             outcome.evicted_flows,
@@ -535,6 +618,12 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
         FormatArg::AzureNsg => Some(Telemetry::AzureNsg),
         FormatArg::GcpVpc => Some(Telemetry::GcpVpc),
     };
+    refuse_overwriting(
+        args.alarms.as_deref(),
+        args.flows.as_deref(),
+        &cfg,
+        &args.inputs,
+    )?;
     let (paths, ingest_cfg) = (args.inputs.clone(), cfg.ingest.clone());
     let mut input = tokio::task::spawn_blocking(move || read_inputs(&paths, format, &ingest_cfg))
         .await
@@ -553,6 +642,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     });
     let telemetry = input.telemetry.map_or("dns-logs", Telemetry::name);
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
+    alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let mut source = IngestSource::from_input(

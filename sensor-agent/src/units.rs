@@ -1,6 +1,7 @@
 //! Units the settings are written in: durations for humans (`90s`, `9h`, `3d`) and IP
 //! networks in CIDR notation, plus [`Invalid`], the one shape every settings section uses to
-//! say which of its keys is wrong and why. Nothing here knows any section.
+//! say which of its keys is wrong and why; and [`excerpt`], the one way bad input is quoted
+//! in a message. Nothing here knows any section.
 
 use std::{fmt, net::IpAddr, time::Duration};
 
@@ -106,6 +107,20 @@ impl fmt::Display for HumanDuration {
 
 pub const DURATION_HINT: &str = "a duration such as 90s, 15m, 9h or 3d";
 
+/// The longest duration any setting takes: 100 years. Longer ones are slips (a number of
+/// milliseconds typed as seconds, "584 billion years") whose arithmetic would saturate.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `d` when within [`MAX_DURATION`], else the error for `written`.
+fn bounded<E: de::Error>(d: Duration, written: &dyn fmt::Display) -> Result<HumanDuration, E> {
+    if d > MAX_DURATION {
+        return Err(E::custom(format!(
+            "duration {written} is longer than the 100 years any setting takes: expected {DURATION_HINT}"
+        )));
+    }
+    Ok(HumanDuration(d))
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -115,21 +130,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str(DURATION_HINT)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                u64::try_from(v).map(HumanDuration::secs).map_err(|_| {
+                let secs = u64::try_from(v).map_err(|_| {
                     E::custom(format!("negative duration {v}: expected {DURATION_HINT}"))
-                })
+                })?;
+                self.visit_u64(secs)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration::secs(v))
+                bounded(Duration::from_secs(v), &format_args!("{v}s"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration {v:?} ({e}): expected {DURATION_HINT}"
-                        ))
-                    })
+                let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {} ({e}): expected {DURATION_HINT}",
+                        excerpt(v)
+                    ))
+                })?;
+                bounded(d, &excerpt(v))
             }
         }
         d.deserialize_any(V)
@@ -192,9 +208,41 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+/// Longest excerpt of bad input a message quotes, in characters.
+pub const EXCERPT_CHARS: usize = 60;
+
+/// A short, escaped quote of untrusted input for a log line or an error: at most
+/// [`EXCERPT_CHARS`] characters, control and invisible characters escaped (`escape_debug`),
+/// and the size of what was left out. A 15 MB feed line, or a line with terminal escapes,
+/// never reaches the log whole.
+pub fn excerpt(s: &str) -> String {
+    let mut out = String::from("\"");
+    for (taken, (i, c)) in s.char_indices().enumerate() {
+        if taken == EXCERPT_CHARS {
+            out.push_str(&format!("\"... ({} more bytes)", s.len() - i));
+            return out;
+        }
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpt_is_short_and_escaped() {
+        assert_eq!(excerpt("0.0.0.0/0"), "\"0.0.0.0/0\"");
+        assert_eq!(excerpt("a\u{1b}[2Jb\u{202e}"), "\"a\\u{1b}[2Jb\\u{202e}\"");
+        let long = "x".repeat(1_000_000);
+        let e = excerpt(&long);
+        assert!(
+            e.len() < 100 && e.ends_with(&format!("({} more bytes)", 1_000_000 - EXCERPT_CHARS)),
+            "{e}"
+        );
+    }
 
     #[test]
     fn cidr_matching() {

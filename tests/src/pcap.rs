@@ -59,6 +59,12 @@ fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
 
 /// A pcapng file (little-endian) with one interface of `linktype` and nanosecond timestamps.
 pub fn pcapng(linktype: u32, records: &[Record]) -> Vec<u8> {
+    pcapng_with_offset(linktype, None, records)
+}
+
+/// [`pcapng`] whose interface has the `if_tsoffset` option: `offset_s` seconds to add to
+/// every timestamp (the records' `ts_ns` are then written relative to it).
+pub fn pcapng_with_offset(linktype: u32, offset_s: Option<i64>, records: &[Record]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut shb = Vec::new();
     shb.extend_from_slice(&0x1a2b_3c4du32.to_le_bytes());
@@ -74,6 +80,12 @@ pub fn pcapng(linktype: u32, records: &[Record]) -> Vec<u8> {
     idb.extend_from_slice(&9u16.to_le_bytes());
     idb.extend_from_slice(&1u16.to_le_bytes());
     idb.extend_from_slice(&[9, 0, 0, 0]);
+    if let Some(offset) = offset_s {
+        // if_tsoffset (option 14): a signed 64-bit number of seconds.
+        idb.extend_from_slice(&14u16.to_le_bytes());
+        idb.extend_from_slice(&8u16.to_le_bytes());
+        idb.extend_from_slice(&offset.to_le_bytes());
+    }
     idb.extend_from_slice(&[0, 0, 0, 0]);
     block(&mut out, 1, &idb);
     for r in records {

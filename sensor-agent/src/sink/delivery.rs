@@ -75,10 +75,20 @@ impl SpoolSection {
     }
 }
 
+fn spool_message(dir: &str, source: &SpoolError) -> String {
+    let text = source.to_string();
+    if text.starts_with(&format!("spool {dir}")) {
+        text
+    } else {
+        format!("spool {dir}: {text}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    // The source is in the message (not chained), so one-line error output shows it once.
-    #[error("spool {dir}: {source}")]
+    // The source is in the message (not chained), so one-line error output shows it once;
+    // the directory too, unless the spool's own message already names it.
+    #[error("{}", spool_message(dir, source))]
     Spool { dir: String, source: SpoolError },
     #[error("sink {name}: {message}")]
     Sink { name: String, message: String },
@@ -86,6 +96,8 @@ pub enum DeliveryError {
     DuplicateName(String),
     #[error("delivery stopped while the spool was full")]
     Stopped,
+    #[error("the spool stayed full for {0:?} (when_full = \"block\", spool.drain_timeout) while no sink took anything; what is spooled stays for the next run")]
+    StayedFull(Duration),
 }
 
 /// Per-sink counters (metrics).
@@ -94,6 +106,8 @@ pub struct SinkMetrics {
     pub sent: AtomicU64,
     pub errors: AtomicU64,
     pub retries: AtomicU64,
+    /// Messages the transport cut to fit (UDP syslog `max_datagram`): sent, but not whole.
+    pub truncated: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -108,6 +122,8 @@ pub struct SinkStatus {
     pub pending: u64,
     pub oldest_undelivered: Option<Duration>,
     pub last_error: Option<String>,
+    /// Messages sent cut (UDP syslog over `max_datagram`).
+    pub truncated: u64,
 }
 
 struct Shared {
@@ -133,6 +149,10 @@ pub struct Delivery {
     shared: Arc<Shared>,
     workers: Vec<Worker>,
     dir: String,
+    /// With `when_full = "block"`: how long one alarm may wait for room before the producer
+    /// gives up (bounded inputs: `spool.drain_timeout`); `None` waits as long as it takes
+    /// (`run`, where back-pressure is the point).
+    block_limit: Option<Duration>,
 }
 
 /// One sink's worker: a blocking task of the runtime, or a thread outside one.
@@ -250,6 +270,7 @@ impl Delivery {
             shared,
             workers,
             dir,
+            block_limit: None,
         }))
     }
 
@@ -261,6 +282,7 @@ impl Delivery {
             message: e.to_string(),
         })?;
         let mut spool = self.shared.lock();
+        let mut blocked_since: Option<Instant> = None;
         loop {
             match spool
                 .append(&bytes, wall_ns())
@@ -278,6 +300,12 @@ impl Delivery {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         return Err(DeliveryError::Stopped);
                     }
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    if let Some(limit) = self.block_limit {
+                        if since.elapsed() >= limit {
+                            return Err(DeliveryError::StayedFull(limit));
+                        }
+                    }
                     spool = self
                         .shared
                         .changed
@@ -290,6 +318,11 @@ impl Delivery {
         drop(spool);
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    /// Bounds how long one alarm waits for room in a full `block` spool (see `block_limit`).
+    pub fn limit_blocking(&mut self, limit: Duration) {
+        self.block_limit = Some(limit);
     }
 
     /// Makes spooled records durable per the fsync policy (once per detection tick).
@@ -352,6 +385,7 @@ impl Delivery {
                 sent: m.sent.load(Ordering::Relaxed),
                 errors: m.errors.load(Ordering::Relaxed),
                 retries: m.retries.load(Ordering::Relaxed),
+                truncated: m.truncated.load(Ordering::Relaxed),
                 pending: spool.pending(id),
                 oldest_undelivered: spool.oldest_unacked_age(id, now),
                 last_error: m
@@ -516,6 +550,13 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
                     log::error!("sink {name}: cannot record delivery: {e}");
                 }
                 metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
+                let cut = transport.counters().truncated;
+                if metrics.truncated.swap(cut, Ordering::Relaxed) == 0 && cut > 0 {
+                    // Once: every later cut is only counted (the summary and status say how many).
+                    log::warn!(
+                        "sink {name}: an alarm was longer than the datagram limit and was sent cut; raise max_datagram if the receiver takes more"
+                    );
+                }
                 report_drops(&shared);
                 if attempt > 0 {
                     log::info!("sink {name}: delivering again");

@@ -36,6 +36,63 @@ pub enum OutputError {
     Transport(#[from] TransportError),
     #[error("cannot render a record: {0}")]
     Render(#[from] serde_json::Error),
+    #[error("output {output} is the input {input}: refusing to write over what is being read")]
+    OverwritesInput { output: PathBuf, input: PathBuf },
+}
+
+/// The files alarms would be written to: `--alarms FILE`, else every `kind = "file"` sink
+/// (with its rotated names), else `output.alarms`. Stdout ("-") is no file.
+pub fn alarm_files(
+    cli: Option<&Path>,
+    sinks: &[SinkConfig],
+    output: &OutputConfig,
+) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    match cli {
+        Some(p) => out.push(p.to_path_buf()),
+        None if !sinks.is_empty() => {
+            for s in sinks {
+                if let SinkConfig::File(f) = s {
+                    out.push(f.path.clone());
+                    for k in 1..=f.keep {
+                        let mut rotated = f.path.clone().into_os_string();
+                        rotated.push(format!(".{k}"));
+                        out.push(rotated.into());
+                    }
+                }
+            }
+        }
+        None => out.extend(output.alarms.clone()),
+    }
+    out.retain(|p| p.as_os_str() != "-");
+    out
+}
+
+/// Refuses any output that is one of the inputs, compared by device and inode (so a symlink
+/// or hard link to an input is caught too), before anything is opened for writing: a slip
+/// such as `replay --flows X X` must never truncate or append to the capture being read.
+/// An output that does not exist yet (or a dangling link) cannot be an input.
+pub fn refuse_inputs_as_outputs(
+    outputs: &[PathBuf],
+    inputs: &[PathBuf],
+) -> Result<(), OutputError> {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Vec<((u64, u64), &PathBuf)> = inputs
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok().map(|m| ((m.dev(), m.ino()), p)))
+        .collect();
+    for output in outputs {
+        let Ok(m) = std::fs::metadata(output) else {
+            continue;
+        };
+        if let Some((_, input)) = ids.iter().find(|(id, _)| *id == (m.dev(), m.ino())) {
+            return Err(OutputError::OverwritesInput {
+                output: output.clone(),
+                input: (*input).clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// JSON lines on standard output (`None` or "-") or appended to a file, one record per
@@ -118,6 +175,14 @@ impl AlarmOutput {
         match self {
             AlarmOutput::Direct { renderer, out } => out.emit_rendered(renderer.render(alarm)),
             AlarmOutput::Delivered(d) => Ok(d.submit(alarm)?),
+        }
+    }
+
+    /// For bounded inputs (`replay`, `ingest`): a full `block` spool makes the producer wait
+    /// at most `limit` for room, then fail, instead of hanging while the receiver is down.
+    pub fn limit_blocking(&mut self, limit: std::time::Duration) {
+        if let AlarmOutput::Delivered(d) = self {
+            d.limit_blocking(limit);
         }
     }
 

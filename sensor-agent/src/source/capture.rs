@@ -116,8 +116,10 @@ enum Format {
     },
     PcapNg {
         big_endian: bool,
-        /// Per interface of the current section: link type and timestamp units per second.
-        interfaces: Vec<(u32, u64)>,
+        /// Per interface of the current section: link type, timestamp units per second, and
+        /// the `if_tsoffset` seconds added to every timestamp (pcapng: timestamps may be
+        /// written relative to that offset).
+        interfaces: Vec<(u32, u64, i64)>,
     },
 }
 
@@ -403,22 +405,23 @@ impl CaptureReader {
                 } else {
                     let linktype = idb.linktype.0 as u32 & 0xffff;
                     if let Format::PcapNg { interfaces, .. } = &mut self.format {
-                        interfaces.push((linktype, units));
+                        interfaces.push((linktype, units, idb.if_tsoffset));
                     }
                     Step::Skip(total)
                 }
             }
             Block::EnhancedPacket(epb) => {
-                let (link, units) = self.interface(epb.if_id)?;
+                let (link, units, offset_s) = self.interface(epb.if_id)?;
                 let ts = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
                 let ts_ns =
-                    (ts as u128 * 1_000_000_000 / units as u128).min(u64::MAX as u128) as u64;
+                    ts as i128 * 1_000_000_000 / units as i128 + offset_s as i128 * 1_000_000_000;
+                let ts_ns = ts_ns.clamp(0, u64::MAX as i128) as u64;
                 let data = epb.packet_data().to_vec();
                 let caplen = data.len() as u32;
                 Step::Frame(normalise(link, ts_ns, data, epb.origlen.max(caplen)), total)
             }
             Block::SimplePacket(spb) => {
-                let (link, _) = self.interface(0)?;
+                let (link, _, _) = self.interface(0)?;
                 // Simple packet blocks have no timestamp; their data is padded to 4 bytes.
                 let caplen = (spb.origlen as usize).min(spb.data.len());
                 let data = spb.data[..caplen].to_vec();
@@ -430,12 +433,12 @@ impl CaptureReader {
         Ok(Some(step))
     }
 
-    fn interface(&self, id: u32) -> Result<(Link, u64), CaptureError> {
+    fn interface(&self, id: u32) -> Result<(Link, u64, i64), CaptureError> {
         let described = match &self.format {
             Format::PcapNg { interfaces, .. } => interfaces.get(id as usize).copied(),
             Format::Pcap { .. } => None,
         };
-        let (linktype, units) = described.ok_or_else(|| {
+        let (linktype, units, offset_s) = described.ok_or_else(|| {
             self.malformed_at(
                 self.offset,
                 format!("packet names interface {id}, which was never described"),
@@ -445,7 +448,7 @@ impl CaptureReader {
             path: self.path.clone(),
             linktype,
         })?;
-        Ok((link, units))
+        Ok((link, units, offset_s))
     }
 
     fn consume(&mut self, n: usize) {

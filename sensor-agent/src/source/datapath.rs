@@ -74,6 +74,12 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("BPF_PROG_TEST_RUN of {name} failed: {source}")]
+    TestRun {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("program or map {0} is missing from the eBPF object")]
     Missing(&'static str),
     #[error("map {name}: {source}")]
@@ -546,7 +552,7 @@ impl Datapath {
         };
         result
             .map(|r| r.return_value)
-            .map_err(|e| DatapathError::Program {
+            .map_err(|e| DatapathError::TestRun {
                 name,
                 source: Box::new(e),
             })

@@ -10,6 +10,11 @@
 //!   not after, whatever a `Content-Length` or a file size says.
 //! - Never disable TLS peer verification (the agent has no option to).
 //! - Never follow a directory into its subdirectories or list hidden files.
+//! - Never block on opening a feed: a FIFO (or a device) dropped into the directory is opened
+//!   non-blocking and refused after `fstat` says it is no regular file, so no writer that never
+//!   comes can hang a reload.
+//! - Never follow a symlink out of the feed directory unless `intel.follow_symlinks = true`: a
+//!   link to `/etc/shadow` must not put that file's lines into the log as "malformed".
 
 use std::{
     fs,
@@ -39,13 +44,23 @@ fn too_big(origin: &str, cap: u64) -> String {
 
 /// A regular file, whole, refused when over `cap` bytes.
 pub(super) fn read_file_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let origin = path.display().to_string();
-    let f = fs::File::open(path).map_err(|e| format!("cannot read {origin}: {e}"))?;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below refuses it. On a
+    // regular file the flag changes nothing.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {origin}: {e}"))?;
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot read {origin}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("cannot read {origin}: not a regular file"));
+        return Err(format!(
+            "cannot read {origin}: {}, not a regular file",
+            file_kind(&meta.file_type())
+        ));
     }
     if meta.len() > cap {
         return Err(too_big(&origin, cap));
@@ -106,6 +121,49 @@ pub(super) fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What a non-regular file is, for a message.
+fn file_kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
+/// Why a listed entry of the feed directory must not be read, if it must not: a symlink
+/// that leads out of the directory (unless `follow_symlinks`), or anything that is not a
+/// regular file. Checked from metadata only, nothing is opened.
+pub(super) fn refuse_entry(dir: &Path, path: &Path, follow_symlinks: bool) -> Option<String> {
+    let origin = path.display();
+    let link = fs::symlink_metadata(path).ok()?;
+    if link.file_type().is_symlink() && !follow_symlinks {
+        let inside = match (fs::canonicalize(dir), fs::canonicalize(path)) {
+            (Ok(d), Ok(t)) => t.starts_with(&d),
+            // A dangling link is reported by the read.
+            _ => true,
+        };
+        if !inside {
+            return Some(format!(
+                "{origin} is a symlink out of the feed directory; not read (set intel.follow_symlinks = true to allow it)"
+            ));
+        }
+    }
+    let meta = fs::metadata(path).ok()?;
+    (!meta.is_file()).then(|| {
+        format!(
+            "{origin} is {}, not a regular file; feeds are read only from regular files",
+            file_kind(&meta.file_type())
+        )
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - Never keep host bits in a network or store an IPv4-mapped IPv6 network as IPv6: lookups
 //!   probe masked IPv4 keys.
 
+use crate::units::excerpt;
 use std::{borrow::Cow, net::IpAddr};
 
 use super::prefix::Bits;
@@ -42,13 +43,13 @@ impl Indicator {
         if let Some((a, p)) = s.split_once('/') {
             let ip: IpAddr = a
                 .parse()
-                .map_err(|_| format!("{s:?} is not a CIDR (address/prefix length)"))?;
+                .map_err(|_| format!("{} is not a CIDR (address/prefix length)", excerpt(s)))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let prefix = p
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?;
+                .ok_or_else(|| format!("{}: prefix length must be 0..={max}", excerpt(s)))?;
             return Ok(Self::network(ip, prefix));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
@@ -57,7 +58,7 @@ impl Indicator {
         }
         normalize_domain(s)
             .map(Indicator::Domain)
-            .ok_or_else(|| format!("{s:?} is not an IP address, CIDR or domain name"))
+            .ok_or_else(|| format!("{} is not an IP address, CIDR or domain name", excerpt(s)))
     }
 
     fn network(ip: IpAddr, prefix: u8) -> Indicator {

@@ -58,6 +58,10 @@ pub const DEFAULT_MAX_FEED_BYTES: u64 = 16 * 1024 * 1024;
 /// Default cap on one feed's entries.
 pub const DEFAULT_MAX_ENTRIES_PER_FEED: usize = 1_000_000;
 
+/// Default narrowest-allowed breadth of a feed network: /8 for IPv4, /32 for IPv6.
+pub const DEFAULT_MIN_PREFIX_V4: u8 = 8;
+pub const DEFAULT_MIN_PREFIX_V6: u8 = 32;
+
 /// The `[intel]` section of the agent's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +82,14 @@ pub struct IntelConfig {
     /// Addresses, CIDRs and domain names that never match, whatever the feeds say. A domain
     /// allows its subdomains too.
     pub allow: Vec<String>,
+    /// Feed networks broader than this IPv4 prefix length are refused (counted per feed and
+    /// said once per reload): a poisoned `0.0.0.0/0` would make every flow a match.
+    pub min_prefix_v4: u8,
+    /// The same for IPv6 networks.
+    pub min_prefix_v6: u8,
+    /// Read feed files that are symlinks leading out of `directory` (off: such links are
+    /// refused, so a link to a system file cannot leak it into the log).
+    pub follow_symlinks: bool,
 }
 
 impl Default for IntelConfig {
@@ -90,6 +102,9 @@ impl Default for IntelConfig {
             max_feed_bytes: DEFAULT_MAX_FEED_BYTES,
             max_entries_per_feed: DEFAULT_MAX_ENTRIES_PER_FEED,
             allow: Vec::new(),
+            min_prefix_v4: DEFAULT_MIN_PREFIX_V4,
+            min_prefix_v6: DEFAULT_MIN_PREFIX_V6,
+            follow_symlinks: false,
         }
     }
 }
@@ -142,6 +157,23 @@ impl IntelConfig {
         }
         if self.refresh.0.is_zero() {
             errors.push("intel.refresh: must be longer than 0s".into());
+        }
+        if let Some(dir) = &self.directory {
+            // What a reload would refuse (a FIFO, a device, a link out of the directory) is
+            // said here too, so that `validate` reports it.
+            if let Ok(files) = fetch::list_dir(dir) {
+                for (_, path) in files {
+                    if let Some(why) = fetch::refuse_entry(dir, &path, self.follow_symlinks) {
+                        errors.push(format!("intel.directory: {why}"));
+                    }
+                }
+            }
+        }
+        if self.min_prefix_v4 > 32 {
+            errors.push("intel.min_prefix_v4: must be 0..=32".into());
+        }
+        if self.min_prefix_v6 > 128 {
+            errors.push("intel.min_prefix_v6: must be 0..=128".into());
         }
         if errors.is_empty() {
             Ok(())

@@ -36,6 +36,9 @@ pub struct FeedReport {
     pub entries: usize,
     pub malformed: usize,
     pub skipped: usize,
+    /// Networks of this load refused as broader than `intel.min_prefix_v4` / `_v6` (0 for a
+    /// kept or failed feed).
+    pub too_broad: usize,
 }
 
 /// The outcome of one reload.
@@ -81,7 +84,15 @@ impl fmt::Display for ReloadReport {
             self.indicators,
             self.duplicates,
             self.feeds.iter().map(|r| r.malformed).sum::<usize>()
-        )
+        )?;
+        let broad: usize = self.feeds.iter().map(|r| r.too_broad).sum();
+        if broad > 0 {
+            write!(
+                f,
+                ", {broad} networks broader than intel.min_prefix_v4 / _v6 refused"
+            )?;
+        }
+        Ok(())
     }
 }
 

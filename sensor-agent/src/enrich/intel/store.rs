@@ -22,7 +22,7 @@ use std::{
 
 use super::{
     allowlist::Allowlist,
-    fetch::{fetch_capped, http_agent, list_dir, read_file_capped},
+    fetch::{fetch_capped, http_agent, list_dir, read_file_capped, refuse_entry},
     format::{parse_feed, FeedFormat, Parsed},
     report::{FeedReport, FeedStatus, ReloadReport},
     snapshot::{IntelSnapshot, LoadedFeed, Match, SourceKey},
@@ -143,9 +143,14 @@ impl IntelStore {
             for (name, path) in listed.as_ref().map(|v| v.as_slice()).unwrap_or(&[]) {
                 let source = path.display().to_string();
                 let csv_name = name.to_ascii_lowercase().ends_with(".csv");
-                let result = read_file_capped(path, cap).and_then(|data| {
-                    parse_feed(&source, &data, FeedFormat::Auto, csv_name, max_entries)
-                });
+                let refused = refuse_entry(dir, path, self.config.follow_symlinks);
+                let result = refused
+                    .map_or(Ok(()), Err)
+                    .and_then(|()| read_file_capped(path, cap))
+                    .and_then(|data| {
+                        parse_feed(&source, &data, FeedFormat::Auto, csv_name, max_entries)
+                    })
+                    .map(|p| self.refuse_broad(p, &source));
                 self.settle(
                     Outcome {
                         key: SourceKey::File(name.clone()),
@@ -205,7 +210,8 @@ impl IntelStore {
 
         for u in &self.config.urls {
             let result = fetch_capped(&self.http, &u.url, cap)
-                .and_then(|data| parse_feed(&u.url, &data, u.format, false, max_entries));
+                .and_then(|data| parse_feed(&u.url, &data, u.format, false, max_entries))
+                .map(|p| self.refuse_broad(p, &u.url));
             self.settle(
                 Outcome {
                     key: SourceKey::Url(u.name.clone()),
@@ -228,6 +234,12 @@ impl IntelStore {
         report
     }
 
+    /// The feed without its networks broader than `intel.min_prefix_v4` / `_v6`.
+    fn refuse_broad(&self, mut p: Parsed, origin: &str) -> Parsed {
+        p.refuse_broad(origin, self.config.min_prefix_v4, self.config.min_prefix_v6);
+        p
+    }
+
     /// Puts the new version of a source into `feeds`, or its previous version when it failed
     /// (and reports either way).
     fn settle(
@@ -248,6 +260,7 @@ impl IntelStore {
                     entries: p.entries.len(),
                     malformed: p.malformed,
                     skipped: p.skipped,
+                    too_broad: p.too_broad,
                 });
                 feeds.push(Arc::new(LoadedFeed {
                     name: o.name,
@@ -280,6 +293,7 @@ impl IntelStore {
                         entries: old.entries.len(),
                         malformed: old.malformed,
                         skipped: old.skipped,
+                        too_broad: 0,
                     });
                     feeds.push(old.clone());
                 }
@@ -295,6 +309,7 @@ impl IntelStore {
                         entries: 0,
                         malformed: 0,
                         skipped: 0,
+                        too_broad: 0,
                     });
                 }
             },
@@ -311,6 +326,34 @@ mod tests {
     };
     use crate::units::HumanDuration;
     use std::{fs, thread, time::Duration};
+
+    /// A FIFO that appears after the configuration was checked (a reload an hour later):
+    /// refused without blocking, the other feeds load. Without O_NONBLOCK `reload` would
+    /// wait forever for a writer.
+    #[test]
+    fn intel_fifo_appearing_later_is_refused_without_blocking() {
+        let dir = TempDir::new("fifo");
+        dir.write("pools.txt", "pool.example\n");
+        // Created after the store (which validates the directory): the store must hold on
+        // its own.
+        let store = store_for(&dir, |_| {});
+        let fifo = dir.path().join("late.txt");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || tx.send(store.reload(T1)).unwrap());
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reload blocked on the FIFO");
+        assert_eq!(r.failures.len(), 1, "{r}");
+        assert!(
+            r.failures[0].contains("late.txt")
+                && r.failures[0].contains("a FIFO, not a regular file"),
+            "{r}"
+        );
+        assert_eq!(r.indicators, 1, "{r}");
+    }
 
     #[test]
     fn intel_malformed_lines_reported_with_file_and_line_and_skipped() {

@@ -28,7 +28,8 @@ use std::{fmt::Display, net::IpAddr};
 use serde_json::Value;
 
 use super::{
-    compact_json, field, joined_at, millis_at, severity, str_at, u64_at, PRODUCT, VENDOR, VERSION,
+    compact_json, field, is_unsafe_char, joined_at, millis_at, severity, str_at, u64_at, PRODUCT,
+    VENDOR, VERSION,
 };
 
 pub(super) fn render(alarm: &Value) -> String {
@@ -166,7 +167,7 @@ fn push_header(out: &mut String, s: &str) {
         match c {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
-            c if c.is_control() => out.push(' '),
+            c if is_unsafe_char(c) => out.push(' '),
             c => out.push(c),
         }
     }
@@ -202,7 +203,7 @@ impl Extension<'_> {
                 '=' => self.out.push_str("\\="),
                 '\r' => self.out.push_str("\\r"),
                 '\n' => self.out.push_str("\\n"),
-                c if c.is_control() => self.out.push('\u{FFFD}'),
+                c if is_unsafe_char(c) => self.out.push('\u{FFFD}'),
                 c => self.out.push(c),
             }
         }
@@ -319,7 +320,7 @@ mod tests {
     fn expect_value(s: &str) -> String {
         s.chars()
             .map(|c| {
-                if c.is_control() && c != '\r' && c != '\n' {
+                if crate::sink::format::is_unsafe_char(c) && c != '\r' && c != '\n' {
                     '\u{FFFD}'
                 } else {
                     c
@@ -330,7 +331,13 @@ mod tests {
 
     fn expect_header(s: &str) -> String {
         s.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
+            .map(|c| {
+                if crate::sink::format::is_unsafe_char(c) {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect()
     }
 

@@ -1,11 +1,13 @@
 //! The alarm itself as compact JSON: the ECS document of the alarm contract, unchanged.
 //! serde_json writes it on one line and escapes every control character inside strings, so
-//! the payload never contains a raw CR, LF or NUL.
+//! the payload never contains a raw CR, LF or NUL; U+2028/U+2029 and bidi controls are
+//! escaped as `\uXXXX` on top (`compact_json`).
 
 use serde_json::Value;
 
 pub(super) fn render(alarm: &Value) -> String {
-    alarm.to_string()
+    // The same JSON value, with line separators and bidi controls escaped too.
+    super::compact_json(alarm)
 }
 
 #[cfg(test)]

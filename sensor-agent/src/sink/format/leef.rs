@@ -208,7 +208,13 @@ mod tests {
     /// A LEEF value keeps everything but control characters, which become U+FFFD.
     fn expect_value(s: &str) -> String {
         s.chars()
-            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .map(|c| {
+                if crate::sink::format::is_unsafe_char(c) {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
             .collect()
     }
 

@@ -32,9 +32,13 @@
 //!   the field is cut to its RFC 5424 length (255, 48, 128, 32); empty becomes `-`.
 //! - Syslog SD-PARAM value: `"`, backslash and `]` are escaped with a backslash (RFC 5424
 //!   6.3.3); every control character becomes U+FFFD.
-//! - JSON and OCSF: serde_json escapes `"`, backslash and all of U+0000..U+001F.
+//! - JSON and OCSF: serde_json escapes `"`, backslash and all of U+0000..U+001F; the other
+//!   unsafe characters below are escaped as `\uXXXX` (the same JSON value).
 //!
-//! "Control character" is Unicode general category Cc: U+0000..U+001F, U+007F..U+009F. Strings
+//! "Control character" is Unicode general category Cc: U+0000..U+001F, U+007F..U+009F. Every
+//! rule above for control characters also covers U+2028, U+2029 (line breaks to JavaScript
+//! and many viewers) and the bidirectional controls U+202A..U+202E and U+2066..U+2069 (they
+//! reorder the text an analyst reads): [`is_unsafe_char`]. Strings
 //! in a `serde_json::Value` are always valid UTF-8 (invalid bytes were replaced by U+FFFD when the
 //! alarm was built), so no format ever sees invalid UTF-8. No raw CR, LF or NUL ever leaves this
 //! module, so nothing can end or split a syslog message, whatever the framing (LF or NUL
@@ -248,23 +252,33 @@ fn millis_at(alarm: &Value, path: &[&str]) -> Option<i64> {
 
 // ---- neutralising ------------------------------------------------------------------------
 
-/// Appends `s` with every control character (Cc) replaced by `with`.
-fn push_replacing_controls(out: &mut String, s: &str, with: char) {
-    out.extend(s.chars().map(|c| if c.is_control() { with } else { c }));
+/// A character no format may carry raw: a control character (Cc), the Unicode line and
+/// paragraph separators U+2028/U+2029 (line breaks to JavaScript and many log viewers), and
+/// the bidirectional embedding, override and isolate controls U+202A..U+202E, U+2066..U+2069
+/// (they reorder what an analyst sees: "Trojan Source").
+pub(crate) fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Compact JSON with no control character left raw: serde_json escapes U+0000..U+001F, and
-/// DEL and U+0080..U+009F (which it leaves raw, and which can only occur inside strings) are
-/// escaped here as `\uXXXX`. The text is still exactly the same JSON value, and it survives any
+/// Appends `s` with every unsafe character ([`is_unsafe_char`]) replaced by `with`.
+fn push_replacing_controls(out: &mut String, s: &str, with: char) {
+    out.extend(s.chars().map(|c| if is_unsafe_char(c) { with } else { c }));
+}
+
+/// Compact JSON with no unsafe character ([`is_unsafe_char`]) left raw: serde_json escapes
+/// U+0000..U+001F, and DEL, U+0080..U+009F, the line/paragraph separators and the bidi
+/// controls (which it leaves raw, and which can only occur inside strings) are escaped here
+/// as `\uXXXX`. The text is still exactly the same JSON value, and it survives any
 /// of the text formats unchanged.
 fn compact_json(v: &Value) -> String {
     let raw = v.to_string();
-    if !raw.chars().any(char::is_control) {
+    if !raw.chars().any(is_unsafe_char) {
         return raw;
     }
     let mut out = String::with_capacity(raw.len() + 16);
     for c in raw.chars() {
-        if c.is_control() {
+        if is_unsafe_char(c) {
             out.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             out.push(c);

@@ -32,7 +32,7 @@ const CLASS_UID: u64 = 2004;
 const OCSF_VERSION: &str = "1.1.0";
 
 pub(super) fn render(alarm: &Value) -> String {
-    finding(alarm).to_string()
+    super::compact_json(&finding(alarm))
 }
 
 fn finding(alarm: &Value) -> Value {

@@ -18,7 +18,9 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::{severity, str_at, syslog_severity, SyslogOptions, UtcTime, MAX_FACILITY};
+use super::{
+    is_unsafe_char, severity, str_at, syslog_severity, SyslogOptions, UtcTime, MAX_FACILITY,
+};
 
 /// SD-ID of the structured-data element.
 pub const SD_ID: &str = "sensor@32473";
@@ -127,7 +129,7 @@ fn sd_param(out: &mut String, name: &str, value: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() => out.push('\u{FFFD}'),
+            c if is_unsafe_char(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
@@ -413,7 +415,13 @@ mod tests {
             // Exactly one SD element with exactly the intended parameters, values intact.
             let want = |v: &str| -> String {
                 v.chars()
-                    .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                    .map(|c| {
+                        if crate::sink::format::is_unsafe_char(c) {
+                            '\u{FFFD}'
+                        } else {
+                            c
+                        }
+                    })
                     .collect()
             };
             assert_eq!(s.sd.len(), 1, "case {case}");

@@ -19,6 +19,10 @@ pub(super) fn example_alarm() -> Value {
 /// Pieces hostile strings are made of: every separator of every format, escape look-alikes,
 /// whole injected fields and headers, control characters and multibyte UTF-8.
 const FRAGMENTS: &[&str] = &[
+    "\u{2028}",
+    "\u{2029}",
+    "\u{202E}",
+    "\u{2067}",
     "|",
     "=",
     "\\",

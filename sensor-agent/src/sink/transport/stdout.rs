@@ -5,7 +5,9 @@
 //!
 //! What must never happen: a message split over two lines (embedded LFs are escaped, see
 //! `push_line`), or a batch reported written before it was flushed. There is no timeout: a
-//! stalled reader of the pipe stalls the sink (only that sink's worker).
+//! stalled reader of the pipe stalls the sink (only that sink's worker). A reader that closed
+//! the pipe (`sensor-agent replay ... | head`) is a normal end, not an error: what follows is
+//! discarded (said once in the log) and the command finishes with its summary.
 
 use std::io::{self, Write};
 
@@ -15,6 +17,8 @@ pub struct StdoutTransport {
     name: String,
     out: Box<dyn Write + Send>,
     counters: Counters,
+    /// The reader closed the pipe: nobody is left to read what follows.
+    closed: bool,
 }
 
 impl StdoutTransport {
@@ -28,6 +32,7 @@ impl StdoutTransport {
             name,
             out,
             counters: Counters::default(),
+            closed: false,
         }
     }
 }
@@ -40,10 +45,19 @@ impl Transport for StdoutTransport {
                 self.counters.escaped += 1;
             }
         }
-        self.out
-            .write_all(&buf)
-            .and_then(|()| self.out.flush())
-            .map_err(|e| TransportError::Io(format!("{}: write failed: {e}", self.name)))?;
+        if self.closed {
+            return Ok(batch.len());
+        }
+        match self.out.write_all(&buf).and_then(|()| self.out.flush()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                log::info!(
+                    "{}: the reader closed standard output; further output is discarded",
+                    self.name
+                );
+            }
+            r => r.map_err(|e| TransportError::Io(format!("{}: write failed: {e}", self.name)))?,
+        }
         Ok(batch.len())
     }
 

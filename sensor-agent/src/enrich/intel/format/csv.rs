@@ -12,6 +12,7 @@
 //! - Never let a row run on into the next line: a row is one line, so a quote left open is
 //!   that line's problem only, and every problem names its line.
 
+use crate::units::excerpt;
 use std::io::Read as _;
 
 use ::csv::{ReaderBuilder, StringRecord, Terminator};
@@ -128,8 +129,9 @@ pub(super) fn parse(p: &mut Parser, data: &[u8]) -> Result<(), String> {
                     .flat_map(|g| g.iter().copied())
                     .collect();
                 return Err(format!(
-                    "{}:{n}: the CSV header row {cells:?} has no indicator column (expected one of {})",
+                    "{}:{n}: the CSV header row {} has no indicator column (expected one of {})",
                     p.origin,
+                    excerpt(&cells.join(",")),
                     expected.join(", ")
                 ));
             };

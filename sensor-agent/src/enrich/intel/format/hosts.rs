@@ -10,6 +10,7 @@
 //!   listing it would flag every flow to `127.0.0.1`.
 //! - Never take `localhost` and the other names of the local host for indicators.
 
+use crate::units::excerpt;
 use std::net::IpAddr;
 
 use super::{lines, split_comment, Parser};
@@ -48,7 +49,10 @@ pub(super) fn parse(p: &mut Parser, data: &[u8]) -> Result<(), String> {
         if addr.parse::<IpAddr>().is_err() {
             p.bad(
                 n,
-                format!("expected an address followed by host names, found {addr:?}"),
+                format!(
+                    "expected an address followed by host names, found {}",
+                    excerpt(addr)
+                ),
             );
             continue;
         }
@@ -63,7 +67,7 @@ pub(super) fn parse(p: &mut Parser, data: &[u8]) -> Result<(), String> {
             }
             match normalize_domain(h) {
                 Some(d) => p.push(Indicator::Domain(d), h, n, comment)?,
-                None => p.bad(n, format!("{h:?} is not a domain name")),
+                None => p.bad(n, format!("{} is not a domain name", excerpt(h))),
             }
         }
     }

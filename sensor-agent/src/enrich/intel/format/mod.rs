@@ -65,6 +65,8 @@ pub(super) struct Parsed {
     pub(super) entries: Vec<Entry>,
     pub(super) malformed: usize,
     pub(super) skipped: usize,
+    /// Networks refused as broader than `intel.min_prefix_v4` / `_v6`.
+    pub(super) too_broad: usize,
     /// `ORIGIN:LINE: problem` per listed malformed line, then the count of the others.
     pub(super) problems: Vec<String>,
 }
@@ -144,6 +146,7 @@ impl<'a> Parser<'a> {
             entries: self.entries,
             malformed: self.malformed,
             skipped: self.skipped,
+            too_broad: 0,
             problems: self.problems,
         }
     }
@@ -226,6 +229,36 @@ pub(super) fn parse_feed(
         FeedFormat::Zeek => zeek::parse(&mut p, data)?,
     }
     Ok(p.finish(format))
+}
+
+impl Parsed {
+    /// Drops the networks broader than the minimum prefix lengths, counts them, and says so
+    /// in one line (with the first one) rather than one line per entry.
+    pub(super) fn refuse_broad(&mut self, origin: &str, min_v4: u8, min_v6: u8) {
+        let before = self.entries.len();
+        let mut first = None;
+        self.entries.retain(|e| {
+            let broad = match e.indicator {
+                Indicator::V4 { prefix, .. } => prefix < min_v4,
+                Indicator::V6 { prefix, .. } => prefix < min_v6,
+                Indicator::Domain(_) => false,
+            };
+            if broad && first.is_none() {
+                first = Some((e.line, e.text.clone()));
+            }
+            !broad
+        });
+        self.too_broad = before - self.entries.len();
+        if let Some((line, text)) = first {
+            let p = format!(
+                "{origin}: {} networks broader than intel.min_prefix_v4 = {min_v4} / min_prefix_v6 = {min_v6} refused (the first at line {line}: {})",
+                self.too_broad,
+                crate::units::excerpt(&text)
+            );
+            log::warn!("{p}");
+            self.problems.push(p);
+        }
+    }
 }
 
 #[cfg(test)]

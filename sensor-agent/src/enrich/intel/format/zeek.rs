@@ -11,6 +11,7 @@
 //! - Never take an address for a subnet entry or the reverse: the declared type must agree
 //!   with the text.
 
+use crate::units::excerpt;
 use std::net::IpAddr;
 
 use super::{lines, Parser};
@@ -102,20 +103,25 @@ pub(super) fn parse(p: &mut Parser, data: &[u8]) -> Result<(), String> {
         let parsed = match ty {
             "Intel::ADDR" => match ind.parse::<IpAddr>() {
                 Ok(_) => Indicator::parse(ind),
-                Err(_) => Err(format!("{ind:?} is not an IP address (Intel::ADDR)")),
+                Err(_) => Err(format!(
+                    "{} is not an IP address (Intel::ADDR)",
+                    excerpt(ind)
+                )),
             },
             "Intel::SUBNET" => Indicator::parse(ind).and_then(|i| match i {
-                Indicator::Domain(_) => Err(format!("{ind:?} is not a subnet (Intel::SUBNET)")),
+                Indicator::Domain(_) => {
+                    Err(format!("{} is not a subnet (Intel::SUBNET)", excerpt(ind)))
+                }
                 i => Ok(i),
             }),
             "Intel::DOMAIN" => normalize_domain(ind)
                 .map(Indicator::Domain)
-                .ok_or_else(|| format!("{ind:?} is not a domain name (Intel::DOMAIN)")),
+                .ok_or_else(|| format!("{} is not a domain name (Intel::DOMAIN)", excerpt(ind))),
             t if t.starts_with("Intel::") => {
                 p.skipped += 1;
                 continue;
             }
-            t => Err(format!("unknown indicator_type {t:?}")),
+            t => Err(format!("unknown indicator_type {}", excerpt(t))),
         };
         match parsed {
             Ok(i) => p.push(i, ind, n, description)?,
