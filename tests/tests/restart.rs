@@ -310,8 +310,9 @@ fn restart_keeps_the_session(signal: i32) {
             events(&after, "quiet_long_flow", "opened").is_empty(),
             "quiet_long_flow opened again after a clean restart: {after:?}"
         );
+        let second_log = second.log();
         assert!(
-            second_log.contains("state"),
+            second_log.contains("state file") && second_log.contains("restored"),
             "the restarted agent says what it restored: {second_log}"
         );
     }

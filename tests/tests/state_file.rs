@@ -272,11 +272,19 @@ fn kernel_an_alarm_opened_before_a_restart_is_updated_and_closed_after_it_never_
         &run_args(&iface, &state, &after_path, &sets),
         dir.path().join("after.log"),
     );
-    let restored_log = fs::read_to_string(&second.log).unwrap_or_default();
-    assert!(
-        restored_log.contains(&format!("state file {}: restored", state.display())),
-        "{restored_log}\nbefore:\n{before_log}"
-    );
+    // The state is restored once the engine exists, after the agent attached.
+    let restored = format!("state file {}: restored", state.display());
+    wait_until(Duration::from_secs(20), "the state to be restored", || {
+        fs::read_to_string(&second.log)
+            .unwrap_or_default()
+            .contains(&restored)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\nbefore:\n{before_log}",
+            fs::read_to_string(&second.log).unwrap_or_default()
+        )
+    });
     let updated = |a: &Value| a["event"]["id"] == id.as_str() && a["event"]["action"] == "updated";
     wait_until(
         Duration::from_secs(30),
