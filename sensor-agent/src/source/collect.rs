@@ -71,9 +71,6 @@ impl CollectSource {
 
     /// Receives one datagram (or the stop signal: `false`) and decodes it into `pending`.
     async fn receive(&mut self) -> bool {
-        if *self.stop.borrow() {
-            return false;
-        }
         let (n, from) = tokio::select! {
             // Datagrams already queued are read before a stop is honoured.
             biased;
