@@ -480,7 +480,17 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut exporters = Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?;
     let source = ReplaySource::start(args.captures.clone(), opts);
     let want_flows = args.flows.is_some() || !exporters.is_empty();
-    let (looped, outcome) = pipeline::replay(source, &mut engine, &mut alarms, want_flows).await;
+    // Ctrl-C or SIGTERM ends a replay with its counters (also one blocked on a full spool).
+    let mut stop = watch_signals(None)?;
+    interrupt_on_stop(stop.clone(), &alarms);
+    let (looped, outcome) = tokio::select! {
+        biased;
+        _ = stop.changed() => return interrupted_replay(&engine, alarms).await,
+        r = pipeline::replay(source, &mut engine, &mut alarms, want_flows) => r,
+    };
+    if *stop.borrow() {
+        return interrupted_replay(&engine, alarms).await;
+    }
     let context = || format!("replay with the {} engine", kind.name());
     if looped.is_err() {
         // What the sinks and the spool did before the end, also when it ends in an error.
@@ -591,6 +601,39 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A replay ended by Ctrl-C or SIGTERM: what it did so far, the sinks' and spool's counters,
+/// and the conventional status of a command ended by a signal (130).
+async fn interrupted_replay(engine: &Engine, alarms: AlarmOutput) -> Result<ExitCode> {
+    let stats = engine.stats();
+    eprintln!(
+        "replay interrupted (Ctrl-C or SIGTERM) after {} packets: {} flows; alarms: {}",
+        stats.packets,
+        stats.flows,
+        alarms_by_rule(&stats)
+    );
+    for line in sink_report(&alarms) {
+        eprintln!("{line}");
+    }
+    alarms.shutdown().await;
+    Ok(ExitCode::from(130))
+}
+
+/// At the stop signal, a producer waiting for room in a full `block` spool gives up: its
+/// error ends the command with the counters instead of a wait for a receiver that may never
+/// come back.
+fn interrupt_on_stop(mut stop: watch::Receiver<bool>, alarms: &AlarmOutput) {
+    if let Some(interrupter) = alarms.interrupter() {
+        tokio::spawn(async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+            interrupter.interrupt();
+        });
+    }
 }
 
 /// End of a bounded input: flushes the alarms, waits for the sinks to deliver (up to
@@ -875,6 +918,7 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     })?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
     live.watch_rings()?;
+    let stop_for_alarms = stop.clone();
     live.stop_on(stop);
     let attached: Vec<String> = live
         .attachments
@@ -960,7 +1004,14 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         ticked: Some(&mut ticked),
         checkpoint: checkpoint.as_mut(),
     };
-    pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
+    interrupt_on_stop(stop_for_alarms, &alarms);
+    let looped = pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await;
+    if looped.is_err() {
+        for line in sink_report(&alarms) {
+            eprintln!("sensor-agent: {line}");
+        }
+    }
+    looped?;
     exporters.borrow_mut().flush();
     for line in exporters.borrow().report() {
         eprintln!("sensor-agent: {line}");

@@ -98,6 +98,8 @@ pub enum DeliveryError {
     Stopped,
     #[error("the spool stayed full for {0:?} (when_full = \"block\", spool.drain_timeout) while no sink took anything; what is spooled stays for the next run")]
     StayedFull(Duration),
+    #[error("interrupted while waiting for room in a full spool (when_full = \"block\"); what is spooled stays for the next run")]
+    Interrupted,
 }
 
 /// Per-sink counters (metrics).
@@ -137,6 +139,23 @@ struct Shared {
     ids: Vec<String>,
     /// Records dropped since the last `sensor_degraded` alarm.
     unreported_drops: AtomicU64,
+    /// A stop signal arrived: a producer waiting for room gives up instead of waiting on.
+    interrupted: AtomicBool,
+    /// A producer is waiting for room (said once per episode).
+    blocked: AtomicBool,
+}
+
+/// Ends a producer's wait for room in a full `block` spool, from another task (the signal
+/// watcher): Ctrl-C or SIGTERM must end a blocked agent with its counters, not leave it
+/// waiting for a receiver that may never come back.
+#[derive(Clone)]
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        self.0.interrupted.store(true, Ordering::SeqCst);
+        self.0.changed.notify_all();
+    }
 }
 
 impl Shared {
@@ -253,6 +272,8 @@ impl Delivery {
             names: names.clone(),
             ids,
             unreported_drops: AtomicU64::new(0),
+            interrupted: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         });
         let mut workers = Vec::new();
         for (i, (t, r)) in transports.into_iter().enumerate() {
@@ -290,7 +311,13 @@ impl Delivery {
                     dir: self.dir.clone(),
                     source,
                 })? {
-                AppendOutcome::Appended(_) => break,
+                AppendOutcome::Appended(_) => {
+                    if blocked_since.is_some() && self.shared.blocked.swap(false, Ordering::Relaxed)
+                    {
+                        log::warn!("spool {} has room again", self.dir);
+                    }
+                    break;
+                }
                 AppendOutcome::Dropped(reason) => {
                     self.shared.unreported_drops.fetch_add(1, Ordering::Relaxed);
                     log::warn!("alarm dropped: {}", reason.as_str());
@@ -299,6 +326,16 @@ impl Delivery {
                 AppendOutcome::WouldBlock => {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         return Err(DeliveryError::Stopped);
+                    }
+                    if self.shared.interrupted.load(Ordering::SeqCst) {
+                        return Err(DeliveryError::Interrupted);
+                    }
+                    if !self.shared.blocked.swap(true, Ordering::Relaxed) {
+                        // Once per episode: the operator learns why the agent is not moving on.
+                        log::warn!(
+                            "spool {} is full (when_full = \"block\"): waiting for the sinks to make room",
+                            self.dir
+                        );
                     }
                     let since = *blocked_since.get_or_insert_with(Instant::now);
                     if let Some(limit) = self.block_limit {
@@ -318,6 +355,11 @@ impl Delivery {
         drop(spool);
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    /// A handle that ends a wait for room in a full spool from another task.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(Arc::clone(&self.shared))
     }
 
     /// Bounds how long one alarm waits for room in a full `block` spool (see `block_limit`).

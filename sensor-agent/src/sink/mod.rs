@@ -178,6 +178,14 @@ impl AlarmOutput {
         }
     }
 
+    /// With sinks: a handle that ends a wait for room in a full `block` spool (at a signal).
+    pub fn interrupter(&self) -> Option<delivery::Interrupter> {
+        match self {
+            AlarmOutput::Direct { .. } => None,
+            AlarmOutput::Delivered(d) => Some(d.interrupter()),
+        }
+    }
+
     /// For bounded inputs (`replay`, `ingest`): a full `block` spool makes the producer wait
     /// at most `limit` for room, then fail, instead of hanging while the receiver is down.
     pub fn limit_blocking(&mut self, limit: std::time::Duration) {
