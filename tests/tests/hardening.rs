@@ -547,13 +547,42 @@ fn config_slips_are_refused_by_validate_and_replay_alike() {
         "two.toml",
         b"[[sinks]]\nkind = \"stdout\"\n\n[[sinks]]\nkind = \"stdout\"\nformat = \"cef\"\n",
     );
+    // Each slip on its own line of a file, so the error must name the line.
+    let file_slips = [
+        ("spool.toml", "[spool]\nwhen_full = \"block\"\nmax_bytes = 10\n", "spool.toml:3", "spool.max_bytes"),
+        ("allow.toml", "[intel]\nrefresh = \"1h\"\nallow = [\"10.0.0.1\", \"not an address\"]\n", "allow.toml:3", "intel.allow[1]"),
+        ("alarm.toml", "[[alarm.allow]]\ncidr = \"10.0.0.0/8\"\n\n[[alarm.allow]]\nport = 3333\nrules = [\"nope\"]\n", "alarm.toml:6", "alarm.allow[1].rules"),
+        ("bignum.toml", "[flow]\nmax_flows = 99999999999999999999\n", "bignum.toml:2", "flow.max_flows"),
+        ("ladder.toml", "[detect.long_flow]\nafter = \"1h\"\nladder = [\"24h\", \"12h\"]\n", "ladder.toml:3", "rungs must increase"),
+        ("samples.toml", "[detect.periodic_flow]\nmin_samples = 0\n", "samples.toml:2", "min_samples"),
+        ("bare.toml", "[flow]\ntcp_idle_timeout = 30\n", "bare.toml:2", "30 has no unit"),
+    ]
+    .map(|(name, text, origin, what)| (dir.write(name, text.as_bytes()), origin, what));
     let huge = dir.path().join("huge.toml");
     {
         // 8 MB of comments: valid TOML, far too big for a configuration.
         let line = format!("# {}\n", "c".repeat(1000));
         fs::write(&huge, line.repeat(8 * 1024)).expect("huge config");
     }
-    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+    let mut cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "--set".into(),
+                "flow.max_flows=99999999999999999999999".into(),
+            ],
+            "--set flow.max_flows=",
+            "too large",
+        ),
+        (
+            vec!["--set".into(), "flow.udp_idle_timeout=90".into()],
+            "--set flow.udp_idle_timeout=90",
+            "write 90s",
+        ),
+        (
+            vec!["--set".into(), "detect.periodic_flow.min_samples=2".into()],
+            "--set",
+            "min_samples",
+        ),
         (
             vec!["--set".into(), "sensor.max_kernel_flows=0".into()],
             "--set sensor.max_kernel_flows=0",
@@ -593,6 +622,13 @@ fn config_slips_are_refused_by_validate_and_replay_alike() {
             "larger than",
         ),
     ];
+    for (path, origin, what) in &file_slips {
+        cases.push((
+            vec!["--config".into(), path.display().to_string()],
+            origin,
+            what,
+        ));
+    }
     for (args, origin, what) in cases {
         let mut validate = vec!["validate".to_string()];
         validate.extend(args.iter().cloned());

@@ -65,6 +65,13 @@ impl Default for SpoolSection {
 }
 
 impl SpoolSection {
+    /// What the spool would refuse at open, refused when the configuration is loaded.
+    pub fn validate(&self) -> Result<(), crate::units::Invalid> {
+        self.spool_config()
+            .check()
+            .map_err(|(key, message)| crate::units::Invalid::new(key, message))
+    }
+
     pub fn spool_config(&self) -> SpoolConfig {
         SpoolConfig {
             max_bytes: self.max_bytes,

@@ -170,17 +170,26 @@ impl Default for SpoolConfig {
 
 impl SpoolConfig {
     pub fn validate(&self) -> Result<(), SpoolError> {
+        self.check()
+            .map_err(|(key, message)| SpoolError::Config(format!("{key} {message}")))
+    }
+
+    /// The first setting out of its bounds: its key and the problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
-            return Err(SpoolError::Config(format!(
-                "segment_bytes {} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
-                self.segment_bytes
-            )));
+            return Err((
+                "segment_bytes",
+                format!(
+                    "{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                    self.segment_bytes
+                ),
+            ));
         }
         if self.max_bytes < MIN_SEGMENT_BYTES {
-            return Err(SpoolError::Config(format!(
-                "max_bytes {} is below {MIN_SEGMENT_BYTES}",
-                self.max_bytes
-            )));
+            return Err((
+                "max_bytes",
+                format!("{} is below {MIN_SEGMENT_BYTES}", self.max_bytes),
+            ));
         }
         Ok(())
     }
