@@ -756,7 +756,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
 /// Said, not silently skipped: these rules read payload, which flow records lack.
 fn say_no_payload(telemetry: &str) {
     eprintln!(
-        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
+        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, encrypted_mining, and periodic_flow inside one flow; blockchain_p2p only by a node's peer port with the server on an intel feed"
     );
 }
 
