@@ -404,6 +404,7 @@ mod tests {
             signature: "mining.subscribe".into(),
             role: Direction::ClientToServer,
             coin: None,
+            coin_reason: None,
             agent: Some("cgminer/4.10.0".into()),
             login_sha256: None,
             confirmed_by_server: true,
@@ -469,7 +470,7 @@ mod tests {
         let bytes = state::encode(&fixed).expect("encode");
         assert_eq!(
             (bytes.len(), crc32fast::hash(&bytes)),
-            (390, 359_845_846),
+            (392, 1_347_694_849),
             "the snapshot's encoding changed: bump state::FORMAT_VERSION and update this pin"
         );
     }

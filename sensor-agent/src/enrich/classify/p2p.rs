@@ -119,7 +119,7 @@ pub(super) fn bitcoin(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("magic {} {name}", hex(&magic)),
         dir,
     );
-    id.coin = Some(coin);
+    id.name_coin(coin, format!("network magic {} ({coin})", hex(&magic)));
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -176,7 +176,10 @@ pub(super) fn levin(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("levin command {command} ({name})"),
         dir,
     );
-    id.coin = Some("monero");
+    id.name_coin(
+        "monero",
+        "Levin peer protocol (Monero's; CryptoNote forks of Monero share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -212,7 +215,10 @@ pub(super) fn discv4(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("discv4 {name}"),
         dir,
     );
-    id.coin = Some("ethereum");
+    id.name_coin(
+        "ethereum",
+        "discv4 node discovery (Ethereum's; other EVM chains' clients share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -242,7 +248,10 @@ fn rlp_list_header(b: &[u8]) -> Option<(usize, usize)> {
 pub(super) fn rlpx(p: &[u8], dir: Direction) -> Option<Identification> {
     let signature = rlpx_eip8(p, dir).or_else(|| rlpx_legacy(p, dir))?;
     let mut id = Identification::new(Kind::BlockchainP2p, "ethereum-rlpx", signature, dir);
-    id.coin = Some("ethereum");
+    id.name_coin(
+        "ethereum",
+        "RLPx handshake (Ethereum's; other EVM chains' clients share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
