@@ -45,6 +45,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "nfcapd/nfdump, a real NetFlow/IPFIX collector and reader for the exporter tests",
     ),
     (
+        "litecoind",
+        "a real Litecoin node (regtest) answering mining RPCs and peering in the daemon tests",
+    ),
+    (
+        "monero",
+        "monerod (regtest) answering get_block_template for a wallet in the daemon tests",
+    ),
+    ("curl", "the mining RPC client of the daemon tests"),
+    (
         "iproute2",
         "network namespaces and veth pairs for tests and the lab",
     ),

@@ -72,7 +72,10 @@ impl SensorConfig {
 pub struct CaptureConfig {
     /// Payload packets copied per sender of each new TCP/UDP flow (0: none; at most 255).
     pub payload_packets: u32,
-    /// Bytes copied of each (at most 512).
+    /// Bytes copied of each (at most 512). The default is the most: a ring record holds 512
+    /// bytes whatever is copied, and a daemon's mining RPC with its wallet address (a monerod
+    /// `get_block_template` is about 350 bytes with its HTTP head) is cut at 256, losing the
+    /// coin.
     pub payload_bytes: u32,
     /// Bytes copied of every DNS message, UDP and TCP port 53 (0: off; at most 512).
     pub dns_bytes: u32,
@@ -88,7 +91,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             payload_packets: 4,
-            payload_bytes: 256,
+            payload_bytes: 512,
             dns_bytes: 512,
             ring_bytes: DEFAULT_RING_BYTES,
             trace_messages: 64,

@@ -443,9 +443,15 @@ fn method_rule(method: &str, obj: &Map<String, Value>, dir: Direction) -> Option
         }
         "getwork" => mining("getwork", "getwork", dir),
         // monerod's mining RPCs (XMRig --daemon, p2pool): a template for a wallet address.
-        "get_block_template" | "getblocktemplate" | "get_block_template_blob"
-            if pobj.is_some_and(|p| has_str(p, "wallet_address")) =>
-        {
+        // The wallet may be cut off by the payload copy; monerod's own method names are
+        // enough with an object of parameters (bitcoind's getblocktemplate takes an array).
+        "get_block_template" | "get_block_template_blob" if pobj.is_some() => {
+            let wallet = pobj.and_then(|p| str_of(p.get("wallet_address")));
+            let mut id = mining("cryptonote-daemon", method, dir);
+            id.login_sha256 = wallet.filter(|w| !w.is_empty()).map(login_hash);
+            id.with_coin(wallet.and_then(coin::from_address))
+        }
+        "getblocktemplate" if pobj.is_some_and(|p| has_str(p, "wallet_address")) => {
             let wallet = pobj.and_then(|p| str_of(p.get("wallet_address")));
             let mut id = mining("cryptonote-daemon", method, dir);
             id.login_sha256 = wallet.filter(|w| !w.is_empty()).map(login_hash);
@@ -534,10 +540,10 @@ fn reply_rule(
                     );
                 }
             }
-            // monerod's get_block_template result.
-            if has_str(r, "blocktemplate_blob")
-                && r.contains_key("difficulty")
-                && r.contains_key("height")
+            // monerod's get_block_template result; its hashing blob comes first (members are
+            // sorted) and the template blob after it is often cut by the payload copy.
+            if has_str(r, "blockhashing_blob")
+                || (has_str(r, "blocktemplate_blob") && r.contains_key("difficulty"))
             {
                 return confirmed(mining(
                     "cryptonote-daemon",

@@ -402,6 +402,7 @@ impl FlowClassifier {
         let result = classify_in_flow(data, dir, self.transport, known);
         if self.transport == Transport::Tcp {
             self.pending[slot] = mining::partial_tail(data, FLOW_BUFFER_CAP)
+                .or_else(|| p2p::version_awaiting_payload(data))
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
         }

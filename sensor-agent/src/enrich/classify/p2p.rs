@@ -109,6 +109,23 @@ const BITCOIN_COMMANDS: &[&str] = &[
     "cfcheckpt",
 ];
 
+/// The longest `version` payload waited for across segments (Bitcoin Core's are ~110 bytes).
+const MAX_VERSION_PAYLOAD: usize = 1024;
+
+/// A `version` message header whose payload has not arrived yet: nodes write the header and
+/// the payload separately, so the user agent (which can name the coin) is in the next segment.
+/// The bytes to keep and join with it.
+pub(super) fn version_awaiting_payload(p: &[u8]) -> Option<&[u8]> {
+    let header = p.get(..24)?;
+    let magic: [u8; 4] = header[..4].try_into().ok()?;
+    BITCOIN_MAGICS.iter().find(|(m, _)| *m == magic)?;
+    if &header[4..16] != b"version\0\0\0\0\0" {
+        return None;
+    }
+    let length = u32::from_le_bytes(header[16..20].try_into().ok()?) as usize;
+    (length <= MAX_VERSION_PAYLOAD && p.len() < 24 + length).then_some(p)
+}
+
 /// A Bitcoin P2P message header at the start of a TCP payload.
 pub(super) fn bitcoin(p: &[u8], dir: Direction) -> Option<Identification> {
     let header = p.get(..24)?;
@@ -550,6 +567,21 @@ pub(super) mod tests {
         assert_eq!(classify(&m, C2S, Transport::Tcp).unwrap().coin, None);
         let m = bitcoin_message(regtest, "verack", &[]);
         assert_eq!(classify(&m, C2S, Transport::Tcp).unwrap().coin, None);
+        // As nodes send it: the header in one segment, the payload in the next. The flow
+        // classifier joins them, so the user agent still names the coin.
+        let m = bitcoin_message(
+            regtest,
+            "version",
+            &version_payload_of(b"/LitecoinCore:0.21.2.1/"),
+        );
+        let mut flow = super::super::FlowClassifier::new(Transport::Tcp);
+        let first = flow
+            .feed(&m[..24], C2S)
+            .expect("the header alone identifies");
+        assert_eq!(first.coin, None);
+        let joined = flow.feed(&m[24..], C2S).expect("the payload improves it");
+        assert_eq!(joined.coin, Some("litecoin"));
+        assert_eq!(joined.agent.as_deref(), Some("/LitecoinCore:0.21.2.1/"));
         let m = bitcoin_message([0xf9, 0xbe, 0xb4, 0xd9], "verack", &[]);
         // verack's checksum is that of the empty payload: 5df6e0e2.
         assert_eq!(m[20..24], [0x5d, 0xf6, 0xe0, 0xe2]);
