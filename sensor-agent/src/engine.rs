@@ -889,9 +889,11 @@ mod flood_tests {
     /// kernel snapshots every second, with one keepalive and its answer every 10 s, under a
     /// flood of spoofed SYNs (500 new sources a second, from 12 s to 70 s: longer than both
     /// TCP timeouts) into a table of 64 flows. The flood evicts the session's kernel entry at
-    /// 15 s; the server's keepalive at 20 s re-creates it. `long_flow` must still fire at
-    /// 100 s of the session's age with its first packet as start and its client kept, and
-    /// `sensor_degraded` say how many flows were refused and evicted since when.
+    /// 15 s, and every re-created one before the agent reads it until the server's keepalive
+    /// at 50 s: the session goes unseen for longer than `tcp_idle_timeout`, which must not end
+    /// it. `long_flow` must still fire at 100 s of the session's age with its first packet as
+    /// start and its client kept, and `sensor_degraded` say how many flows were refused and
+    /// evicted since when.
     #[test]
     fn a_session_outlives_a_flood_that_fills_the_table_and_its_kernel_entry_coming_back_server_first(
     ) {
@@ -927,9 +929,9 @@ mod flood_tests {
                     ..FlowStats::default()
                 };
                 entry.packets = [0, 0];
-                first = 20 * S;
+                first = 50 * S;
             }
-            if t % 10 == 0 {
+            if t % 10 == 0 && !(15..50).contains(&t) {
                 entry.packets[1 - d] += 1;
                 entry.packets[d] += 1;
                 entry.bytes[1 - d] += 60;
@@ -1004,7 +1006,7 @@ mod flood_tests {
         assert_eq!(ev["refused_flows"], 0);
         assert_eq!(ev["recreated_sessions"], 1);
         assert_eq!(s.sessions_recreated, 1);
-        assert_eq!(s.sessions_unobserved_ns, 10 * S);
+        assert_eq!(s.sessions_unobserved_ns, 40 * S);
         assert!(degraded.iter().all(|a| a.id == degraded[0].id));
     }
 }

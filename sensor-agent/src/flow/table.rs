@@ -892,6 +892,22 @@ impl FlowTable {
         }
     }
 
+    /// Since when a flow counts as idle: its last packet, or for an answered flow that is not
+    /// closing, the last time the table refused or evicted a flow if that is later. Under a
+    /// flood the kernel map loses established entries before the agent reads their packets
+    /// (see `admission`), so silence then says nothing about the session: it must not idle
+    /// out for what the sensor could not see.
+    fn idle_from(&self, f: &Flow) -> u64 {
+        let closing = f.key.proto == TCP && {
+            let (lo, hi) = ((f.tcp_flags & 0xff) as u8, (f.tcp_flags >> 8) as u8);
+            (lo | hi) & RST != 0 || (lo & FIN != 0 && hi & FIN != 0)
+        };
+        match self.counters.last_pressure_ns {
+            Some(p) if f.answered && !closing => f.last_ns.max(p),
+            _ => f.last_ns,
+        }
+    }
+
     /// Ends flows idle past their timeout and conversations idle past the gap tolerance.
     pub fn expire(&mut self, now: u64) -> Ended {
         let mut ended = Ended {
@@ -904,7 +920,9 @@ impl FlowTable {
             .items
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.in_use && now.saturating_sub(f.last_ns) >= self.timeout_ns(f))
+            .filter(|(_, f)| {
+                f.in_use && now.saturating_sub(self.idle_from(f)) >= self.timeout_ns(f)
+            })
             .map(|(i, _)| i as u32)
             .collect();
         for i in expired {
