@@ -21,19 +21,20 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    net::Ipv4Addr,
+    path::PathBuf,
     process::Stdio,
     sync::{mpsc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use sensor_common::{ipv4_mapped, FlowKey, FlowStats};
 use sensor_tests::{
     agent::{agent_bin, TempDir},
+    alarms::{now_ns, read_alarms, ts_ns},
     kernel::{require_bpf, PinRoot},
     netns::NetnsPair,
+    session::{self, Speaker},
     wait::wait_until,
 };
 use serde_json::Value;
@@ -48,27 +49,6 @@ const BURST: u32 = 4 * KERNEL_FLOWS;
 
 /// The floods saturate a core: one test floods at a time.
 static ONE_FLOOD: Mutex<()> = Mutex::new(());
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn ts_ns(rfc3339: &str) -> u64 {
-    humantime::parse_rfc3339(rfc3339)
-        .unwrap_or_else(|e| panic!("timestamp {rfc3339:?}: {e}"))
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn read_alarms(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("alarm line {l:?}: {e}")))
-        .collect()
-}
 
 fn rule<'a>(alarms: &'a [Value], id: &str) -> Vec<&'a Value> {
     alarms.iter().filter(|a| a["rule"]["id"] == id).collect()
@@ -246,8 +226,6 @@ fn start_agent(pair: &mut NetnsPair, root: &PinRoot, dir: &TempDir) -> Agent {
         "--egress".into(),
         "--alarms".into(),
         alarms.display().to_string(),
-        "--flows".into(),
-        dir.path().join("flows.json").display().to_string(),
     ];
     for s in [
         format!("sensor.pin_path={}", root.path().display()),
@@ -274,72 +252,6 @@ fn start_agent(pair: &mut NetnsPair, root: &PinRoot, dir: &TempDir) -> Agent {
     })
     .unwrap_or_else(|e| panic!("{e}: {}", agent.log()));
     agent
-}
-
-/// Who sends the keepalives.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Speaker {
-    Client,
-    Server,
-}
-
-/// The quiet session for `length`: a server in b, a client in a; `speaker` sends a keepalive
-/// every `KEEPALIVE`, the other side only acknowledges. Returns once connected: the client's
-/// local port and the wall times just before and after `connect`.
-fn session(pair: &NetnsPair, speaker: Speaker, length: Duration) -> (u16, (u64, u64)) {
-    let (bound_tx, bound_rx) = mpsc::channel();
-    let keepalives = move |s: &mut TcpStream| -> Result<(), String> {
-        let start = Instant::now();
-        let mut tick = 1u32;
-        while start.elapsed() < length {
-            // Pacing, not synchronisation: the keepalive period is the traffic shown.
-            let due = start + KEEPALIVE * tick;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            s.write_all(b"keepalive\n").map_err(|e| e.to_string())?;
-            tick += 1;
-        }
-        Ok(())
-    };
-    let drain = |s: &mut TcpStream| -> Result<(), String> {
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 256];
-        while s.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-        Ok(())
-    };
-    // The session threads end with the session; nothing waits for them.
-    drop(NetnsPair::in_ns(&pair.b, move || -> Result<(), String> {
-        let l = TcpListener::bind(("0.0.0.0", PORT)).map_err(|e| e.to_string())?;
-        let _ = bound_tx.send(());
-        let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-        match speaker {
-            Speaker::Server => keepalives(&mut s),
-            Speaker::Client => drain(&mut s),
-        }
-    }));
-    bound_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the server bound its port");
-    let target: SocketAddr = format!("{}:{PORT}", pair.addr_b_str())
-        .parse()
-        .expect("address");
-    let (conn_tx, conn_rx) = mpsc::channel();
-    drop(NetnsPair::in_ns(&pair.a, move || -> Result<(), String> {
-        let before = now_ns();
-        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
-            .map_err(|e| format!("connect {target}: {e}"))?;
-        let port = s.local_addr().map_err(|e| e.to_string())?.port();
-        let _ = conn_tx.send((port, (before, now_ns())));
-        match speaker {
-            Speaker::Client => keepalives(&mut s),
-            Speaker::Server => drain(&mut s),
-        }
-    }));
-    conn_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the client connected")
 }
 
 /// The agent's summary line about its flow table: (refused, evicted, re-created answered).
@@ -376,7 +288,8 @@ fn flood_keeps_the_session(speaker: Speaker) {
     let (client_port, (conn_before, conn_after), flooder) = if speaker == Speaker::Client {
         // Established first; the flood starts half-way between two keepalives and lasts
         // longer than both TCP timeouts of the flow table.
-        let (port, conn) = session(&pair, speaker, session_len);
+        let sess = session::start(&pair, PORT, speaker, KEEPALIVE, session_len);
+        let (port, conn) = (sess.client_port, sess.connected);
         let first_burst = conn.1 + KEEPALIVE.as_nanos() as u64 + 3_000_000_000;
         let wait = first_burst.saturating_sub(now_ns());
         // Scenario timing (the session's age), not synchronisation.
@@ -401,8 +314,8 @@ fn flood_keeps_the_session(speaker: Speaker) {
         done_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("a burst ended");
-        let (port, conn) = session(&pair, speaker, session_len);
-        (port, conn, f)
+        let sess = session::start(&pair, PORT, speaker, KEEPALIVE, session_len);
+        (sess.client_port, sess.connected, f)
     };
     let (key, _) = FlowKey::canonical(
         &ipv4_mapped(pair.addr_a),
@@ -444,14 +357,6 @@ fn flood_keeps_the_session(speaker: Speaker) {
     let log = agent.log();
     let alarms = read_alarms(&agent.alarms);
     println!("agent log:\n{log}");
-    let flows = fs::read_to_string(dir.path().join("flows.json")).unwrap_or_default();
-    for l in flows
-        .lines()
-        .filter(|l| l.contains(&format!("\"port\":{PORT}")))
-    {
-        println!("session flow ended: {l}");
-    }
-
     let long = rule(&alarms, "long_flow")
         .into_iter()
         .find(|a| a["destination"]["port"] == PORT)
@@ -465,6 +370,10 @@ fn flood_keeps_the_session(speaker: Speaker) {
     );
     assert_eq!(long["source"]["port"], client_port, "{long}");
     assert_eq!(long["sensor"]["client_from"], "syn", "{long}");
+    assert_eq!(
+        long["sensor"]["conversation"]["flows"], 1,
+        "the session stayed one flow: the agent never ended it while the flood hid it: {long}"
+    );
     let start_ns = ts_ns(long["event"]["start"].as_str().expect("event.start"));
     let slack = 20_000_000; // a jiffy of resolution, the anchor's own jiffy, and jitter
     assert!(

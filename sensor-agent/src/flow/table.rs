@@ -23,7 +23,15 @@
 //! conversation that only ever held that flow is dropped at once (collected by
 //! [`FlowTable::take_abandoned`]), so no alarm is ever raised on the wrong orientation's ghost.
 //!
-//! It never decides whether anything is suspicious: detectors read conversations from it.
+//! Floods ([`admission`]): full, the table evicts the oldest *unanswered* flow (only one side
+//! ever sent) to admit another, never an answered one; near full, a sender over its budget of
+//! unanswered flows is refused; refusals and evictions are counted with their times for
+//! `sensor_degraded`, and the refused keys handed to the source to delete. A kernel entry
+//! evicted and re-created re-joins its flow, counted; while the table is under pressure
+//! answered flows do not idle out.
+//!
+//! It never decides whether anything is suspicious: detectors read conversations from it,
+//! and it never evicts an answered flow.
 
 use ahash::RandomState;
 use hashbrown::HashTable;
