@@ -155,6 +155,7 @@ impl FlowTable {
     pub(super) fn track(&mut self, i: u32) {
         let born = self.admission.next_born;
         self.admission.next_born = born.wrapping_add(1);
+        let live = self.flows.len();
         let f = &mut self.flows.items[i as usize];
         f.born = born;
         f.counted_side = SIDE_NONE;
@@ -170,8 +171,9 @@ impl FlowTable {
         let a = &mut self.admission;
         a.queue.push_back((i, born));
         // Entries of flows that expired or were answered stay until popped; drop them when
-        // they outnumber the table, so the queue stays bounded by it.
-        if a.queue.len() > 2 * self.cfg.max_flows.max(1024) {
+        // they outnumber twice the flows in the table, so the queue stays bounded by it (and
+        // the clean-up costs a constant per entry, amortised).
+        if a.queue.len() > live.max(1024).saturating_mul(2) {
             let items = &self.flows.items;
             a.queue.retain(|&(j, b)| {
                 let f = &items[j as usize];
@@ -272,6 +274,21 @@ mod tests {
         assert_eq!(
             t.take_abandoned().len() as u64,
             t.counters.conversations_evicted
+        );
+    }
+
+    #[test]
+    fn the_eviction_queue_stays_bounded_by_the_flows_in_the_table() {
+        let mut t = table(usize::MAX, 256);
+        for n in 0..20_000 {
+            flood_syn(&mut t, n, u64::from(n) * S);
+            t.expire(u64::from(n) * S);
+        }
+        assert!(t.flow_count() <= 6, "{}", t.flow_count());
+        assert!(
+            t.admission.queue.len() <= 2048 + 1,
+            "{}",
+            t.admission.queue.len()
         );
     }
 
