@@ -27,8 +27,8 @@
 //! ever sent) to admit another, never an answered one; near full, a sender over its budget of
 //! unanswered flows is refused; refusals and evictions are counted with their times for
 //! `sensor_degraded`, and the refused keys handed to the source to delete. A kernel entry
-//! evicted and re-created re-joins its flow, counted; while the table is under pressure
-//! answered flows do not idle out.
+//! evicted and re-created re-joins its flow, counted; while the table evicts unanswered
+//! flows, answered flows do not idle out.
 //!
 //! It never decides whether anything is suspicious: detectors read conversations from it,
 //! and it never evicts an answered flow.
@@ -206,6 +206,8 @@ pub struct TableCounters {
     /// flow (the offered flow's time).
     pub first_pressure_ns: Option<u64>,
     pub last_pressure_ns: Option<u64>,
+    /// When the table last evicted an unanswered flow: a flood is under way.
+    pub last_eviction_ns: Option<u64>,
     /// New flows refused because the conversation table was full.
     pub conversations_dropped: u64,
     /// Kernel entries of known flows that were evicted and re-created (counters went
@@ -901,16 +903,17 @@ impl FlowTable {
     }
 
     /// Since when a flow counts as idle: its last packet, or for an answered flow that is not
-    /// closing, the last time the table refused or evicted a flow if that is later. Under a
+    /// closing, the last time the table evicted an unanswered flow if that is later. Under a
     /// flood the kernel map loses established entries before the agent reads their packets
     /// (see `admission`), so silence then says nothing about the session: it must not idle
-    /// out for what the sensor could not see.
+    /// out for what the sensor could not see. Refusals alone do not count: a table full of
+    /// answered flows must still age them, or it would refuse for ever.
     fn idle_from(&self, f: &Flow) -> u64 {
         let closing = f.key.proto == TCP && {
             let (lo, hi) = ((f.tcp_flags & 0xff) as u8, (f.tcp_flags >> 8) as u8);
             (lo | hi) & RST != 0 || (lo & FIN != 0 && hi & FIN != 0)
         };
-        match self.counters.last_pressure_ns {
+        match self.counters.last_eviction_ns {
             Some(p) if f.answered && !closing => f.last_ns.max(p),
             _ => f.last_ns,
         }

@@ -135,6 +135,8 @@ impl FlowTable {
             self.leave_conversation(&f);
             self.counters.flows_evicted += 1;
             self.pressure(now);
+            let last = &mut self.counters.last_eviction_ns;
+            *last = Some(last.map_or(now, |t| t.max(now)));
             let c = &self.convs.items[f.conv as usize];
             if c.open_flows == 0 && !c.answered {
                 // Failed attempts only: nothing to keep it for (it would hold a slot of the
@@ -307,6 +309,10 @@ mod tests {
         assert_eq!(t.take_refused()[0], k);
         assert_eq!(t.counters.first_pressure_ns, Some(S));
         assert_eq!(t.counters.last_pressure_ns, Some(2 * S));
+        // Refusals alone do not keep answered flows from ageing: the table frees itself.
+        flood_syn(&mut t, 2, 61 * S);
+        assert_eq!(t.expire(61 * S).flows.len(), 8);
+        assert_eq!(t.flow_count(), 0);
     }
 
     #[test]
