@@ -23,7 +23,7 @@ use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    alarm::{AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
+    alarm::{degraded::Pressure, AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
     config::Config,
     detect::{
         self,
@@ -61,6 +61,8 @@ pub struct TickOutput {
     pub ended: Vec<FlowRecord>,
     /// Flows that started or stopped being watched (for a live source to mirror).
     pub watch: WatchChanges,
+    /// Flows the table refused (for the source to forget, like ended ones).
+    pub refused: Vec<FlowKey>,
 }
 
 /// Counters for the status line and the summaries: a copy, so presenting never reaches into
@@ -73,6 +75,17 @@ pub struct EngineStats {
     /// Flows refused by a full flow table, and conversations likewise.
     pub flows_dropped: u64,
     pub conversations_dropped: u64,
+    /// Unanswered flows evicted from a full flow table to admit others, and conversations of
+    /// failed attempts only ended early to make room.
+    pub flows_evicted: u64,
+    pub conversations_evicted: u64,
+    /// Kernel entries of known flows evicted and re-created; of those, answered flows
+    /// (established sessions), and how long those went unobserved in total (ns).
+    pub kernel_entries_recreated: u64,
+    pub sessions_recreated: u64,
+    pub sessions_unobserved_ns: u64,
+    /// The first refusal or eviction of the pressure episode under way (ns), if any.
+    pub degraded_since_ns: Option<u64>,
     /// Alarms opened, per rule id.
     pub opened_by_rule: BTreeMap<&'static str, u64>,
     /// Alarms open now.
@@ -212,6 +225,12 @@ impl Engine {
             conversations: self.table.conversation_count(),
             flows_dropped: self.table.counters.flows_dropped,
             conversations_dropped: self.table.counters.conversations_dropped,
+            flows_evicted: self.table.counters.flows_evicted,
+            conversations_evicted: self.table.counters.conversations_evicted,
+            kernel_entries_recreated: self.table.counters.counter_resets,
+            sessions_recreated: self.table.counters.answered_recreated,
+            sessions_unobserved_ns: self.table.counters.unobserved_ns,
+            degraded_since_ns: self.table.counters.first_pressure_ns,
             opened_by_rule: self
                 .alarms
                 .opened_by_rule
@@ -380,10 +399,24 @@ impl Engine {
             self.watch.flow_ended(&f.key);
         }
         self.labels.tick(now);
+        let c = &self.table.counters;
+        let pressure = Pressure {
+            refused: c.flows_dropped + c.conversations_dropped,
+            evicted: c.flows_evicted,
+            recreated: c.answered_recreated,
+            first_ns: c.first_pressure_ns,
+            last_ns: c.last_pressure_ns,
+        };
+        let (degraded, closed) = self.alarms.table_pressure(&pressure, now);
+        events.extend(degraded);
+        if closed {
+            self.table.counters.first_pressure_ns = None;
+        }
         TickOutput {
             alarms: events,
             ended: ended.flows,
             watch: self.watch.take_changes(),
+            refused: self.table.take_refused(),
         }
     }
 
@@ -841,5 +874,139 @@ mod payload_tests {
         let rec = e.table.flows().next().expect("flow").to_json("user");
         assert_eq!(rec["source"]["ip"], "10.0.2.15");
         assert_eq!(rec["sensor"]["client_from"], "payload");
+    }
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+    use crate::{alarm::Action, units::HumanDuration};
+    use sensor_common::{ipv4_mapped, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN};
+
+    const S: u64 = 1_000_000_000;
+
+    /// A quiet session 10.0.0.1:40000 -> 10.0.0.2:50000 (ports that name no side) read as
+    /// kernel snapshots every second, with one keepalive and its answer every 10 s, under a
+    /// flood of spoofed SYNs (500 new sources a second, from 12 s to 70 s: longer than both
+    /// TCP timeouts) into a table of 64 flows. The flood evicts the session's kernel entry at
+    /// 15 s, and every re-created one before the agent reads it until the server's keepalive
+    /// at 50 s: the session goes unseen for longer than `tcp_idle_timeout`, which must not end
+    /// it. `long_flow` must still fire at 100 s of the session's age with its first packet as
+    /// start and its client kept, and `sensor_degraded` say how many flows were refused and
+    /// evicted since when.
+    #[test]
+    fn a_session_outlives_a_flood_that_fills_the_table_and_its_kernel_entry_coming_back_server_first(
+    ) {
+        let mut cfg = Config::default();
+        cfg.detect.long_flow.after = HumanDuration::secs(100);
+        cfg.detect.long_flow.ladder = vec![];
+        cfg.alarm.suppression_window = HumanDuration::secs(20);
+        cfg.flow.max_flows = 64;
+        cfg.flow.tcp_unestablished_timeout = HumanDuration::secs(5);
+        cfg.flow.tcp_idle_timeout = HumanDuration::secs(30);
+        let mut e = Engine::new(&cfg, Observer::default());
+        let (client, server) = (ipv4_mapped([10, 0, 0, 1]), ipv4_mapped([10, 0, 0, 2]));
+        let (key, d) = FlowKey::canonical(&client, 40000, &server, 50000, 6);
+        let client_code = if d == 0 { CLIENT_LO } else { CLIENT_HI };
+        // The kernel entry: (counters, first time, last time).
+        let mut entry = FlowStats {
+            client: client_code,
+            client_source: CLIENT_BY_SYN,
+            tcp_flags: 0x12 | 0x12 << 8,
+            ..FlowStats::default()
+        };
+        entry.packets = [2, 2];
+        let (mut first, mut last) = (0, 0);
+        let mut events = Vec::new();
+        let mut n = 0u32;
+        for t in 1..=110u64 {
+            if t == 15 {
+                // Evicted by the flood; the server's keepalive at 20 s creates it anew.
+                entry = FlowStats {
+                    client: client_code ^ 1,
+                    client_source: CLIENT_BY_FIRST_PACKET,
+                    tcp_flags: 0x10 << (8 * (1 - d)),
+                    ..FlowStats::default()
+                };
+                entry.packets = [0, 0];
+                first = 50 * S;
+            }
+            if t % 10 == 0 && !(15..50).contains(&t) {
+                entry.packets[1 - d] += 1;
+                entry.packets[d] += 1;
+                entry.bytes[1 - d] += 60;
+                entry.bytes[d] += 52;
+                last = t * S;
+            }
+            if entry.packets != [0, 0] {
+                e.update_flow(&key, &entry, first, last);
+            }
+            if (12..70).contains(&t) {
+                for _ in 0..500 {
+                    n += 1;
+                    let src = ipv4_mapped([172, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                    let (k, kd) = FlowKey::canonical(&src, 40000, &server, 80, 6);
+                    e.add_packet(&k, kd, 40, 0x02, t * S);
+                }
+            }
+            let out = e.tick(t * S);
+            assert!(
+                !out.ended.iter().any(|f| f.key == key),
+                "the session never ends"
+            );
+            assert!(e.table.flow_count() <= 64);
+            events.extend(out.alarms);
+        }
+        let long = events
+            .iter()
+            .find(|a| a.rule == "long_flow")
+            .expect("long_flow");
+        let j = &long.json;
+        assert_eq!(long.action, Action::Opened);
+        assert_eq!(j["@timestamp"], crate::clock::rfc3339_micros(100 * S));
+        assert_eq!(j["event"]["start"], crate::clock::rfc3339_micros(0));
+        assert_eq!(
+            (j["source"]["ip"].as_str(), j["source"]["port"].as_u64()),
+            (Some("10.0.0.1"), Some(40000))
+        );
+        assert_eq!(j["sensor"]["client_from"], "syn");
+        assert!(
+            e.table.conversation_count() <= 65,
+            "{}",
+            e.table.conversation_count()
+        );
+
+        let degraded: Vec<&AlarmEvent> = events
+            .iter()
+            .filter(|a| a.rule == "sensor_degraded")
+            .collect();
+        let actions: Vec<Action> = degraded.iter().map(|a| a.action).collect();
+        // Opened at the first tick of the flood, updated once per 20 s window while it
+        // lasts, closed a window after its last eviction.
+        assert_eq!(
+            actions,
+            [
+                Action::Opened,
+                Action::Updated,
+                Action::Updated,
+                Action::Updated,
+                Action::Closed
+            ]
+        );
+        let first_ev = &degraded[0].json["sensor"]["evidence"];
+        assert_eq!(first_ev["since"], crate::clock::rfc3339_micros(12 * S));
+        let ev = &degraded[4].json["sensor"]["evidence"];
+        let s = e.stats();
+        assert_eq!(ev["evicted_flows"].as_u64(), Some(s.flows_evicted));
+        assert_eq!(
+            s.flows_evicted,
+            u64::from(n) - 63,
+            "every flood flow beyond the room"
+        );
+        assert_eq!(ev["refused_flows"], 0);
+        assert_eq!(ev["recreated_sessions"], 1);
+        assert_eq!(s.sessions_recreated, 1);
+        assert_eq!(s.sessions_unobserved_ns, 40 * S);
+        assert!(degraded.iter().all(|a| a.id == degraded[0].id));
     }
 }

@@ -408,11 +408,21 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
 /// Appends "; n what" for every note that happened, and the flows a full table refused.
 fn push_notes(summary: &mut String, notes: &[(u64, &str)], stats: &EngineStats) {
     let dropped = stats.flows_dropped + stats.conversations_dropped;
-    let table = (
-        dropped,
-        "flows dropped by a full flow table (raise flow.max_flows)",
-    );
-    for (n, what) in notes.iter().chain([&table]) {
+    let table = [
+        (
+            dropped,
+            "flows dropped by a full flow table (raise flow.max_flows)",
+        ),
+        (
+            stats.flows_evicted,
+            "unanswered flows evicted from a full flow table",
+        ),
+        (
+            stats.sessions_recreated,
+            "answered flows whose kernel entry was evicted and re-created",
+        ),
+    ];
+    for (n, what) in notes.iter().chain(&table) {
         if *n > 0 {
             summary.push_str(&format!("; {n} {what}"));
         }
@@ -1048,6 +1058,14 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             );
         }
     }
+    eprintln!(
+        "sensor-agent: flow table: {} flows refused, {} unanswered flows evicted, {} kernel entries re-created ({} of answered flows, unobserved {:.1} s in all)",
+        stats.flows_dropped + stats.conversations_dropped,
+        stats.flows_evicted,
+        stats.kernel_entries_recreated,
+        stats.sessions_recreated,
+        stats.sessions_unobserved_ns as f64 / 1e9,
+    );
     for line in sink_report(&alarms) {
         eprintln!("{line}");
     }

@@ -256,7 +256,14 @@ pub fn process<S: Source>(
     };
     let out = engine.tick(now);
     deliver(&out, alarms, observers)?;
-    let ended: Vec<FlowKey> = out.ended.iter().map(|f| f.key).collect();
+    // Flows the table refused are forgotten by the source like ended ones (live: their kernel
+    // entries are deleted, so a refused entry is not offered again at every poll).
+    let ended: Vec<FlowKey> = out
+        .ended
+        .iter()
+        .map(|f| f.key)
+        .chain(out.refused.iter().copied())
+        .collect();
     source
         .feedback(Feedback {
             ended: &ended,
