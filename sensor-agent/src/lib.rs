@@ -11,7 +11,7 @@
 //! maps and rings, a capture file) into the same events with explicit timestamps, and the
 //! engine never reads a clock, so a replay is deterministic. Modules are layered bottom-up
 //! (`units`, `clock`, `state`, `scoring`, `flow`, `source`, `enrich`, `detect`, `alarm`, `sink`,
-//! `config`, `engine`, `pipeline`); `cargo xtask test` fails on an import cycle between them.
+//! `metrics`, `config`, `engine`, `pipeline`); `cargo xtask test` fails on an import cycle between them.
 //! `docs/ARCHITECTURE.md` draws the whole design.
 
 pub mod alarm;
@@ -21,7 +21,9 @@ pub mod detect;
 pub mod engine;
 pub mod enrich;
 pub mod flow;
+pub mod metrics;
 pub mod pipeline;
+pub mod privilege;
 pub mod scoring;
 pub mod sink;
 pub mod source;
