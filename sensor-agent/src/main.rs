@@ -888,7 +888,15 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
         vec![default_route_interface()?]
     };
     let egress = args.egress || cfg.sensor.egress;
-    // Bound before privileges go: a port below 1024 needs them.
+    let mut live = LiveSource::start(
+        &ifaces,
+        egress,
+        &cfg.load_options(),
+        cfg.sensor.poll_interval.0,
+        cfg.sensor.pin_root(),
+    )?;
+    // Bound before privileges go (a port below 1024 needs them), after the interfaces are
+    // known to exist (a mistyped one is the error to report, not a port in use).
     let metrics = cfg
         .metrics
         .address()
@@ -898,13 +906,6 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
                 .with_context(|| format!("cannot listen for metrics on {addr}"))
         })
         .transpose()?;
-    let mut live = LiveSource::start(
-        &ifaces,
-        egress,
-        &cfg.load_options(),
-        cfg.sensor.poll_interval.0,
-        cfg.sensor.pin_root(),
-    )?;
     // Detaching at exit without pinned BPF links goes through netlink on kernels before 6.6
     // (TC) or 5.9 (XDP): that needs CAP_NET_ADMIN.
     let detaches = args.detach_on_exit || cfg.sensor.pin_root().is_none();
