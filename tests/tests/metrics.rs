@@ -478,3 +478,33 @@ fn a_metrics_address_beyond_loopback_must_be_allowed_explicitly() {
         "{out:?}"
     );
 }
+
+#[test]
+fn run_refuses_an_unknown_user_and_detaching_as_one_before_attaching() {
+    let dir = TempDir::new("user-args");
+    let state = format!("state.path={}", dir.path().join("state.bin").display());
+    for (args, needle) in [
+        (
+            vec!["--user", "no-such-user-sensor"],
+            "user \"no-such-user-sensor\" does not exist",
+        ),
+        (
+            vec!["--user", "nobody", "--detach-on-exit"],
+            "--detach-on-exit removes the pinned datapath",
+        ),
+    ] {
+        let mut all = vec!["run", "--iface", "lo", "--set", &state];
+        all.extend(args);
+        let out = sensor_tests::agent::run(&all);
+        assert!(!out.success, "{all:?}: {out:?}");
+        let errors = out.error_lines();
+        assert!(
+            errors.len() == 1 && errors[0].contains(needle),
+            "{all:?}: {out:?}"
+        );
+        assert!(
+            !out.stderr.contains("watching"),
+            "{all:?} attached: {out:?}"
+        );
+    }
+}
