@@ -80,7 +80,11 @@ fn depends(binary: &Path) -> Result<String> {
     let symbols = output(Command::new("objdump").arg("-T").arg(binary))?;
     let glibc = symbols
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        // objdump writes versions as `GLIBC_2.34` or `(GLIBC_2.34)`.
+        .filter_map(|w| {
+            w.trim_matches(|c| c == '(' || c == ')')
+                .strip_prefix("GLIBC_")
+        })
         .filter_map(|v| {
             let mut p = v.split('.').map(|n| n.parse::<u32>().ok());
             Some((p.next()??, p.next().flatten().unwrap_or(0)))
