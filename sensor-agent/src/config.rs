@@ -14,6 +14,7 @@ use crate::{
     detect::DetectConfig,
     enrich::{intel::IntelConfig, labels::LabelConfig},
     flow::settings::FlowConfig,
+    metrics::MetricsConfig,
     sink::{delivery::SpoolSection, ipfix::ExporterConfig, transport::SinkConfig, OutputConfig},
     source::records::settings::IngestConfig,
     source::settings::{CaptureConfig, SensorConfig},
@@ -43,6 +44,8 @@ pub struct Config {
     pub exporters: Vec<ExporterConfig>,
     /// What `run` keeps across restarts, and where.
     pub state: StateConfig,
+    /// The metrics and health endpoint of `run`.
+    pub metrics: MetricsConfig,
 }
 
 /// A configuration error, already located.
@@ -318,6 +321,7 @@ fn validate(c: &Config) -> Result<(), Invalid> {
     c.flow.validate().map_err(|e| e.within("flow"))?;
     c.ingest.validate().map_err(|e| e.within("ingest"))?;
     c.detect.validate().map_err(|e| e.within("detect"))?;
+    c.metrics.validate().map_err(|e| e.within("metrics"))?;
     for (i, sink) in c.sinks.iter().enumerate() {
         if let Err(e) = sink.validate() {
             return Err(Invalid::new(format!("sinks[{i}]"), e.to_string()));

@@ -23,7 +23,7 @@ use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    alarm::{degraded::Pressure, AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
+    alarm::{degraded::Pressure, Action, AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
     config::Config,
     detect::{
         self,
@@ -51,6 +51,8 @@ pub struct Engine {
     pub labels: Labeler,
     skip_multicast: bool,
     watch: WatchSet,
+    /// Alarm events handed out, by rule and action (metrics).
+    alarm_events: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// What one evaluation produced.
@@ -65,9 +67,13 @@ pub struct TickOutput {
     pub refused: Vec<FlowKey>,
 }
 
-/// Counters for the status line and the summaries: a copy, so presenting never reaches into
-/// the engine.
-#[derive(Clone, Debug, Default)]
+/// Counters for the status line, the summaries and the metrics: a copy, so presenting never
+/// reaches into the engine.
+///
+/// The metrics endpoint exports every numeric field by itself (through `Serialize`): a `usize`
+/// field listed in [`EngineStats::GAUGES`] as a gauge, every other one as a counter; [`METRICS`]
+/// names and explains the known ones, a new field appears as `sensor_engine_<field>_total`.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct EngineStats {
     pub packets: u64,
     pub flows: usize,
@@ -85,9 +91,14 @@ pub struct EngineStats {
     pub sessions_recreated: u64,
     pub sessions_unobserved_ns: u64,
     /// The first refusal or eviction of the pressure episode under way (ns), if any.
+    #[serde(skip)]
     pub degraded_since_ns: Option<u64>,
     /// Alarms opened, per rule id.
+    #[serde(skip)]
     pub opened_by_rule: BTreeMap<&'static str, u64>,
+    /// Alarm events handed out, per (rule id, action).
+    #[serde(skip)]
+    pub alarm_events: BTreeMap<(&'static str, &'static str), u64>,
     /// Alarms open now.
     pub open_alarms: usize,
     pub watched: usize,
@@ -171,6 +182,7 @@ impl Engine {
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
             watch: WatchSet::new(cfg.detect.watch.clone()),
+            alarm_events: BTreeMap::new(),
         }
     }
 
@@ -237,6 +249,7 @@ impl Engine {
                 .iter()
                 .map(|(r, n)| (*r, *n))
                 .collect(),
+            alarm_events: self.alarm_events_by_rule(),
             open_alarms: self.alarms.open_count(),
             watched: self.watch.len(),
             watch_refused: self.watch.refused,
@@ -412,6 +425,7 @@ impl Engine {
         if closed {
             self.table.counters.first_pressure_ns = None;
         }
+        self.count_events(&events);
         TickOutput {
             alarms: events,
             ended: ended.flows,
@@ -440,7 +454,170 @@ impl Engine {
                 }
             }
         }
+        self.count_events(&events);
         events
+    }
+
+    /// Alarm events by rule and action, zero for every rule and action not seen yet (so each
+    /// series exists from the start, as Prometheus wants counters to).
+    fn alarm_events_by_rule(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        let mut out: BTreeMap<(&'static str, &'static str), u64> = self
+            .detectors
+            .iter()
+            .flat_map(|d| {
+                [Action::Opened, Action::Updated, Action::Closed]
+                    .map(|a| ((d.rule_id(), a.as_str()), 0))
+            })
+            .collect();
+        for (k, n) in &self.alarm_events {
+            *out.entry(*k).or_default() += n;
+        }
+        out
+    }
+
+    fn count_events(&mut self, events: &[AlarmEvent]) {
+        for e in events {
+            *self
+                .alarm_events
+                .entry((e.rule, e.action.as_str()))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Metric names and help of the known [`EngineStats`] fields: (field, metric, help).
+const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "packets",
+        "sensor_packets_attributed_total",
+        "Packets counted into flows of the agent's table.",
+    ),
+    (
+        "flows",
+        "sensor_flows",
+        "Flows in the agent's flow table (active).",
+    ),
+    (
+        "conversations",
+        "sensor_conversations",
+        "Conversations in the agent's flow table (active).",
+    ),
+    (
+        "flows_dropped",
+        "sensor_flows_refused_total",
+        "Flows refused by a full flow table (flow.max_flows).",
+    ),
+    (
+        "conversations_dropped",
+        "sensor_conversations_refused_total",
+        "Conversations refused by a full flow table.",
+    ),
+    (
+        "flows_evicted",
+        "sensor_flows_evicted_total",
+        "Unanswered flows evicted from a full flow table to admit others.",
+    ),
+    (
+        "conversations_evicted",
+        "sensor_conversations_evicted_total",
+        "Conversations of failed attempts only, ended early to make room.",
+    ),
+    (
+        "kernel_entries_recreated",
+        "sensor_kernel_entries_recreated_total",
+        "Kernel flow entries of known flows evicted and re-created.",
+    ),
+    (
+        "sessions_recreated",
+        "sensor_sessions_recreated_total",
+        "Answered flows (sessions) whose kernel entry was evicted and re-created.",
+    ),
+    (
+        "sessions_unobserved_ns",
+        "sensor_sessions_unobserved_nanoseconds_total",
+        "Time re-created sessions went unobserved while their kernel entry was gone, in ns.",
+    ),
+    ("open_alarms", "sensor_alarms_open", "Alarms open now."),
+    (
+        "watched",
+        "sensor_watched_flows",
+        "Flows whose payload messages are timed (watched) now.",
+    ),
+    (
+        "watch_refused",
+        "sensor_watch_refused_total",
+        "Flows that qualified for watching while detect.watch.max_flows were watched.",
+    ),
+    (
+        "payloads",
+        "sensor_payload_copies_total",
+        "Payload copies classified.",
+    ),
+    (
+        "dns_messages",
+        "sensor_dns_messages_total",
+        "DNS messages read.",
+    ),
+    (
+        "identified_flows",
+        "sensor_identified_flows_total",
+        "Flows a payload classifier identified.",
+    ),
+    (
+        "messages",
+        "sensor_watched_messages_total",
+        "Payload messages of watched flows timed.",
+    ),
+];
+
+impl EngineStats {
+    /// Fields that are sizes now (gauges); every other numeric field counts since the start.
+    pub const GAUGES: &'static [&'static str] =
+        &["flows", "conversations", "open_alarms", "watched"];
+}
+
+impl crate::metrics::Export for EngineStats {
+    fn export(&self, out: &mut crate::metrics::Exposition) {
+        for ((rule, action), n) in &self.alarm_events {
+            out.counter(
+                "sensor_alarms_total",
+                "Alarm events handed to the outputs, by rule and action.",
+                &[("rule", rule), ("action", action)],
+                *n as f64,
+            );
+        }
+        if let Some(since) = self.degraded_since_ns {
+            out.gauge(
+                "sensor_degraded_since_timestamp_seconds",
+                "Start of the flow-table pressure episode under way (refusals or evictions).",
+                &[],
+                since as f64 / 1e9,
+            );
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return;
+        };
+        for (field, value) in fields {
+            let Some(v) = value.as_f64() else { continue };
+            let known = METRICS.iter().find(|(f, _, _)| *f == field);
+            let gauge = Self::GAUGES.contains(&field.as_str());
+            let (name, help) = match known {
+                Some((_, name, help)) => (name.to_string(), help.to_string()),
+                None if gauge => (
+                    format!("sensor_engine_{field}"),
+                    format!("EngineStats.{field}"),
+                ),
+                None => (
+                    format!("sensor_engine_{field}_total"),
+                    format!("EngineStats.{field}"),
+                ),
+            };
+            if gauge {
+                out.gauge(&name, &help, &[], v);
+            } else {
+                out.counter(&name, &help, &[], v);
+            }
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! Tasks of the runtime: the event loop (main task; the live source's ring buffers are woken
 //! through `AsyncFd` inside it), the capture reader (replay, blocking), the log reader
 //! (ingest, blocking, before the loop starts), one worker per sink
-//! (blocking), the intel refresh, and the signal watcher (Ctrl-C, SIGTERM, `--duration`).
+//! (blocking), the intel refresh, the metrics endpoint (`run`), and the signal watcher
+//! (Ctrl-C, SIGTERM, `--duration`). `run` attaches and drops its privileges before the
+//! runtime starts, while the process has one thread (capabilities are per thread).
 
 use std::{
     fs::File,
@@ -25,7 +27,9 @@ use sensor_agent::{
     config::{self, Config},
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
+    metrics,
     pipeline::{self, Observers},
+    privilege::{self, Capability},
     sink::{self, ipfix::Exporters, AlarmOutput, JsonLines},
     source::{
         collect::CollectSource,
@@ -176,6 +180,9 @@ struct RunArgs {
     /// Detach the datapath when stopping. By default it stays attached and pinned (sensor.pin_path), counting while the agent is down, and the next start resumes it.
     #[arg(long)]
     detach_on_exit: bool,
+    /// After attaching, switch to this user (and its group); every capability polling does not need is dropped either way.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -234,7 +241,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd_validate(&args),
         Command::Detach(args) => cmd_detach(&args),
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(cmd_run(args))),
+        // Attaching and dropping privileges happen before the runtime starts its threads.
+        Command::Run(args) => {
+            prepare_run(args).and_then(|prep| runtime().and_then(|rt| rt.block_on(cmd_run(prep))))
+        }
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(cmd_replay(args))),
         Command::Ingest(args) => runtime().and_then(|rt| rt.block_on(cmd_ingest(args))),
         Command::Collect(args) => runtime().and_then(|rt| rt.block_on(cmd_collect(args))),
@@ -902,8 +912,27 @@ fn watch_signals(duration: Option<Duration>) -> Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
+/// What `run` set up while it still had its privileges.
+struct Prepared {
+    args: RunArgs,
+    cfg: Config,
+    ifaces: Vec<String>,
+    live: LiveSource,
+    metrics: Option<std::net::TcpListener>,
+}
+
+/// The privileged part of `run`, on the only thread: binds the metrics endpoint, attaches
+/// the datapath, then switches to `--user` and keeps only the capabilities polling needs.
+fn prepare_run(args: RunArgs) -> Result<Prepared> {
     let cfg = load_config(&args.config)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(privilege::lookup_user)
+        .transpose()?;
+    if user.is_some() && args.detach_on_exit && cfg.sensor.pin_root().is_some() {
+        anyhow::bail!("--detach-on-exit removes the pinned datapath, which only root may; run `sensor-agent detach` as root after stopping instead");
+    }
     let ifaces = if !args.ifaces.is_empty() {
         args.ifaces.clone()
     } else if !cfg.sensor.interfaces.is_empty() {
@@ -912,24 +941,86 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         vec![default_route_interface()?]
     };
     let egress = args.egress || cfg.sensor.egress;
+    let mut live = LiveSource::start(
+        &ifaces,
+        egress,
+        &cfg.load_options(),
+        cfg.sensor.poll_interval.0,
+        cfg.sensor.pin_root(),
+    )?;
+    // Bound before privileges go (a port below 1024 needs them), after the interfaces are
+    // known to exist (a mistyped one is the error to report, not a port in use).
+    let metrics = cfg
+        .metrics
+        .address()
+        .map_err(|e| anyhow::anyhow!("metrics.{}: {}", e.key, e.message))?
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for metrics on {addr}"))
+        })
+        .transpose()?;
+    // Detaching at exit without pinned BPF links goes through netlink on kernels before 6.6
+    // (TC) or 5.9 (XDP): that needs CAP_NET_ADMIN.
+    let detaches = args.detach_on_exit || cfg.sensor.pin_root().is_none();
+    // Whether polling still needs CAP_BPF depends on the kernel (see privilege): tried.
+    let polls_unprivileged =
+        privilege::unprivileged(|| live.dp.jiffies().is_ok() && live.dp.counters().is_ok())?;
+    let mut keep = Vec::new();
+    if !polls_unprivileged {
+        keep.push(Capability::CAP_BPF);
+    }
+    if detaches && !sensor_agent::source::live::tcx_available() {
+        keep.push(Capability::CAP_NET_ADMIN);
+    }
+    privilege::drop_to(user.as_ref(), &keep)?;
+    let kept = privilege::effective();
+    eprintln!(
+        "sensor-agent: attached; running as {} with capabilities: {}",
+        user.as_ref().map_or_else(
+            || format!("uid {}", privilege::uid()),
+            |u| format!("{} (uid {})", u.name, u.uid)
+        ),
+        if kept.is_empty() {
+            "none".to_string()
+        } else {
+            kept.join(", ")
+        }
+    );
+    Ok(Prepared {
+        args,
+        cfg,
+        ifaces,
+        live,
+        metrics,
+    })
+}
+
+async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
+    let Prepared {
+        args,
+        cfg,
+        ifaces,
+        mut live,
+        metrics: listener,
+    } = prep;
+    let hub = metrics::Hub::new(cfg.sensor.poll_interval.0, cfg.sensor.max_kernel_flows);
+    if let Some(l) = listener {
+        let addr = l.local_addr().context("metrics socket address")?;
+        metrics::serve(l, hub.clone()).context("cannot serve metrics")?;
+        eprintln!("sensor-agent: metrics on http://{addr}/metrics (/healthz, /readyz)");
+    }
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let stop = watch_signals(args.duration)?;
-    // Loading (the verifier) and the clock calibration block for a while: off the workers
-    // that run the signal watcher and the sinks.
-    let mut live = tokio::task::block_in_place(|| {
-        LiveSource::start(
-            &ifaces,
-            egress,
-            &cfg.load_options(),
-            cfg.sensor.poll_interval.0,
-            cfg.sensor.pin_root(),
-        )
-    })?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
     live.watch_rings()?;
     let stop_for_alarms = stop.clone();
     live.stop_on(stop);
+    hub.attached(live.shared_stats());
+    let sinks = alarms.status_handle();
+    if let Some(s) = &sinks {
+        hub.sinks(s.clone());
+    }
     let attached: Vec<String> = live
         .attachments
         .iter()
@@ -971,19 +1062,25 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let kernel = live.shared_stats();
     let iface_list = ifaces.join(",");
     let mut ticked = |stats: &EngineStats| {
-        if !show_status || Instant::now() < next_status {
-            return;
-        }
-        next_status = Instant::now() + status_every;
         let k = kernel
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        hub.polled(Box::new(stats.clone()), k.poll_started.map(|t| t.elapsed()));
+        if !show_status || Instant::now() < next_status {
+            return;
+        }
+        next_status = Instant::now() + status_every;
         let unattributed: u64 = k.counters[..counter::UNATTRIBUTED_REASONS as usize]
             .iter()
             .sum();
+        let sink_status: String = sinks
+            .iter()
+            .flat_map(|s| s.status())
+            .map(|s| format!(" | sink {}: {} sent, {} pending", s.name, s.sent, s.pending))
+            .collect();
         eprint!(
-            "\r\x1b[K{iface_list} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}",
+            "\r\x1b[K{iface_list} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}{sink_status}",
             stats.packets,
             stats.flows,
             k.kernel_flows,

@@ -41,10 +41,16 @@ pub fn agent_bin() -> PathBuf {
         );
         return p;
     }
+    find_bin(BIN_NAME, BUILD_HINT)
+}
+
+/// `name` next to the test executable (see [`agent_bin`]), checked to be fresh; panics with
+/// `hint` when it is missing.
+fn find_bin(name: &str, hint: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running test executable");
     let mut looked = Vec::new();
     for dir in exe.ancestors().skip(1).take(4) {
-        let candidate = dir.join(BIN_NAME);
+        let candidate = dir.join(name);
         if candidate.is_file() {
             check_fresh(&candidate);
             return candidate;
@@ -52,7 +58,7 @@ pub fn agent_bin() -> PathBuf {
         looked.push(candidate.display().to_string());
     }
     panic!(
-        "the {BIN_NAME} binary is missing (looked at: {}); {BUILD_HINT}",
+        "the {name} binary is missing (looked at: {}); {hint}",
         looked.join(", ")
     );
 }
@@ -249,4 +255,13 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// Path of another binary of this workspace (`xtask`), built alongside the test executable
+/// as the agent is (`cargo build --workspace --bins`); panics naming the command that builds it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    find_bin(
+        name,
+        "build it with `cargo build --workspace --bins` (same CARGO_TARGET_DIR and profile as the tests)",
+    )
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod layers;
+mod package;
 
 /// Debian packages the build and the tests need (docs/TOOLCHAIN.md).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -59,6 +60,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("rsyslog", "a real syslog receiver for the sink tests"),
     (
+        "prometheus",
+        "promtool check metrics: the reference parser and linter for the metrics endpoint test",
+    ),
+    (
+        "lintian",
+        "checks the .deb that cargo xtask package builds, in the packaging test",
+    ),
+    (
         "rsyslog-gnutls",
         "TLS (RFC 5425) input for the rsyslog sink tests",
     ),
@@ -101,6 +110,16 @@ enum Cmd {
     /// Check the agent's structure (no import cycle between its top-level modules, no file
     /// over 1200 lines of code) and print its layers, bottom first. `test` runs the check.
     Layers,
+    /// Build a Debian package (.deb: binary, systemd unit, example config, state directory)
+    /// with dpkg-deb, from the release build (or --binary).
+    Package {
+        /// Package this binary instead of building the release one (the tests use it).
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+        /// Directory for the .deb (default: <target dir>/debian).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
         /// Which benchmark: `datapath`, `agent`, `sinks`, `detect` or `ingest`.
@@ -160,6 +179,20 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Package { binary, out } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    setup(false)?;
+                    cargo(&["build", "--release", "--package", "sensor-agent"])?;
+                    target_dir().join("release/sensor-agent")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("debian"));
+            let deb = package::build(&root(), &binary, &out)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Bench { which, args } => {
             setup(false)?;
             bench(&which, &args)
@@ -172,6 +205,14 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask sits in the workspace root")
         .to_path_buf()
+}
+
+/// Cargo's target directory: CARGO_TARGET_DIR, else `target` in the workspace.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

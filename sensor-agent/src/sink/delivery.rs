@@ -422,28 +422,13 @@ impl Delivery {
 
     /// Per-sink counters, pending records and the age of the oldest undelivered one.
     pub fn status(&self) -> Vec<SinkStatus> {
-        let spool = self.shared.lock();
-        let now = wall_ns();
-        self.shared
-            .names
-            .iter()
-            .zip(&self.shared.ids)
-            .zip(&self.shared.metrics)
-            .map(|((name, id), m)| SinkStatus {
-                name: name.clone(),
-                sent: m.sent.load(Ordering::Relaxed),
-                errors: m.errors.load(Ordering::Relaxed),
-                retries: m.retries.load(Ordering::Relaxed),
-                truncated: m.truncated.load(Ordering::Relaxed),
-                pending: spool.pending(id),
-                oldest_undelivered: spool.oldest_unacked_age(id, now),
-                last_error: m
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-            })
-            .collect()
+        self.status_handle().status()
+    }
+
+    /// A handle that reads [`Delivery::status`] and [`Delivery::spool_counters`] from another
+    /// task (the status line, the metrics endpoint) while the loop owns the delivery.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.shared.clone())
     }
 
     /// Alarms dropped by a full spool and not yet reported by a `sensor_degraded` alarm (for
@@ -467,6 +452,44 @@ impl Delivery {
     /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
     pub fn spool_counters(&self) -> super::spool::SpoolCounters {
         self.shared.lock().counters()
+    }
+}
+
+/// Reads the delivery state from anywhere; holds the shared state, never a worker.
+#[derive(Clone)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl StatusHandle {
+    /// Per-sink counters, pending records and the age of the oldest undelivered one.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        let shared = &self.0;
+        let spool = shared.lock();
+        let now = wall_ns();
+        shared
+            .names
+            .iter()
+            .zip(&shared.ids)
+            .zip(&shared.metrics)
+            .map(|((name, id), m)| SinkStatus {
+                name: name.clone(),
+                sent: m.sent.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                retries: m.retries.load(Ordering::Relaxed),
+                truncated: m.truncated.load(Ordering::Relaxed),
+                pending: spool.pending(id),
+                oldest_undelivered: spool.oldest_unacked_age(id, now),
+                last_error: m
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            })
+            .collect()
+    }
+
+    /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
+    pub fn spool_counters(&self) -> super::spool::SpoolCounters {
+        self.0.lock().counters()
     }
 }
 

@@ -219,6 +219,14 @@ impl AlarmOutput {
         }
     }
 
+    /// A handle reading [`AlarmOutput::status`] from another task (none without sinks).
+    pub fn status_handle(&self) -> Option<delivery::StatusHandle> {
+        match self {
+            AlarmOutput::Direct { .. } => None,
+            AlarmOutput::Delivered(d) => Some(d.status_handle()),
+        }
+    }
+
     /// Alarms dropped by a full spool not yet reported (0 without sinks): for the state file.
     pub fn unreported_drops(&self) -> u64 {
         match self {

@@ -95,6 +95,8 @@ pub struct LiveStats {
     pub ring_records_dropped: u64,
     /// The datapath's counters ([`sensor_common::counter`]) at the last poll.
     pub counters: [u64; counter::COUNT as usize],
+    /// When the last poll started (its duration is measured up to the end of its evaluation).
+    pub poll_started: Option<std::time::Instant>,
 }
 
 impl Default for LiveStats {
@@ -104,6 +106,7 @@ impl Default for LiveStats {
             watch_refused: 0,
             ring_records_dropped: 0,
             counters: [0; counter::COUNT as usize],
+            poll_started: None,
         }
     }
 }
@@ -324,6 +327,7 @@ impl LiveSource {
             }
             self.poll_now_ns = self.clock.to_wall_ns(j);
             self.stats.kernel_flows = 0;
+            self.stats.poll_started = Some(std::time::Instant::now());
             self.walk = Some(batch::Walk::new());
         }
         let clock = self.clock;
@@ -626,7 +630,7 @@ fn pin_failed(iface: &str, e: impl std::fmt::Display) -> LiveError {
 
 /// Whether aya attaches TC programs through TCX (Linux >= 6.6), as `SchedClassifier::attach`
 /// does for ingress and egress.
-fn tcx_available() -> bool {
+pub fn tcx_available() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
 }
 
