@@ -89,6 +89,7 @@ pub struct EngineStats {
     /// (established sessions), and how long those went unobserved in total (ns).
     pub kernel_entries_recreated: u64,
     pub sessions_recreated: u64,
+    #[serde(skip)]
     pub sessions_unobserved_ns: u64,
     /// The first refusal or eviction of the pressure episode under way (ns), if any.
     #[serde(skip)]
@@ -532,11 +533,6 @@ const METRICS: &[(&str, &str, &str)] = &[
         "sensor_sessions_recreated_total",
         "Answered flows (sessions) whose kernel entry was evicted and re-created.",
     ),
-    (
-        "sessions_unobserved_ns",
-        "sensor_sessions_unobserved_nanoseconds_total",
-        "Time re-created sessions went unobserved while their kernel entry was gone, in ns.",
-    ),
     ("open_alarms", "sensor_alarms_open", "Alarms open now."),
     (
         "watched",
@@ -586,6 +582,13 @@ impl crate::metrics::Export for EngineStats {
                 *n as f64,
             );
         }
+        // Prometheus' base unit is the second.
+        out.counter(
+            "sensor_sessions_unobserved_seconds_total",
+            "Time re-created sessions went unobserved while their kernel entry was gone.",
+            &[],
+            self.sessions_unobserved_ns as f64 / 1e9,
+        );
         if let Some(since) = self.degraded_since_ns {
             out.gauge(
                 "sensor_degraded_since_timestamp_seconds",
