@@ -145,6 +145,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of a finished agent process.
+    pub fn from_output(out: Output) -> Self {
+        Self::from(out)
+    }
+
     fn from(out: Output) -> Self {
         Run {
             success: out.status.success(),

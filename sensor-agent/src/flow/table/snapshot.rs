@@ -221,6 +221,8 @@ impl FlowTable {
                 role_tries: f.role_tries,
                 in_use: true,
                 conv,
+                // Not in the state file: a live agent reads it again from `TUNNELS`.
+                tunnel: None,
             });
             r.flows += 1;
         }
