@@ -178,7 +178,8 @@ pub mod tunnel {
     /// Stable names (`tunnel.type`), index-aligned with the kinds.
     pub const NAMES: [&str; COUNT] = ["none", "pppoe", "mpls", "gre", "vxlan", "geneve", "ipip"];
     /// `DatapathSettings::decap` with every kind on.
-    pub const ALL: u32 = (1 << PPPOE) | (1 << MPLS) | (1 << GRE) | (1 << VXLAN) | (1 << GENEVE) | (1 << IPIP);
+    pub const ALL: u32 =
+        (1 << PPPOE) | (1 << MPLS) | (1 << GRE) | (1 << VXLAN) | (1 << GENEVE) | (1 << IPIP);
 }
 
 /// The tunnel a flow was first seen in: the value of the `TUNNELS` side map (key: the inner

@@ -21,8 +21,12 @@ pub const PPP_LCP: u16 = 0xc021;
 /// Tunnel endpoints: the client's side is `A`, the server's `B`.
 pub const OUTER_V4_A: [u8; 4] = [203, 0, 113, 1];
 pub const OUTER_V4_B: [u8; 4] = [203, 0, 113, 2];
-pub const OUTER_V6_A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-pub const OUTER_V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const OUTER_V6_A: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+pub const OUTER_V6_B: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+];
 
 /// One encapsulation, with its identifiers.
 #[derive(Clone, Debug)]
@@ -67,10 +71,7 @@ impl Encap {
             Encap::Pppoe { tags, .. } => format!("{}vlan-pppoe", tags.len()),
             Encap::Mpls { labels } => format!("mpls{}", labels.len()),
             Encap::Gre {
-                outer_v6,
-                teb,
-                key,
-                ..
+                outer_v6, teb, key, ..
             } => format!(
                 "gre{}{}{}",
                 if *outer_v6 { "6" } else { "4" },
@@ -158,7 +159,12 @@ impl Encap {
                 } else {
                     (ethertype, ip.to_vec())
                 };
-                outer(*outer_v6, from_a, 47, &gre(*csum, *key, *seq, proto, &inner))
+                outer(
+                    *outer_v6,
+                    from_a,
+                    47,
+                    &gre(*csum, *key, *seq, proto, &inner),
+                )
             }
             Encap::Vxlan { vni } => {
                 let sport = if from_a { 49200 } else { 51000 };

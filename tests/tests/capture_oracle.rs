@@ -684,21 +684,6 @@ fn flow_convs(flows: &[Value], transports: &BTreeSet<String>, what: &str) -> Con
     convs
 }
 
-/// The flow records with `sensor.engine` removed, as sorted canonical JSON lines.
-fn without_engine(flows: &[Value]) -> Vec<String> {
-    let mut out: Vec<String> = flows
-        .iter()
-        .map(|f| {
-            let mut f = f.clone();
-            if let Some(s) = f.get_mut("sensor").and_then(Value::as_object_mut) {
-                s.remove("engine");
-            }
-            f.to_string()
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 /// The summary line's counting part: engine name replaced, and the alarm segment left out
 /// (the engines evaluate detectors at different times, so alarms may differ; counts may not).
@@ -775,8 +760,8 @@ fn check_capture_with(
         oracle.stats
     );
 
-    let k = without_engine(kflows);
-    let u = without_engine(uflows);
+    let k = agent::without_engine(kflows);
+    let u = agent::without_engine(uflows);
     if k != u {
         let only_k: Vec<&String> = k.iter().filter(|l| !u.contains(l)).collect();
         let only_u: Vec<&String> = u.iter().filter(|l| !k.contains(l)).collect();

@@ -13,8 +13,7 @@ use sensor_agent::source::{
 };
 use sensor_common::{
     counter, ipv4_mapped, ipv6_words, tunnel, Addr, DatapathSettings, FlowKey, TunnelInfo,
-    CLIENT_BY_FIRST_PACKET,
-    CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI,
+    CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI,
 };
 use sensor_tests::{
     frames::{
@@ -350,13 +349,23 @@ fn tunnel_variants() -> Vec<Variant> {
                 (ETH_P_IPV6, ip, l4_at, 8, flow6(5353, 53, 17, 0))
             } else {
                 let ip = frames::ipv4(V4_A, V4_B, 6, &[], Frag::default(), &data);
-                (ETH_P_IP, ip, 20, 20, flow4(40000, 443, 6, TCP_ACK | TCP_PSH))
+                (
+                    ETH_P_IP,
+                    ip,
+                    20,
+                    20,
+                    flow4(40000, 443, 6, TCP_ACK | TCP_PSH),
+                )
             };
             let (frame, at) = e.frame(ethertype, &ip, true);
             out.push(Variant {
                 name: Box::leak(
-                    format!("{} with {}", e.name(), if v6 { "ipv6 udp" } else { "ipv4 tcp" })
-                        .into_boxed_str(),
+                    format!(
+                        "{} with {}",
+                        e.name(),
+                        if v6 { "ipv6 udp" } else { "ipv4 tcp" }
+                    )
+                    .into_boxed_str(),
                 ),
                 built: Built {
                     frame,
@@ -795,18 +804,23 @@ fn kernel_every_encapsulation_records_its_tunnel_like_the_user_parser() {
             let (frame, _) = e.frame(ethertype, &ip, from_a);
             let name = format!("{} from {}", e.name(), if from_a { "A" } else { "B" });
             k.xdp(&frame);
-            let stats = k.flow(&key).unwrap_or_else(|| panic!("{name}: no inner flow"));
-            let kernel = k
-                .dp
-                .tunnel(&key)
-                .expect("read TUNNELS")
-                .unwrap_or_else(|| panic!("{name}: no TUNNELS entry"));
+            let stats = k
+                .flow(&key)
+                .unwrap_or_else(|| panic!("{name}: no inner flow"));
+            let kernel =
+                k.dp.tunnel(&key)
+                    .expect("read TUNNELS")
+                    .unwrap_or_else(|| panic!("{name}: no TUNNELS entry"));
             // Side A's direction index in the inner key: the sender's when A sent it.
             let want = expected_tunnel(&e, if from_a { dir } else { 1 - dir });
             assert_eq!(kernel, want, "{name}: kernel TUNNELS entry");
             assert_eq!(stats.tunnel, want.kind, "{name}: FlowStats::tunnel");
             let user = parse_frame(&frame).unwrap_or_else(|r| panic!("{name}: user parser: {r}"));
-            assert_eq!((user.key, user.tunnel), (key, kernel), "{name}: user parser");
+            assert_eq!(
+                (user.key, user.tunnel),
+                (key, kernel),
+                "{name}: user parser"
+            );
             // Switched off: the frame is what it was before decapsulation existed, in both
             // parsers.
             let off = tunnel::ALL & !(1 << want.kind);
@@ -820,15 +834,25 @@ fn kernel_every_encapsulation_records_its_tunnel_like_the_user_parser() {
             let before = k_off.counters();
             k_off.xdp(&frame);
             let after = k_off.counters();
-            assert!(k_off.flow(&key).is_none(), "{name}: kernel decapsulated while switched off");
+            assert!(
+                k_off.flow(&key).is_none(),
+                "{name}: kernel decapsulated while switched off"
+            );
             match parse_frame_with(&frame, off) {
                 Ok(p) => {
                     assert_ne!(p.key, key, "{name}: decapsulated while switched off");
-                    assert!(k_off.flow(&p.key).is_some(), "{name}: outer flow missing in the kernel");
+                    assert!(
+                        k_off.flow(&p.key).is_some(),
+                        "{name}: outer flow missing in the kernel"
+                    );
                 }
                 Err(r) => {
                     assert_eq!(r, counter::NOT_IP, "{name}: switched off");
-                    assert_eq!(after[r as usize] - before[r as usize], 1, "{name}: kernel reason");
+                    assert_eq!(
+                        after[r as usize] - before[r as usize],
+                        1,
+                        "{name}: kernel reason"
+                    );
                 }
             }
         }

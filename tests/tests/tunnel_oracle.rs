@@ -54,7 +54,11 @@ fn stratum_packets(as_v6: bool) -> Vec<IpFrame> {
             out.push((f.ts_ns, ETH_P_IP, ip));
         }
     }
-    assert!(out.len() > 100, "the stratum capture has {} IPv4 frames", out.len());
+    assert!(
+        out.len() > 100,
+        "the stratum capture has {} IPv4 frames",
+        out.len()
+    );
     out
 }
 
@@ -70,7 +74,14 @@ fn to_v6(ip: &[u8]) -> Vec<u8> {
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let src: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
     let dst: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
-    frames::ipv6(v6_of(src), v6_of(dst), &[], ip[9], &ip[ihl..total.min(ip.len())]).0
+    frames::ipv6(
+        v6_of(src),
+        v6_of(dst),
+        &[],
+        ip[9],
+        &ip[ihl..total.min(ip.len())],
+    )
+    .0
 }
 
 /// Source address of an IP packet.
@@ -201,9 +212,8 @@ fn tshark_inner(capture: &Path) -> BTreeMap<Key, Conv> {
                 .expect("known field");
             cols.get(i).copied().unwrap_or("")
         };
-        let all = |name: &str| -> Vec<&str> {
-            f(name).split(',').filter(|s| !s.is_empty()).collect()
-        };
+        let all =
+            |name: &str| -> Vec<&str> { f(name).split(',').filter(|s| !s.is_empty()).collect() };
         let protos: Vec<&str> = f("frame.protocols").split(':').collect();
         let ip_layers: Vec<&str> = protos
             .iter()
@@ -259,7 +269,10 @@ fn tshark_inner(capture: &Path) -> BTreeMap<Key, Conv> {
         } else if ip_layers.len() == 2 {
             "ipip"
         } else {
-            panic!("{}: tshark decoded no tunnel in {line:?}", capture.display())
+            panic!(
+                "{}: tshark decoded no tunnel in {line:?}",
+                capture.display()
+            )
         };
         let id = match kind {
             "pppoe" => number(f("pppoe.session_id")),
@@ -399,18 +412,7 @@ fn replay(dir: &TempDir, engine: &str, capture: &Path) -> Replayed {
     let name = capture.file_name().expect("name").to_string_lossy();
     let flows = dir.path().join(format!("{name}.{engine}.flows"));
     let alarms = dir.path().join(format!("{name}.{engine}.alarms"));
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "replay".into(),
-        "--no-progress".into(),
-        "--engine".into(),
-        engine.into(),
-        "--flows".into(),
-        flows.clone().into(),
-        "--alarms".into(),
-        alarms.clone().into(),
-    ];
-    args.push(capture.into());
-    let run = agent::run(&args);
+    let run = agent::replay_to(engine, &flows, &alarms, &[], capture);
     assert!(
         run.success && run.error_lines().is_empty(),
         "{name}: {engine} replay failed: {}",
@@ -433,20 +435,6 @@ fn replay(dir: &TempDir, engine: &str, capture: &Path) -> Replayed {
     }
 }
 
-fn without_engine(flows: &[Value]) -> Vec<String> {
-    let mut out: Vec<String> = flows
-        .iter()
-        .map(|f| {
-            let mut f = f.clone();
-            if let Some(s) = f.get_mut("sensor").and_then(Value::as_object_mut) {
-                s.remove("engine");
-            }
-            f.to_string()
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 #[test]
 fn kernel_tunnels_stratum_inside_every_encapsulation_matches_tshark_and_alarms() {
@@ -499,11 +487,14 @@ fn kernel_tunnels_stratum_inside_every_encapsulation_matches_tshark_and_alarms()
             "{name}: the kernel engine's conversations"
         );
         assert_eq!(
-            without_engine(&k.flows),
-            without_engine(&u.flows),
+            agent::without_engine(&k.flows),
+            agent::without_engine(&u.flows),
             "{name}: the engines' flow records differ"
         );
-        assert_eq!(k.summary, u.summary, "{name}: the engines' summaries differ");
+        assert_eq!(
+            k.summary, u.summary,
+            "{name}: the engines' summaries differ"
+        );
         assert!(
             !k.summary.contains("not_ip") && !k.summary.contains("unattributed"),
             "{name}: frames left unattributed: {}",
@@ -529,18 +520,29 @@ fn kernel_tunnels_stratum_inside_every_encapsulation_matches_tshark_and_alarms()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(|| panic!("{what}: {side}.ip"))
                 };
-                let inner = oracle
-                    .keys()
-                    .any(|k| [k.lo.ip, k.hi.ip] == [ip("source"), ip("destination")] || [k.hi.ip, k.lo.ip] == [ip("source"), ip("destination")]);
+                let inner = oracle.keys().any(|k| {
+                    [k.lo.ip, k.hi.ip] == [ip("source"), ip("destination")]
+                        || [k.hi.ip, k.lo.ip] == [ip("source"), ip("destination")]
+                });
                 assert!(inner, "{what}: not on the inner endpoints");
                 let t = &a["tunnel"];
                 assert_eq!(t["type"], want.kind, "{what}: tunnel.type");
-                assert_eq!(t["id"].as_u64(), want.id.map(u64::from), "{what}: tunnel.id");
+                assert_eq!(
+                    t["id"].as_u64(),
+                    want.id.map(u64::from),
+                    "{what}: tunnel.id"
+                );
                 let outer = want.outer.map(|(s, d)| (s.to_string(), d.to_string()));
-                let got = t["source"]["ip"]
-                    .as_str()
-                    .map(|s| (s.to_string(), t["destination"]["ip"].as_str().unwrap_or("").to_string()));
-                assert_eq!(got, outer, "{what}: tunnel outer addresses (client's side first)");
+                let got = t["source"]["ip"].as_str().map(|s| {
+                    (
+                        s.to_string(),
+                        t["destination"]["ip"].as_str().unwrap_or("").to_string(),
+                    )
+                });
+                assert_eq!(
+                    got, outer,
+                    "{what}: tunnel outer addresses (client's side first)"
+                );
             }
         }
         checked += 1;

@@ -340,8 +340,7 @@ impl AlarmManager {
         let mut json = json;
         if let Some(t) = &conv.tunnel {
             let (key, info) = &**t;
-            json["tunnel"] =
-                crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
+            json["tunnel"] = crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
         }
         if let Some(t) = &self.observer.telemetry {
             json["sensor"]["telemetry"] = json!(t.name);

@@ -195,7 +195,11 @@ pub fn map_specs(opts: &LoadOptions) -> [(&'static str, MapSpec); 8] {
         // As large as the flow map: it never holds more live entries than there are flows.
         (
             TUNNEL_MAP,
-            spec(size_of::<FlowKey>(), size_of::<TunnelInfo>(), opts.max_flows),
+            spec(
+                size_of::<FlowKey>(),
+                size_of::<TunnelInfo>(),
+                opts.max_flows,
+            ),
         ),
         (COUNTER_MAP, spec(4, 8, counter::COUNT)),
         (SETTINGS_MAP, spec(4, size_of::<DatapathSettings>(), 1)),

@@ -254,7 +254,13 @@ impl Kind {
             return e.frame(frames::ETH_P_IP, &ip, !reply).0;
         }
         match self {
-            Kind::V4 | Kind::Pppoe | Kind::Mpls | Kind::Gre | Kind::Vxlan | Kind::Geneve | Kind::Ipip => {
+            Kind::V4
+            | Kind::Pppoe
+            | Kind::Mpls
+            | Kind::Gre
+            | Kind::Vxlan
+            | Kind::Geneve
+            | Kind::Ipip => {
                 frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame
             }
             Kind::Vlan => {
@@ -1177,21 +1183,19 @@ fn main() -> Result<()> {
         }
         v
     });
-    let kinds = args
-        .frames
-        .unwrap_or_else(|| {
-            vec![
-                Kind::V4,
-                Kind::V6,
-                Kind::Vlan,
-                Kind::Pppoe,
-                Kind::Mpls,
-                Kind::Gre,
-                Kind::Vxlan,
-                Kind::Geneve,
-                Kind::Ipip,
-            ]
-        });
+    let kinds = args.frames.unwrap_or_else(|| {
+        vec![
+            Kind::V4,
+            Kind::V6,
+            Kind::Vlan,
+            Kind::Pppoe,
+            Kind::Mpls,
+            Kind::Gre,
+            Kind::Vxlan,
+            Kind::Geneve,
+            Kind::Ipip,
+        ]
+    });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = args.cpu.unwrap_or(cpus - 1);
     pin_to_cpu(cpu)?;
