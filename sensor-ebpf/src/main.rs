@@ -15,6 +15,12 @@
 //! answer as the `SAMPLE_TRACE` bit of `sampling`, the byte every packet already tests: an
 //! unwatched flow pays nothing per packet, a watched one a budget check and a ring record per
 //! payload packet.
+//!
+//! Tunnels (see `parse`): PPPoE and MPLS are opened in place; for GRE, VXLAN, Geneve and IP in
+//! IP the outer program writes where the inside starts into `INNER_START` and tail-calls its
+//! inner program (`sensor_xdp_inner`, `sensor_tc_inner`), which parses and counts the inner
+//! packet. A flow created from a decapsulated packet records its tunnel once in `TUNNELS` and
+//! its kind in `FlowStats::tunnel`; packets of existing flows pay nothing for it.
 #![no_std]
 #![no_main]
 // Inline BPF assembly for atomic add/or: core's atomics have no RMW operations on the BPF
@@ -248,58 +254,54 @@ fn account_inner<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
 /// Adds one parsed packet to its flow (creating it), and samples or traces its payload.
 #[inline(always)]
 fn count<C: LoadBytes>(ctx: &C, pkt: &Packet, len: u64) {
-    {
-        {
-            let (key, dir) = FlowKey::canonical(&pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
-            let syn_only = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let flags = (pkt.tcp_flags as u64) << (dir * 8);
-            let hit = Hit {
-                dir,
-                len,
-                flags,
-                syn_only,
-                port_53: pkt.sport == 53 || pkt.dport == 53,
-                now: unsafe { bpf_jiffies64() },
-            };
-            let payload_off = pkt.payload_off as u64;
-            let stats = match FLOWS.get_ptr_mut(&key) {
-                Some(stats) => {
-                    if update(stats, &hit) {
-                        watch_check(stats, &key);
-                    }
-                    stats
-                }
-                None => match {
-                    // Before the insert, from this frame, not from `create`: the call chain
-                    // main -> create -> record_tunnel passed the 512-byte stack limit. A lost
-                    // race rewrites the entry with another tunnelled packet's tunnel; a refused
-                    // insert leaves an entry the LRU map drops first.
-                    if pkt.tunnel.kind != 0 {
-                        record_tunnel(ctx, &key, dir, &pkt.tunnel);
-                    }
-                    create(ctx, &key, &hit, &pkt.tunnel)
-                } {
-                    Some(stats) => stats,
-                    None => return,
-                },
-            };
-            // Once a flow's sampling is over and it is not watched (almost every packet), this
-            // byte test is the only cost.
-            let sampling = unsafe { (*stats).sampling };
-            if sampling != 0 && pkt.has_payload != 0 && len > payload_off {
-                let sender_bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
-                if sampling & (sender_bit | SAMPLE_DNS) != 0 {
-                    sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
-                }
-                if sampling & SAMPLE_TRACE != 0 {
-                    // Up to the IP length: Ethernet padding of short frames is not payload.
-                    // Only here, not for `sample`: its copy length is a helper size argument,
-                    // and deriving it from the IP length made the verifier's precision
-                    // tracking keep every parse path apart (over 1M instructions, refused).
-                    let end = if (pkt.payload_end as u64) < len { pkt.payload_end as u64 } else { len };
-                    trace(stats, &key, dir as u64, end.saturating_sub(payload_off));
-                }
+    let (key, dir) = FlowKey::canonical(&pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto);
+    let syn_only = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let flags = (pkt.tcp_flags as u64) << (dir * 8);
+    let hit = Hit {
+        dir,
+        len,
+        flags,
+        syn_only,
+        port_53: pkt.sport == 53 || pkt.dport == 53,
+        now: unsafe { bpf_jiffies64() },
+    };
+    let payload_off = pkt.payload_off as u64;
+    let stats = match FLOWS.get_ptr_mut(&key) {
+        Some(stats) => {
+            if update(stats, &hit) {
+                watch_check(stats, &key);
             }
+            stats
+        }
+        None => match {
+            // Before the insert, from this frame, not from `create`: the call chain
+            // main -> create -> record_tunnel passed the 512-byte stack limit. A lost
+            // race rewrites the entry with another tunnelled packet's tunnel; a refused
+            // insert leaves an entry the LRU map drops first.
+            if pkt.tunnel.kind != 0 {
+                record_tunnel(ctx, &key, dir, &pkt.tunnel);
+            }
+            create(ctx, &key, &hit, &pkt.tunnel)
+        } {
+            Some(stats) => stats,
+            None => return,
+        },
+    };
+    // Once a flow's sampling is over and it is not watched (almost every packet), this
+    // byte test is the only cost.
+    let sampling = unsafe { (*stats).sampling };
+    if sampling != 0 && pkt.has_payload != 0 && len > payload_off {
+        let sender_bit = if dir == DIR_LO_TO_HI { SAMPLE_LO } else { SAMPLE_HI };
+        if sampling & (sender_bit | SAMPLE_DNS) != 0 {
+            sample(ctx, stats, &key, &hit, (payload_off << 32) | (len - payload_off));
+        }
+        if sampling & SAMPLE_TRACE != 0 {
+            // Up to the IP length: Ethernet padding of short frames is not payload.
+            // Only here, not for `sample`: its copy length is a helper size argument,
+            // and deriving it from the IP length made the verifier's precision
+            // tracking keep every parse path apart (over 1M instructions, refused).
+            let end = if (pkt.payload_end as u64) < len { pkt.payload_end as u64 } else { len };
+            trace(stats, &key, dir as u64, end.saturating_sub(payload_off));
         }
     }
 }

@@ -684,7 +684,6 @@ fn flow_convs(flows: &[Value], transports: &BTreeSet<String>, what: &str) -> Con
     convs
 }
 
-
 /// The summary line's counting part: engine name replaced, and the alarm segment left out
 /// (the engines evaluate detectors at different times, so alarms may differ; counts may not).
 fn summary_line(stderr: &str, engine: &str) -> String {
@@ -1279,7 +1278,16 @@ fn kernel_oracle_ipv6_extension_headers_and_fragments() {
         "ipv6-fragments.pcap",
         &pcap::pcap(pcap::LINKTYPE_ETHERNET, &records(interleave(frags))),
     );
-    let c = check_capture(&dir, &cap, Link::Ethernet, &[]);
+    // The datagrams to port 4789 carry letters, not VXLAN: with decapsulation on, a first
+    // fragment whose first byte has the I flag would be opened as VXLAN (tshark's VXLAN
+    // dissector is off here too).
+    let c = check_capture_with(
+        &dir,
+        &cap,
+        Link::Ethernet,
+        &[],
+        &["sensor.decap.vxlan=false"],
+    );
     assert_eq!((count(&c, "tcp"), count(&c, "udp")), (1, 2));
     assert!(
         c.summary.contains("later_fragment"),

@@ -435,7 +435,6 @@ fn replay(dir: &TempDir, engine: &str, capture: &Path) -> Replayed {
     }
 }
 
-
 #[test]
 fn kernel_tunnels_stratum_inside_every_encapsulation_matches_tshark_and_alarms() {
     require_bpf();

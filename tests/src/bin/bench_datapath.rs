@@ -1011,7 +1011,7 @@ program.
                     let base = median(&p.samples[2]);
                     let _ = writeln!(
                         w,
-                        "  {:<16} {:>6}: {s:.1} ns, IPv4/TCP {base:.1} ns, +{:.1} ns, x{:.3}",
+                        "  {:<16} {:>6}: {s:.1} ns, IPv4/TCP {base:.1} ns, {:+.1} ns, x{:.3}",
                         c.kind.label(),
                         c.flows.label(),
                         s - base,
