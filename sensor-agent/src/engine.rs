@@ -267,6 +267,12 @@ impl Engine {
         match event {
             SourceEvent::Packet(p) => {
                 self.add_packet(&p.key, p.dir, p.wire_len, p.tcp_flags, p.ts_ns);
+                // As the datapath: a flow's tunnel is the one of the packet that created it.
+                if let Some(t) = p.tunnel {
+                    if self.table.flow_packets(&p.key) == 1 {
+                        self.table.set_tunnel(&p.key, t);
+                    }
+                }
                 if !p.payload.is_empty() {
                     self.payload(&p.key, p.dir, p.dns, &p.payload, p.ts_ns);
                 }
@@ -277,6 +283,9 @@ impl Engine {
             SourceEvent::Flows(flows) => {
                 for f in flows {
                     self.update_flow(&f.key, &f.stats, f.first_ns, f.last_ns);
+                    if let Some(t) = f.tunnel {
+                        self.table.set_tunnel(&f.key, t);
+                    }
                 }
             }
             SourceEvent::Payload(p) => self.payload(&p.key, p.dir, p.dns, &p.data, p.ts_ns),

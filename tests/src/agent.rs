@@ -151,6 +151,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of a finished agent process.
+    pub fn from_output(out: Output) -> Self {
+        Self::from(out)
+    }
+
     fn from(out: Output) -> Self {
         Run {
             success: out.status.success(),
@@ -199,6 +204,41 @@ pub fn replay(engine: &str, flows: Option<&Path>, captures: &[&Path]) -> Run {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
     Run::from(out)
+}
+
+/// `sensor-agent replay --no-progress --engine ENGINE --flows FLOWS --alarms ALARMS
+/// [--set K=V]... CAPTURE`.
+pub fn replay_to(engine: &str, flows: &Path, alarms: &Path, sets: &[&str], capture: &Path) -> Run {
+    let mut c = command();
+    c.args(["replay", "--no-progress", "--engine", engine, "--flows"])
+        .arg(flows)
+        .arg("--alarms")
+        .arg(alarms);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let out = c
+        .arg(capture)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
+    Run::from(out)
+}
+
+/// Flow records with `sensor.engine` removed, as sorted JSON lines: what two engines must
+/// agree on.
+pub fn without_engine(flows: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = flows
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            if let Some(s) = f.get_mut("sensor").and_then(Value::as_object_mut) {
+                s.remove("engine");
+            }
+            f.to_string()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Parses JSON lines of flow records.

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod pcap;
 pub mod rsyslog;
 pub mod session;
+pub mod tunnels;
 pub mod wait;
 
 /// A count written `500`, `100k` or `10M` (k = 1,000, M = 1,000,000), for benchmark flags.

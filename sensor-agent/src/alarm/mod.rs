@@ -300,6 +300,7 @@ impl AlarmManager {
             stats: Default::default(),
             start_ns: None,
             end_ns: None,
+            tunnel: None,
         };
         let mut network = json!({
             "transport": transport_name(conv.key.proto),
@@ -344,6 +345,10 @@ impl AlarmManager {
             },
         });
         let mut json = json;
+        if let Some(t) = &conv.tunnel {
+            let (key, info) = &**t;
+            json["tunnel"] = crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
+        }
         if let Some(t) = &self.observer.telemetry {
             json["sensor"]["telemetry"] = json!(t.name);
             json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);

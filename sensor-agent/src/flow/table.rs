@@ -36,7 +36,8 @@
 use ahash::RandomState;
 use hashbrown::HashTable;
 use sensor_common::{
-    Addr, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+    Addr, FlowKey, FlowStats, TunnelInfo, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI,
+    CLIENT_LO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +114,9 @@ pub struct Conversation {
     /// Start time and bytes of each answered flow that ended (RITA-style periodicity across
     /// connections); allocated at the first one, bounded.
     pub connections: Option<Box<SampleRing>>,
+    /// The tunnel of its most recent tunnelled flow, oriented by that flow's key (see
+    /// [`Conversation::tunnel_key`]); boxed: most conversations have none.
+    pub tunnel: Option<Box<(FlowKey, TunnelInfo)>>,
 }
 
 impl Conversation {
@@ -161,6 +165,8 @@ struct Flow {
     /// queue.
     born: u32,
     conv: u32,
+    /// The tunnel the flow was created in (boxed: most flows have none).
+    tunnel: Option<Box<TunnelInfo>>,
 }
 
 impl Flow {
@@ -181,6 +187,7 @@ impl Flow {
             stats: self.stats(),
             start_ns: Some(self.first_ns),
             end_ns: Some(self.last_ns),
+            tunnel: self.tunnel.as_deref().copied(),
         }
     }
 }
@@ -575,6 +582,29 @@ impl FlowTable {
             .copied()
     }
 
+    /// Records the tunnel of a flow created from a decapsulated packet (the datapath's
+    /// `TUNNELS` entry, or the user parser's tunnel of the flow's first packet) on the flow and
+    /// its conversation. A flow keeps the first tunnel it was given.
+    pub fn set_tunnel(&mut self, key: &FlowKey, tunnel: TunnelInfo) {
+        let Some(i) = self.find_flow(key) else { return };
+        let f = &mut self.flows.items[i as usize];
+        if f.tunnel.is_some() {
+            return;
+        }
+        f.tunnel = Some(Box::new(tunnel));
+        let c = &mut self.convs.items[f.conv as usize];
+        c.tunnel = Some(Box::new((*key, tunnel)));
+        c.dirty = true;
+    }
+
+    /// Packets counted for a flow so far (0: not in the table).
+    pub fn flow_packets(&self, key: &FlowKey) -> u64 {
+        self.find_flow(key).map_or(0, |i| {
+            let f = &self.flows.items[i as usize];
+            f.packets[0] + f.packets[1]
+        })
+    }
+
     /// Adds one packet (replay).
     pub fn add_packet(&mut self, key: &FlowKey, dir: usize, len: u64, tcp_flags: u8, ts: u64) {
         let dir = dir & 1;
@@ -769,22 +799,31 @@ impl FlowTable {
             counted_side: admission::SIDE_NONE,
             born: 0,
             conv: conv_idx,
+            tunnel: None,
         };
         match found {
             Some(i) => {
                 let f = &mut self.flows.items[i as usize];
                 let first = f.first_ns.min(first_ns);
                 let last = f.last_ns.max(last_ns);
+                let tunnel = f.tunnel.take();
                 *f = Flow {
                     first_ns: first,
                     last_ns: last,
                     role_tries: f.role_tries,
                     counted_side: f.counted_side,
                     born: f.born,
+                    tunnel,
                     ..flow
                 };
                 if answered && !was_answered {
                     self.uncount(i);
+                }
+                // A flow that moved to another conversation takes its tunnel along.
+                if joined {
+                    if let Some(t) = &self.flows.items[i as usize].tunnel {
+                        self.convs.items[conv_idx as usize].tunnel = Some(Box::new((*key, **t)));
+                    }
                 }
             }
             None => {
@@ -1006,6 +1045,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         fan_counted: false,
         answered: false,
         connections: None,
+        tunnel: None,
     }
 }
 

@@ -5,8 +5,11 @@
 //! second time with first-bytes capture on (the agent's default capture settings): it is judged
 //! by its ratio to the plain sensor on established flows, whose payload copies are over.
 //!
-//! Cases: frame kinds (IPv4/TCP, IPv6/TCP, IPv4/TCP behind one 802.1Q tag) times flow counts
-//! (one hot flow, or N distinct flows). Every case loads fresh programs whose flow maps hold
+//! Cases: frame kinds (IPv4/TCP, IPv6/TCP, IPv4/TCP behind one 802.1Q tag, and the same
+//! IPv4/TCP inside each encapsulation the datapath opens: PPPoE, two MPLS labels, GRE with a
+//! key, VXLAN, Geneve with options, IP in IP) times flow counts (one hot flow, or N distinct
+//! flows). The tunnel kinds give the cost of each decapsulation against the plain IPv4/TCP
+//! row; REF and no-op parse none of them and stay yardsticks only. Every case loads fresh programs whose flow maps hold
 //! all N flows, then runs rounds; each round runs every program once, in rotating order, so
 //! drift affects all programs alike. The report gives median and min-max over rounds, the
 //! sensor/REF, sensor/no-op, net and capture/sensor ratios, and whether the targets were
@@ -38,7 +41,10 @@ use sensor_agent::{
     source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
 };
 use sensor_common::{counter, SAMPLE_HI, SAMPLE_LO};
-use sensor_tests::frames::{self, Frag};
+use sensor_tests::{
+    frames::{self, Frag},
+    tunnels::Encap,
+};
 
 const XDP_PASS: u32 = 2;
 /// Name of REF's flow map in [`BENCH_OBJECT`].
@@ -160,6 +166,18 @@ enum Kind {
     V6,
     /// IPv4/TCP behind one 802.1Q tag.
     Vlan,
+    /// IPv4/TCP in a PPPoE session.
+    Pppoe,
+    /// IPv4/TCP under two MPLS labels.
+    Mpls,
+    /// IPv4/TCP in GRE (with a key) over IPv4.
+    Gre,
+    /// IPv4/TCP in an Ethernet frame in VXLAN over IPv4.
+    Vxlan,
+    /// IPv4/TCP in an Ethernet frame in Geneve (8 bytes of options) over IPv4.
+    Geneve,
+    /// IPv4/TCP in IPv4 (4in4).
+    Ipip,
 }
 
 impl Kind {
@@ -168,7 +186,40 @@ impl Kind {
             Kind::V4 => "IPv4/TCP",
             Kind::V6 => "IPv6/TCP",
             Kind::Vlan => "VLAN+IPv4/TCP",
+            Kind::Pppoe => "PPPoE+IPv4/TCP",
+            Kind::Mpls => "MPLSx2+IPv4/TCP",
+            Kind::Gre => "GRE+IPv4/TCP",
+            Kind::Vxlan => "VXLAN+IPv4/TCP",
+            Kind::Geneve => "Geneve+IPv4/TCP",
+            Kind::Ipip => "IPIP+IPv4/TCP",
         }
+    }
+
+    /// The encapsulation of a tunnel kind.
+    fn encap(self) -> Option<Encap> {
+        Some(match self {
+            Kind::V4 | Kind::V6 | Kind::Vlan => return None,
+            Kind::Pppoe => Encap::Pppoe {
+                session: 7,
+                tags: Vec::new(),
+            },
+            Kind::Mpls => Encap::Mpls {
+                labels: vec![16001, 24005],
+            },
+            Kind::Gre => Encap::Gre {
+                outer_v6: false,
+                csum: false,
+                key: Some(42),
+                seq: None,
+                teb: false,
+            },
+            Kind::Vxlan => Encap::Vxlan { vni: 4242 },
+            Kind::Geneve => Encap::Geneve {
+                vni: 4242,
+                opt_words: 2,
+            },
+            Kind::Ipip => Encap::IpIp { outer_v6: false },
+        })
     }
 
     /// The frame of flow `i`, client -> server: flows differ in the client's address (low 24
@@ -198,8 +249,20 @@ impl Kind {
         } else {
             (client_v4, server_v4)
         };
+        if let Some(e) = self.encap() {
+            let ip = frames::ipv4(v4_src, v4_dst, 6, &[], Frag::default(), &l4);
+            return e.frame(frames::ETH_P_IP, &ip, !reply).0;
+        }
         match self {
-            Kind::V4 => frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame,
+            Kind::V4
+            | Kind::Pppoe
+            | Kind::Mpls
+            | Kind::Gre
+            | Kind::Vxlan
+            | Kind::Geneve
+            | Kind::Ipip => {
+                frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame
+            }
             Kind::Vlan => {
                 frames::v4_frame(
                     &[(frames::TPID_8021Q, 100)],
@@ -930,6 +993,44 @@ program.
     }
     let _ = writeln!(w);
 
+    // The cost of each decapsulation: the sensor on a tunnel kind against the sensor on the
+    // same IPv4/TCP flows without the tunnel, at the same flow count.
+    let tunnels: Vec<&Case> = cases.iter().filter(|c| c.kind.encap().is_some()).collect();
+    if !tunnels.is_empty() {
+        let _ = writeln!(
+            w,
+            "Decapsulation: sensor ns per packet inside each encapsulation against plain IPv4/TCP (medians):"
+        );
+        for c in tunnels {
+            let plain = cases
+                .iter()
+                .find(|p| p.kind == Kind::V4 && p.flows == c.flows);
+            let s = median(&c.samples[2]);
+            match plain {
+                Some(p) => {
+                    let base = median(&p.samples[2]);
+                    let _ = writeln!(
+                        w,
+                        "  {:<16} {:>6}: {s:.1} ns, IPv4/TCP {base:.1} ns, {:+.1} ns, x{:.3}",
+                        c.kind.label(),
+                        c.flows.label(),
+                        s - base,
+                        s / base
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        w,
+                        "  {:<16} {:>6}: {s:.1} ns (no IPv4/TCP case at this flow count to compare)",
+                        c.kind.label(),
+                        c.flows.label()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(w);
+    }
+
     let inserts: Vec<&Case> = cases.iter().filter(|c| c.insert.is_some()).collect();
     if !inserts.is_empty() {
         let _ = writeln!(w, "First packet of a new flow (the warm-up pass, one sample each, includes the harness floor;");
@@ -1082,9 +1183,19 @@ fn main() -> Result<()> {
         }
         v
     });
-    let kinds = args
-        .frames
-        .unwrap_or_else(|| vec![Kind::V4, Kind::V6, Kind::Vlan]);
+    let kinds = args.frames.unwrap_or_else(|| {
+        vec![
+            Kind::V4,
+            Kind::V6,
+            Kind::Vlan,
+            Kind::Pppoe,
+            Kind::Mpls,
+            Kind::Gre,
+            Kind::Vxlan,
+            Kind::Geneve,
+            Kind::Ipip,
+        ]
+    });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = args.cpu.unwrap_or(cpus - 1);
     pin_to_cpu(cpu)?;

@@ -226,6 +226,8 @@ impl FlowTable {
                 counted_side: super::admission::SIDE_NONE,
                 born: 0,
                 conv,
+                // Not in the state file: a live agent reads it again from `TUNNELS`.
+                tunnel: None,
             });
             r.flows += 1;
         }
