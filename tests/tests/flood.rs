@@ -189,8 +189,8 @@ fn flood(
     })
 }
 
-/// The session's entry in the kernel flow map the agent pinned.
-fn kernel_entry(root: &PinRoot, key: &FlowKey) -> Option<FlowStats> {
+/// The kernel flow map the agent pinned under `root`.
+fn pinned_flows(root: &PinRoot) -> aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowStats> {
     let path = root
         .pinned()
         .into_iter()
@@ -198,26 +198,19 @@ fn kernel_entry(root: &PinRoot, key: &FlowKey) -> Option<FlowStats> {
         .expect("the flow map is pinned");
     let data = aya::maps::MapData::from_pin(&path)
         .unwrap_or_else(|e| panic!("pinned map {}: {e}", path.display()));
-    let map: aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowStats> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
-            .unwrap_or_else(|e| panic!("flow map: {e}"));
-    map.get(key, 0).ok()
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
+        .unwrap_or_else(|e| panic!("flow map: {e}"))
+}
+
+/// The session's entry in the kernel flow map the agent pinned.
+fn kernel_entry(root: &PinRoot, key: &FlowKey) -> Option<FlowStats> {
+    pinned_flows(root).get(key, 0).ok()
 }
 
 /// Removes the session's entry from the pinned flow map, as an LRU eviction does; whether it
 /// was there to remove.
 fn evict_entry(root: &PinRoot, key: &FlowKey) -> bool {
-    let path = root
-        .pinned()
-        .into_iter()
-        .find(|p| p.ends_with("FLOWS"))
-        .expect("the flow map is pinned");
-    let data = aya::maps::MapData::from_pin(&path)
-        .unwrap_or_else(|e| panic!("pinned map {}: {e}", path.display()));
-    let mut map: aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowStats> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
-            .unwrap_or_else(|e| panic!("flow map: {e}"));
-    map.remove(key).is_ok()
+    pinned_flows(root).remove(key).is_ok()
 }
 
 struct Agent {
