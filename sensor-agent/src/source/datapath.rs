@@ -232,6 +232,13 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and both programs into the kernel (the verifier runs here).
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        Self::load_object(opts, OBJECT)
+    }
+
+    /// [`Datapath::load`] with another build of the sensor's object (same ABI): lets the
+    /// datapath benchmark measure a candidate change against the same yardsticks without
+    /// rebuilding the agent.
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         for (name, spec) in map_specs(opts) {
             loader.map_max_entries(name, spec.max_entries);
@@ -244,7 +251,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // The programs write to aya-log's map; without a reader the messages are lost, so a
         // failure here is reported but does not stop the sensor.

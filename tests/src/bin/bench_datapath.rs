@@ -27,6 +27,13 @@
 //! would be extra flows in its map). `--silent-server` leaves the replies out: the server's
 //! copies then never retire, and every packet also makes the sampling call (the "client talks,
 //! server silent" case).
+//!
+//! Before/after in one run: `--baseline-object FILE` loads another build of the sensor's
+//! object (say, the last release's `target/ebpf/bpfel-unknown-none/release/sensor`) as a fifth
+//! program, flows-only, measured in the same rounds; the report adds sensor/baseline. Its
+//! tunnel programs are not installed, so only the plain frame kinds compare like with like.
+//! `--sensor-object FILE` measures another build of the sensor instead of the one built into
+//! this binary (for trying a datapath change without rebuilding the bench).
 
 use std::{fmt::Write as _, time::Instant};
 
@@ -38,7 +45,7 @@ use aya::{
 use clap::{Parser, ValueEnum};
 use sensor_agent::{
     config::Config as AgentConfig,
-    source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
+    source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS, OBJECT},
 };
 use sensor_common::{counter, SAMPLE_HI, SAMPLE_LO};
 use sensor_tests::{
@@ -105,6 +112,48 @@ struct Args {
     /// copies are over].
     #[arg(long)]
     silent_server: bool,
+    /// Another build of the sensor's eBPF object, measured side by side as `baseline`
+    /// (before/after a change in one run).
+    #[arg(long, value_name = "FILE")]
+    baseline_object: Option<std::path::PathBuf>,
+    /// Measure this build of the sensor's eBPF object instead of the one built into the
+    /// bench (same ABI).
+    #[arg(long, value_name = "FILE")]
+    sensor_object: Option<std::path::PathBuf>,
+}
+
+/// An eBPF object read from a file, kept 8-byte aligned (the ELF parser reads headers in
+/// place, as `include_bytes_aligned!` arranges for the built-in objects).
+struct ObjectFile {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl ObjectFile {
+    fn read(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read eBPF object {}", path.display()))?;
+        ensure!(
+            bytes.starts_with(b"\x7fELF"),
+            "{} is not an ELF object",
+            path.display()
+        );
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        Ok(ObjectFile {
+            words,
+            len: bytes.len(),
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes, and u8 has no alignment.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,9 +374,14 @@ enum Prog {
     Ref,
     Sensor,
     Capture,
+    /// `--baseline-object`: another build of the sensor, flows-only.
+    Baseline,
 }
 
 const PROGS: [Prog; 4] = [Prog::Noop, Prog::Ref, Prog::Sensor, Prog::Capture];
+/// Name of the sensor's flow map and XDP program in a baseline object.
+const SENSOR_FLOW_MAP: &str = "FLOWS";
+const SENSOR_PROGRAM: &str = "sensor_xdp";
 
 impl Prog {
     fn index(self) -> usize {
@@ -336,6 +390,7 @@ impl Prog {
             Prog::Ref => 1,
             Prog::Sensor => 2,
             Prog::Capture => 3,
+            Prog::Baseline => 4,
         }
     }
 
@@ -345,6 +400,7 @@ impl Prog {
             Prog::Ref => "REF",
             Prog::Sensor => "sensor",
             Prog::Capture => "sensor+capture",
+            Prog::Baseline => "baseline",
         }
     }
 }
@@ -357,6 +413,8 @@ struct Programs {
     capture: Datapath,
     /// Payload copies read from `capture`'s ring so far.
     drained: u64,
+    /// `--baseline-object`, loaded without the agent (its ABI may differ from this build's).
+    baseline: Option<Ebpf>,
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -368,7 +426,8 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 impl Programs {
-    fn load(capacity: u32, capture: &LoadOptions) -> Result<Self> {
+    fn load(capacity: u32, cfg: &Config) -> Result<Self> {
+        let capture = &cfg.capture;
         let mut bench = EbpfLoader::new()
             .map_max_entries(REF_MAP, capacity)
             .load(BENCH_OBJECT)
@@ -380,18 +439,36 @@ impl Programs {
                 .load()
                 .with_context(|| format!("cannot load program {name}"))?;
         }
-        let sensor = Datapath::load(&LoadOptions::flows_only(capacity))
+        let object = cfg.sensor_object.as_ref().map_or(OBJECT, ObjectFile::bytes);
+        let sensor = Datapath::load_object(&LoadOptions::flows_only(capacity), object)
             .context("cannot load the sensor datapath")?;
-        let capture = Datapath::load(&LoadOptions {
-            max_flows: capacity,
-            ..capture.clone()
-        })
+        let capture = Datapath::load_object(
+            &LoadOptions {
+                max_flows: capacity,
+                ..capture.clone()
+            },
+            object,
+        )
         .context("cannot load the sensor datapath with first-bytes capture")?;
+        let baseline = match &cfg.baseline_object {
+            None => None,
+            Some(obj) => {
+                let mut ebpf = EbpfLoader::new()
+                    .map_max_entries(SENSOR_FLOW_MAP, capacity)
+                    .load(obj.bytes())
+                    .context("cannot load the baseline object")?;
+                xdp(&mut ebpf, SENSOR_PROGRAM)?
+                    .load()
+                    .context("cannot load the baseline's sensor_xdp (verifier?)")?;
+                Some(ebpf)
+            }
+        };
         Ok(Programs {
             bench,
             sensor,
             capture,
             drained: 0,
+            baseline,
         })
     }
 
@@ -401,6 +478,10 @@ impl Programs {
             Prog::Ref => xdp(&mut self.bench, REF_PROGRAM),
             Prog::Sensor => Ok(self.sensor.xdp()?),
             Prog::Capture => Ok(self.capture.xdp()?),
+            Prog::Baseline => match &mut self.baseline {
+                Some(b) => xdp(b, SENSOR_PROGRAM),
+                None => bail!("no --baseline-object was given"),
+            },
         }
     }
 
@@ -556,8 +637,9 @@ struct Case {
     kind: Kind,
     flows: Flows,
     capacity: u32,
-    /// Per program (index order of [`PROGS`]), one value per round: mean ns per packet.
-    samples: [Vec<f64>; 4],
+    /// Per program (index order of [`PROGS`], then the baseline if any), one value per
+    /// round: mean ns per packet.
+    samples: [Vec<f64>; 5],
     /// Distinct flows only: mean ns of the first packet of each flow (the warm-up pass that
     /// inserted them), for REF, the sensor and sensor+capture.
     insert: Option<(f64, f64, f64)>,
@@ -587,6 +669,19 @@ struct Config {
     /// sensor+capture's load options but for the flow-map capacity: the agent's defaults.
     capture: LoadOptions,
     silent_server: bool,
+    sensor_object: Option<ObjectFile>,
+    baseline_object: Option<ObjectFile>,
+}
+
+impl Config {
+    /// The programs measured in every round.
+    fn progs(&self) -> Vec<Prog> {
+        let mut v = PROGS.to_vec();
+        if self.baseline_object.is_some() {
+            v.push(Prog::Baseline);
+        }
+        v
+    }
 }
 
 fn progress(started: Instant, msg: &str) {
@@ -598,14 +693,15 @@ fn progress(started: Instant, msg: &str) {
 /// returns (total ns, packets); the round's value for a program is its ns per packet.
 fn round(
     progs: &mut Programs,
+    active: &[Prog],
     round: usize,
     slices: usize,
     mut run: impl FnMut(&mut Xdp, Prog, usize) -> Result<(f64, f64)>,
-) -> Result<[f64; 4]> {
-    let mut totals = [(0.0, 0.0); 4];
+) -> Result<[f64; 5]> {
+    let mut totals = [(0.0, 0.0); 5];
     for slice in 0..slices {
-        for k in 0..PROGS.len() {
-            let p = PROGS[(round * slices + slice + k) % PROGS.len()];
+        for k in 0..active.len() {
+            let p = active[(round * slices + slice + k) % active.len()];
             let (ns, packets) = run(progs.prog(p)?, p, slice)?;
             totals[p.index()].0 += ns;
             totals[p.index()].1 += packets;
@@ -616,13 +712,14 @@ fn round(
 
 fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<Case> {
     let capacity = flows.capacity();
-    let mut progs = Programs::load(capacity, &cfg.capture)?;
+    let mut progs = Programs::load(capacity, cfg)?;
+    let active = cfg.progs();
     let copies = cfg.capture.settings.payload_packets.min(255);
     let mut case = Case {
         kind,
         flows,
         capacity,
-        samples: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
+        samples: Default::default(),
         insert: None,
         measured_inserts: [0; 2],
         capture: CaptureWarmUp {
@@ -639,17 +736,17 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
         Flows::Hot => {
             let frame = kind.frame(0);
             // Warm-up: inserts the flow, warms caches and the JIT images.
-            for p in PROGS {
+            for &p in &active {
                 hot_call(progs.prog(p)?, p, &frame, cfg.hot_repeat.min(100_000))?;
             }
             finish_copies(&mut progs, kind, 1, copies, cfg.silent_server)?;
             let created = check_warm_up(&mut progs, &mut case, cfg, 1)?;
             for r in 0..cfg.rounds {
-                let v = round(&mut progs, r, HOT_CALLS, |prog, p, _| {
+                let v = round(&mut progs, &active, r, HOT_CALLS, |prog, p, _| {
                     Ok((hot_call(prog, p, &frame, cfg.hot_repeat)?, 1.0))
                 })?;
-                for (samples, v) in case.samples.iter_mut().zip(v) {
-                    samples.push(v);
+                for &p in &active {
+                    case.samples[p.index()].push(v[p.index()]);
                 }
                 check_no_copies(&mut progs, &case, r)?;
             }
@@ -666,6 +763,9 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             pass(progs.prog(Prog::Noop)?, Prog::Noop, &set, noop_warm)?;
             let ref_insert = pass(progs.prog(Prog::Ref)?, Prog::Ref, &set, &in_order)?;
             let sensor_insert = pass(progs.prog(Prog::Sensor)?, Prog::Sensor, &set, &in_order)?;
+            if progs.baseline.is_some() {
+                pass(progs.prog(Prog::Baseline)?, Prog::Baseline, &set, &in_order)?;
+            }
             let capture_insert = capture_pass(&mut progs, &set, &in_order)?;
             case.insert = Some((ref_insert, sensor_insert, capture_insert));
             finish_copies(&mut progs, kind, n, copies, cfg.silent_server)?;
@@ -682,13 +782,13 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             let chunks: Vec<&[u32]> = order.chunks(SLICE_FRAMES).collect();
             let slices = passes_per_round(n) * chunks.len();
             for r in 0..cfg.rounds {
-                let v = round(&mut progs, r, slices, |prog, p, slice| {
+                let v = round(&mut progs, &active, r, slices, |prog, p, slice| {
                     let chunk = chunks[slice % chunks.len()];
                     let packets = chunk.len() as f64;
                     Ok((pass(prog, p, &set, chunk)? * packets, packets))
                 })?;
-                for (samples, v) in case.samples.iter_mut().zip(v) {
-                    samples.push(v);
+                for &p in &active {
+                    case.samples[p.index()].push(v[p.index()]);
                 }
                 check_no_copies(&mut progs, &case, r)?;
                 if n >= 100_000 {
@@ -806,7 +906,7 @@ fn spread(v: &[f64], digits: usize) -> String {
 /// within a round, so a round's programs saw the same conditions). `f` gets no-op, REF,
 /// sensor and sensor+capture. `None` where undefined.
 fn per_round(case: &Case, f: impl Fn(f64, f64, f64, f64) -> Option<f64>) -> Vec<f64> {
-    let [noop, r, s, c] = &case.samples;
+    let [noop, r, s, c, _] = &case.samples;
     noop.iter()
         .zip(r)
         .zip(s)
@@ -1031,6 +1131,34 @@ program.
         let _ = writeln!(w);
     }
 
+    if cfg.baseline_object.is_some() {
+        let _ = writeln!(
+            w,
+            "Before/after: sensor against the baseline object (another build of sensor_xdp, flows-only,\n\
+             measured in the same rounds; its tunnel programs are not installed, so tunnel kinds are not\n\
+             like for like). Ratio of the medians, [min-max] of the same ratio within each round:"
+        );
+        for c in cases {
+            let b = median(&c.samples[4]);
+            let s = median(&c.samples[2]);
+            let rounds: Vec<f64> = c.samples[2]
+                .iter()
+                .zip(&c.samples[4])
+                .map(|(s, b)| s / b)
+                .collect();
+            let _ = writeln!(
+                w,
+                "  {:<16} {:>6}: baseline {} ns, sensor {} ns, sensor/baseline {}",
+                c.kind.label(),
+                c.flows.label(),
+                spread(&c.samples[4], 1),
+                spread(&c.samples[2], 1),
+                ratio(Some(s / b), rounds),
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     let inserts: Vec<&Case> = cases.iter().filter(|c| c.insert.is_some()).collect();
     if !inserts.is_empty() {
         let _ = writeln!(w, "First packet of a new flow (the warm-up pass, one sample each, includes the harness floor;");
@@ -1173,6 +1301,16 @@ fn main() -> Result<()> {
             .unwrap_or(if args.quick { 100_000 } else { 1_000_000 }),
         capture: AgentConfig::default().load_options(),
         silent_server: args.silent_server,
+        sensor_object: args
+            .sensor_object
+            .as_deref()
+            .map(ObjectFile::read)
+            .transpose()?,
+        baseline_object: args
+            .baseline_object
+            .as_deref()
+            .map(ObjectFile::read)
+            .transpose()?,
     };
     ensure!(cfg.rounds >= 1, "--rounds must be at least 1");
     ensure!(cfg.hot_repeat >= 1, "--hot-repeat must be at least 1");
