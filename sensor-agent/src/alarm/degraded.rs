@@ -116,10 +116,7 @@ impl AlarmManager {
         if action == Action::Closed {
             event["reason"] = json!("no flow refused or evicted for a suppression window");
         }
-        let mut observer = json!({ "hostname": self.observer.hostname });
-        if let Some(iface) = &self.observer.interface {
-            observer["ingress"] = json!({ "interface": { "name": iface } });
-        }
+        let observer = self.observer_json();
         let json: Value = json!({
             "@timestamp": rfc3339(now),
             "event": event,
@@ -140,6 +137,7 @@ impl AlarmManager {
             action,
             id: ep.id.clone(),
             json,
+            conv: None,
         }
     }
 }
