@@ -145,18 +145,11 @@ impl AlarmManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{alarm::settings::AlarmConfig, alarm::Observer, units::HumanDuration};
 
     const S: u64 = 1_000_000_000;
 
     fn manager() -> AlarmManager {
-        AlarmManager::new(
-            AlarmConfig {
-                suppression_window: HumanDuration::secs(10),
-                ..AlarmConfig::default()
-            },
-            Observer::default(),
-        )
+        super::super::test_manager(10)
     }
 
     fn at(refused: u64, evicted: u64, first: u64, last: u64) -> Pressure {

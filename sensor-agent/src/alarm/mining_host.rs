@@ -611,10 +611,7 @@ impl AlarmManager {
             "destination": { "bytes": t.bytes[1] },
             "network": { "bytes": t.bytes[0].saturating_add(t.bytes[1]) },
             "observer": self.observer_json(),
-            "threat": {
-                "framework": "MITRE ATT&CK",
-                "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
-            },
+            "threat": super::threat_json(),
             "sensor": { "evidence": Value::Object(evidence), "hits": ep.hits },
         });
         self.telemetry_json(&mut json);
@@ -631,20 +628,13 @@ impl AlarmManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{alarm::settings::AlarmConfig, alarm::Observer, units::HumanDuration};
     use sensor_common::ipv4_mapped;
 
     const S: u64 = 1_000_000_000;
     const H: u64 = 3600 * S;
 
     fn manager() -> AlarmManager {
-        let mut m = AlarmManager::new(
-            AlarmConfig {
-                suppression_window: HumanDuration::secs(3600),
-                ..AlarmConfig::default()
-            },
-            Observer::default(),
-        );
+        let mut m = super::super::test_manager(3600);
         m.set_mining_host(MiningHostConfig::default());
         m
     }

@@ -375,10 +375,7 @@ impl AlarmManager {
             },
             "network": network,
             "observer": observer,
-            "threat": {
-                "framework": "MITRE ATT&CK",
-                "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
-            },
+            "threat": threat_json(),
             "sensor": {
                 "evidence": Value::Object(alarm.finding.evidence.clone()),
                 "hits": alarm.hits,
@@ -491,6 +488,26 @@ impl AlarmManager {
         }
         (restored, skipped)
     }
+}
+
+/// `threat.*` of the mining alarms: ATT&CK T1496.
+fn threat_json() -> Value {
+    json!({
+        "framework": "MITRE ATT&CK",
+        "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
+    })
+}
+
+/// An alarm manager re-sending at most every `window_s` seconds, for tests.
+#[cfg(test)]
+fn test_manager(window_s: u64) -> AlarmManager {
+    AlarmManager::new(
+        settings::AlarmConfig {
+            suppression_window: crate::units::HumanDuration::secs(window_s),
+            ..settings::AlarmConfig::default()
+        },
+        Observer::default(),
+    )
 }
 
 fn rfc3339(ns: u64) -> String {
