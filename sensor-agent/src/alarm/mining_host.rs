@@ -24,8 +24,9 @@
 //! [`MAX_POOLS`] pools per host (conversations to further pools count in the totals and in
 //! `unlisted_pool_conversations`), [`MAX_DOMAINS`] names and [`MAX_COINS`] coins per pool,
 //! strings cut to [`MAX_NAME`] bytes, [`MAX_CONVS`] conversations kept apart per host (the
-//! oldest, preferring those whose alarms all closed, are folded into the totals), and the
-//! last [`MAX_MEMBER_IDS`] member alarm ids with a count of all.
+//! oldest, preferring those whose alarms all closed, are folded into the totals; an alarm
+//! of a folded conversation arriving later counts that conversation again), and the last
+//! [`MAX_MEMBER_IDS`] member alarm ids with a count of all.
 //!
 //! The id derives from the rule, the host address and the episode's start (its first member
 //! conversation's start), so a replay gives the same id and a restart (the episode is in the

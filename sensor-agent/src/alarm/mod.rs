@@ -6,6 +6,10 @@
 //! (derived from the rule, the endpoints and the conversation's start), so a replay of the
 //! same capture yields the same ids. Allowlisted conversations never raise alarms.
 //!
+//! Besides the per-conversation alarms, two episode alarms are kept here: `sensor_degraded`
+//! ([`degraded`], a flow table under pressure) and `mining_host` ([`mining_host`], a host's
+//! mining gathered from the other rules' alarms across conversations and days).
+//!
 //! Rendering follows the alarm contract in docs/ARCHITECTURE.md (ECS field names). Strings taken from
 //! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
 
