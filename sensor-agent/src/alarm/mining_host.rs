@@ -522,11 +522,13 @@ impl AlarmManager {
     }
 
     /// Takes host episodes from a snapshot; those out of bounds or malformed, duplicates and
-    /// those beyond `max_hosts` are skipped. Returns (restored, skipped).
+    /// those beyond `max_hosts` are skipped, and all of them when the host view is off (they
+    /// would never be evaluated, only carried from file to file). Returns (restored, skipped).
     pub fn restore_hosts(&mut self, episodes: Vec<HostEpisode>) -> (usize, usize) {
         let (mut restored, mut skipped) = (0, 0);
         for ep in episodes {
-            if !ep.well_formed()
+            if !self.hosts.cfg.enabled
+                || !ep.well_formed()
                 || self.hosts.episodes.contains_key(&ep.host)
                 || self.hosts.episodes.len() >= self.hosts.cfg.max_hosts
             {
@@ -945,6 +947,12 @@ mod tests {
         bad.id = "not hex!".into();
         let mut foreign = back[0].clone();
         foreign.host = "10.9.9.9".parse().unwrap();
+        let mut off = manager();
+        off.set_mining_host(MiningHostConfig {
+            enabled: false,
+            ..MiningHostConfig::default()
+        });
+        assert_eq!(off.restore_hosts(back.clone()), (0, 1), "off: nothing kept");
         let mut after = manager();
         assert_eq!(
             after.restore_hosts(vec![bad, foreign, back[0].clone()]),
