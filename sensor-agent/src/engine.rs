@@ -23,7 +23,10 @@ use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    alarm::{degraded::Pressure, Action, AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
+    alarm::{
+        degraded::Pressure, mining_host::HostEpisode, Action, AlarmEvent, AlarmManager,
+        AlarmSnapshot, Observer,
+    },
     config::Config,
     detect::{
         self,
@@ -102,6 +105,9 @@ pub struct EngineStats {
     pub alarm_events: BTreeMap<(&'static str, &'static str), u64>,
     /// Alarms open now.
     pub open_alarms: usize,
+    /// Mining host episodes tracked now, and new miners not tracked for want of room.
+    pub mining_hosts: usize,
+    pub mining_hosts_dropped: u64,
     pub watched: usize,
     /// Flows that qualified for watching while `watch.max_flows` were already watched.
     pub watch_refused: u64,
@@ -119,6 +125,8 @@ pub struct EngineSnapshot {
     pub alarms: Vec<AlarmSnapshot>,
     pub labels: LabelSnapshot,
     pub watch: Vec<KeySnap>,
+    /// Mining host episodes (`alarm::mining_host`), since state file version 3.
+    pub hosts: Vec<HostEpisode>,
 }
 
 /// What [`Engine::restore`] took back, and how many entries it refused.
@@ -130,6 +138,7 @@ pub struct Restored {
     pub labelled: usize,
     pub cached_pairs: usize,
     pub watched: usize,
+    pub mining_hosts: usize,
     pub skipped: usize,
 }
 
@@ -137,8 +146,8 @@ impl fmt::Display for Restored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} conversations, {} flows, {} open alarms, {} labelled conversations, {} cached host pairs, {} watched flows",
-            self.conversations, self.flows, self.open_alarms, self.labelled, self.cached_pairs, self.watched
+            "{} conversations, {} flows, {} open alarms, {} labelled conversations, {} cached host pairs, {} watched flows, {} mining hosts",
+            self.conversations, self.flows, self.open_alarms, self.labelled, self.cached_pairs, self.watched, self.mining_hosts
         )?;
         if self.skipped > 0 {
             write!(
@@ -176,10 +185,12 @@ impl Engine {
             bytes: cfg.capture.payload_bytes,
             dns_bytes: cfg.capture.dns_bytes,
         };
+        let mut alarms = AlarmManager::new(cfg.alarm.clone(), observer);
+        alarms.set_mining_host(cfg.detect.mining_host.clone());
         Engine {
             table: FlowTable::new(cfg.flow.clone()),
             detectors: detect::from_config(&cfg.detect),
-            alarms: AlarmManager::new(cfg.alarm.clone(), observer),
+            alarms,
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
             watch: WatchSet::new(cfg.detect.watch.clone()),
@@ -194,6 +205,7 @@ impl Engine {
             alarms: self.alarms.snapshot(),
             labels: self.labels.snapshot(),
             watch: self.watch.snapshot(),
+            hosts: self.alarms.host_snapshot(),
         }
     }
 
@@ -218,6 +230,7 @@ impl Engine {
         let (watched, watch_skipped) = self
             .watch
             .restore(&snap.watch, |k| table.orientation(k).is_some());
+        let (mining_hosts, hosts_skipped) = self.alarms.restore_hosts(snap.hosts);
         Restored {
             conversations: t.conversations,
             flows: t.flows,
@@ -225,7 +238,8 @@ impl Engine {
             labelled: l.conversations,
             cached_pairs: l.cached_pairs,
             watched,
-            skipped: t.skipped + alarms_skipped + l.skipped + watch_skipped,
+            mining_hosts,
+            skipped: t.skipped + alarms_skipped + l.skipped + watch_skipped + hosts_skipped,
         }
     }
 
@@ -252,6 +266,8 @@ impl Engine {
                 .collect(),
             alarm_events: self.alarm_events_by_rule(),
             open_alarms: self.alarms.open_count(),
+            mining_hosts: self.alarms.mining_host_counts().0,
+            mining_hosts_dropped: self.alarms.mining_host_counts().1,
             watched: self.watch.len(),
             watch_refused: self.watch.refused,
             payloads: lc.payloads,
@@ -417,6 +433,9 @@ impl Engine {
             events.extend(self.alarms.conversation_ended(conv, now));
             self.labels.conversation_ended(&conv.key);
         }
+        // The host view gathers this tick's alarms of the other rules.
+        let hosts = self.alarms.mining_hosts(&events, now, false);
+        events.extend(hosts);
         for f in &ended.flows {
             self.labels.flow_ended(&f.key);
             self.watch.flow_ended(&f.key);
@@ -464,6 +483,8 @@ impl Engine {
                 }
             }
         }
+        let hosts = self.alarms.mining_hosts(&events, now, true);
+        events.extend(hosts);
         self.count_events(&events);
         events
     }
@@ -471,12 +492,17 @@ impl Engine {
     /// Alarm events by rule and action, zero for every rule and action not seen yet (so each
     /// series exists from the start, as Prometheus wants counters to).
     fn alarm_events_by_rule(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        let host_rule = self
+            .alarms
+            .mining_host_enabled()
+            .then_some(crate::alarm::mining_host::RULE);
         let mut out: BTreeMap<(&'static str, &'static str), u64> = self
             .detectors
             .iter()
-            .flat_map(|d| {
-                [Action::Opened, Action::Updated, Action::Closed]
-                    .map(|a| ((d.rule_id(), a.as_str()), 0))
+            .map(|d| d.rule_id())
+            .chain(host_rule)
+            .flat_map(|rule| {
+                [Action::Opened, Action::Updated, Action::Closed].map(|a| ((rule, a.as_str()), 0))
             })
             .collect();
         for (k, n) in &self.alarm_events {
@@ -544,6 +570,16 @@ const METRICS: &[(&str, &str, &str)] = &[
     ),
     ("open_alarms", "sensor_alarms_open", "Alarms open now."),
     (
+        "mining_hosts",
+        "sensor_mining_hosts",
+        "Mining host episodes tracked now (mining_host alarms open).",
+    ),
+    (
+        "mining_hosts_dropped",
+        "sensor_mining_hosts_dropped_total",
+        "New mining hosts not tracked because detect.mining_host.max_hosts were.",
+    ),
+    (
         "watched",
         "sensor_watched_flows",
         "Flows whose payload messages are timed (watched) now.",
@@ -577,8 +613,13 @@ const METRICS: &[(&str, &str, &str)] = &[
 
 impl EngineStats {
     /// Fields that are sizes now (gauges); every other numeric field counts since the start.
-    pub const GAUGES: &'static [&'static str] =
-        &["flows", "conversations", "open_alarms", "watched"];
+    pub const GAUGES: &'static [&'static str] = &[
+        "flows",
+        "conversations",
+        "open_alarms",
+        "watched",
+        "mining_hosts",
+    ];
 }
 
 impl crate::metrics::Export for EngineStats {

@@ -212,6 +212,11 @@ struct ReplayArgs {
     /// Do not show the progress bar (it only shows on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
+    /// Continue from the state file FILE (if it exists) and write it back at the end, as a
+    /// restart of `run` would: successive captures as one sensor's history. Without it a
+    /// replay reads and writes no state (it stays deterministic).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
     /// Capture files, read in order into one flow table.
     #[arg(value_name = "CAPTURE", required = true)]
     captures: Vec<PathBuf>,
@@ -473,6 +478,20 @@ fn alarms_by_rule(stats: &EngineStats) -> String {
         .join(", ")
 }
 
+/// Loads the state file into a new engine before its loop (a bad file is one line, never a
+/// stop); the checkpointer that writes it back.
+fn restore_state(
+    state: &sensor_agent::state::StateConfig,
+    engine: &mut Engine,
+    alarms: &AlarmOutput,
+) -> pipeline::Checkpointer {
+    match tokio::task::block_in_place(|| pipeline::restore(state, engine, alarms)) {
+        Ok(line) => eprintln!("sensor-agent: {line}"),
+        Err(e) => eprintln!("sensor-agent: {e}; starting without saved state"),
+    }
+    pipeline::Checkpointer::new(state)
+}
+
 async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let cfg = load_config(&args.config)?;
     let kind = match args.engine {
@@ -485,9 +504,20 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         &cfg,
         &args.captures,
     )?;
+    if let Some(state) = &args.state {
+        // The state file is written at the end: never over a capture being read.
+        sink::refuse_inputs_as_outputs(std::slice::from_ref(state), &args.captures)?;
+    }
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
+    let mut checkpoint = args.state.as_ref().map(|path| {
+        let state = sensor_agent::state::StateConfig {
+            path: path.clone(),
+            ..cfg.state.clone()
+        };
+        restore_state(&state, &mut engine, &alarms)
+    });
     let opts = ReplayOptions {
         engine: kind,
         load: LoadOptions {
@@ -520,6 +550,9 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     }
     looped.with_context(context)?;
     let outcome = outcome.with_context(context)?;
+    if let Some(c) = checkpoint.as_mut() {
+        eprintln!("sensor-agent: {}", c.finish(&engine, &alarms).await);
+    }
     close_alarms(alarms, &cfg).await?;
 
     if let Some(path) = &args.flows {
@@ -1047,13 +1080,10 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
     let mut engine =
         Engine::with_intel(&cfg, Observer::local(single_iface), load_intel(&cfg).await?);
     // What the agent knew before a restart; a bad state file is one line, never a stop.
-    let mut checkpoint = cfg.state.enabled.then(|| {
-        match tokio::task::block_in_place(|| pipeline::restore(&cfg.state, &mut engine, &alarms)) {
-            Ok(line) => eprintln!("sensor-agent: {line}"),
-            Err(e) => eprintln!("sensor-agent: {e}; starting without saved state"),
-        }
-        pipeline::Checkpointer::new(&cfg.state)
-    });
+    let mut checkpoint = cfg
+        .state
+        .enabled
+        .then(|| restore_state(&cfg.state, &mut engine, &alarms));
 
     // The status line, on a terminal only, at most every status interval, after a poll.
     let show_status = std::io::stderr().is_terminal();

@@ -60,6 +60,39 @@ pub struct AgentState {
     pub unreported_drops: u64,
 }
 
+/// Version 2 of the state file (before mining host episodes): read, never written.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub struct AgentStateV2 {
+    engine: EngineSnapshotV2,
+    unreported_drops: u64,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EngineSnapshotV2 {
+    table: crate::flow::table::TableSnapshot,
+    alarms: Vec<crate::alarm::AlarmSnapshot>,
+    labels: crate::enrich::labels::LabelSnapshot,
+    watch: Vec<crate::flow::table::KeySnap>,
+}
+
+impl From<AgentStateV2> for AgentState {
+    fn from(v2: AgentStateV2) -> Self {
+        let e = v2.engine;
+        AgentState {
+            engine: EngineSnapshot {
+                table: e.table,
+                alarms: e.alarms,
+                labels: e.labels,
+                watch: e.watch,
+                hosts: Vec::new(),
+            },
+            unreported_drops: v2.unreported_drops,
+        }
+    }
+}
+
 impl AgentState {
     pub fn capture(engine: &Engine, alarms: &AlarmOutput) -> Self {
         AgentState {
@@ -76,7 +109,7 @@ pub fn restore(
     engine: &mut Engine,
     alarms: &AlarmOutput,
 ) -> Result<String, StateError> {
-    let saved: AgentState = state::load(&cfg.path)?;
+    let saved: AgentState = state::load_upgrading::<AgentState, AgentStateV2>(&cfg.path, 2)?;
     let restored = engine.restore(saved.engine);
     alarms.restore_drops(saved.unreported_drops);
     let mut line = format!("state file {}: restored {restored}", cfg.path.display());
@@ -354,6 +387,7 @@ mod tests {
         assert!(saved.engine.alarms.len() >= 3, "{:?}", saved.engine.alarms);
         assert_eq!(saved.engine.watch.len(), 1);
         assert_eq!(saved.engine.labels.cache.len(), 1);
+        assert_eq!(saved.engine.hosts.len(), 1, "the miner's host episode");
         let m = &saved.engine.labels.conversations[0].messages;
         assert!(m.as_ref().is_some_and(|m| !m.client.is_empty()));
         let bytes = state::encode(&saved).expect("encode");
@@ -373,9 +407,56 @@ mod tests {
         );
         assert_eq!(r.labelled, 1);
         assert_eq!(r.cached_pairs, 1);
+        assert_eq!(r.mining_hosts, 1);
+        assert_eq!(back.snapshot().hosts, saved.engine.hosts);
         // The restored watch set is mirrored to the source at the first tick.
         let out = back.tick(151 * S);
         assert_eq!(out.watch.added.len(), 1);
+    }
+
+    /// A version 2 file (written before host episodes existed) loads, with no host episodes;
+    /// the conversations and alarms in it are all there.
+    #[test]
+    fn a_version_2_file_still_loads() {
+        let e = busy_engine();
+        let now = AgentState {
+            engine: e.snapshot(),
+            unreported_drops: 3,
+        };
+        let s = now.engine.clone();
+        let v2 = AgentStateV2 {
+            engine: EngineSnapshotV2 {
+                table: s.table,
+                alarms: s.alarms,
+                labels: s.labels,
+                watch: s.watch,
+            },
+            unreported_drops: 3,
+        };
+        let mut bytes = state::encode(&v2).expect("encode");
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[8..20]);
+        h.update(&bytes[state::HEADER_LEN..]);
+        let sum = h.finalize();
+        bytes[20..24].copy_from_slice(&sum.to_le_bytes());
+        let dir = std::env::temp_dir().join(format!("pipeline-v2-{}", std::process::id()));
+        let path = dir.join("state.bin");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(&path, &bytes).expect("write");
+        let back: AgentState =
+            state::load_upgrading::<AgentState, AgentStateV2>(&path, 2).expect("a v2 file loads");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(back.engine.hosts.is_empty());
+        assert_eq!(back.engine.table, now.engine.table);
+        assert_eq!(back.engine.alarms, now.engine.alarms);
+        assert_eq!(back.unreported_drops, 3);
+        // Another version is the same one-line refusal as before.
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            state::decode_upgrading::<AgentState, AgentStateV2>(&bytes, 2),
+            Err(state::Problem::Version { found: 1 })
+        ));
     }
 
     /// postcard is not self-describing: a snapshot type that changes changes the format. This
@@ -471,13 +552,36 @@ mod tests {
                     cache: vec![(a, b, ident, 99)],
                 },
                 watch: vec![key],
+                hosts: {
+                    let mut m = crate::alarm::AlarmManager::new(
+                        Default::default(),
+                        crate::alarm::Observer::default(),
+                    );
+                    let member = crate::alarm::AlarmEvent {
+                        rule: "mining_protocol",
+                        action: crate::alarm::Action::Opened,
+                        id: "00ff".into(),
+                        json: serde_json::json!({
+                            "event": { "severity": 8 },
+                            "sensor": { "evidence": { "coin": "monero", "sni": "pool.example" } },
+                        }),
+                        conv: Some(crate::alarm::ConvFacts {
+                            key: conv,
+                            start_ns: 1,
+                            last_ns: 2,
+                            bytes: [3, 4],
+                        }),
+                    };
+                    m.mining_hosts(&[member], 2, false);
+                    m.host_snapshot()
+                },
             },
             unreported_drops: 5,
         };
         let bytes = state::encode(&fixed).expect("encode");
         assert_eq!(
             (bytes.len(), crc32fast::hash(&bytes)),
-            (392, 1_347_694_849),
+            (522, 1_280_227_887),
             "the snapshot's encoding changed: bump state::FORMAT_VERSION and update this pin"
         );
     }

@@ -51,8 +51,9 @@ use crate::units::{require_positive, HumanDuration, Invalid};
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"SNSTATE\0";
-/// The format this agent writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format this agent writes and reads. Version 2 files (before mining host episodes) are
+/// still read through their owner's upgrade ([`load_upgrading`]).
+pub const FORMAT_VERSION: u32 = 3;
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload read or written (a million conversations with their samples fit).
@@ -145,6 +146,12 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Problem> {
 
 /// Checks the frame of a whole file and returns its payload.
 pub fn unframe(bytes: &[u8]) -> Result<&[u8], Problem> {
+    unframe_versions(bytes, &[]).map(|(_, payload)| payload)
+}
+
+/// Checks the frame of a whole file written in [`FORMAT_VERSION`] or one of `older`; its
+/// version and payload.
+fn unframe_versions<'a>(bytes: &'a [u8], older: &[u32]) -> Result<(u32, &'a [u8]), Problem> {
     let have = bytes.len() as u64;
     let magic_seen = bytes.len().min(MAGIC.len());
     if bytes[..magic_seen] != MAGIC[..magic_seen] {
@@ -163,7 +170,7 @@ pub fn unframe(bytes: &[u8]) -> Result<&[u8], Problem> {
             .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
     };
     let version = word(8, 4) as u32;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && !older.contains(&version) {
         return Err(Problem::Version { found: version });
     }
     if bytes.len() < HEADER_LEN {
@@ -189,12 +196,28 @@ pub fn unframe(bytes: &[u8]) -> Result<&[u8], Problem> {
     if stored != computed {
         return Err(Problem::Crc { stored, computed });
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 /// Decodes a whole file (header and payload).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    let payload = unframe(bytes)?;
+    take_all(unframe(bytes)?)
+}
+
+/// Decodes a whole file of [`FORMAT_VERSION`] as `T`, or of `old_version` as `Old` turned
+/// into `T` (the payload type's owner says what an older file means).
+pub fn decode_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
+    bytes: &[u8],
+    old_version: u32,
+) -> Result<T, Problem> {
+    match unframe_versions(bytes, &[old_version])? {
+        (FORMAT_VERSION, payload) => take_all(payload),
+        (_, payload) => take_all::<Old>(payload).map(Into::into),
+    }
+}
+
+/// The whole payload as one `T`: nothing may be left over.
+fn take_all<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Problem> {
     let (value, rest) =
         postcard::take_from_bytes(payload).map_err(|e| Problem::Payload(e.to_string()))?;
     if !rest.is_empty() {
@@ -215,6 +238,30 @@ fn io(op: &'static str) -> impl Fn(io::Error) -> Problem {
 
 /// Reads and decodes the state file at `path`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateError> {
+    read_bounded(path).and_then(|bytes| {
+        decode(&bytes).map_err(|problem| StateError {
+            path: path.to_path_buf(),
+            problem,
+        })
+    })
+}
+
+/// Reads and decodes the state file at `path`, also when written in `old_version` (see
+/// [`decode_upgrading`]).
+pub fn load_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
+    path: &Path,
+    old_version: u32,
+) -> Result<T, StateError> {
+    read_bounded(path).and_then(|bytes| {
+        decode_upgrading::<T, Old>(&bytes, old_version).map_err(|problem| StateError {
+            path: path.to_path_buf(),
+            problem,
+        })
+    })
+}
+
+/// The bytes of the file at `path`, never more than a valid file can hold.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, StateError> {
     let err = |problem| StateError {
         path: path.to_path_buf(),
         problem,
@@ -231,7 +278,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, StateError> {
     f.take(HEADER_LEN as u64 + MAX_PAYLOAD + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| err(io("read")(e)))?;
-    decode(&bytes).map_err(err)
+    Ok(bytes)
 }
 
 /// Writes `value` to `path` atomically (see the module docs); returns the bytes written.
@@ -400,6 +447,51 @@ mod tests {
         );
         assert!(!e.contains('\n'));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    /// A file of the older version named is read as the old type and upgraded; the current
+    /// version as the current type; any other version is refused as before.
+    #[test]
+    fn an_older_version_is_read_through_its_upgrade() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Old {
+            name: String,
+        }
+        impl From<Old> for Sample {
+            fn from(o: Old) -> Sample {
+                Sample {
+                    name: o.name,
+                    values: vec![],
+                    flag: None,
+                }
+            }
+        }
+        let mut old = encode(&Old { name: "v".into() }).expect("encode");
+        old[8..12].copy_from_slice(&(FORMAT_VERSION - 1).to_le_bytes());
+        let sum = crc(&old[..20], &old[HEADER_LEN..]);
+        old[20..24].copy_from_slice(&sum.to_le_bytes());
+        let up = decode_upgrading::<Sample, Old>(&old, FORMAT_VERSION - 1).expect("upgraded");
+        assert_eq!(up.name, "v");
+        assert_eq!(
+            decode::<Sample>(&old),
+            Err(Problem::Version {
+                found: FORMAT_VERSION - 1
+            })
+        );
+        let now = encode(&sample()).expect("encode");
+        assert_eq!(
+            decode_upgrading::<Sample, Old>(&now, FORMAT_VERSION - 1).expect("current"),
+            sample()
+        );
+        assert!(matches!(
+            decode_upgrading::<Sample, Old>(&old, FORMAT_VERSION - 2),
+            Err(Problem::Version { .. })
+        ));
+        // A damaged old file is as clean an error as a damaged new one.
+        assert!(matches!(
+            decode_upgrading::<Sample, Old>(&old[..old.len() - 1], FORMAT_VERSION - 1),
+            Err(Problem::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -140,6 +140,14 @@ fn a_pool_speaking_first_is_the_server_by_payload() {
         for a in &alarms {
             let what = format!("{engine} {}: {a}", a["rule"]["id"]);
             assert_eq!(a["source"]["ip"], MINER, "{what}");
+            if a["rule"]["id"] == "mining_host" {
+                // The host view names the miner as the host and the pool as its one pool.
+                assert_eq!(a["host"]["ip"][0], MINER, "{what}");
+                let pools = &a["sensor"]["evidence"]["pools"];
+                assert_eq!(pools.as_array().map(Vec::len), Some(1), "{what}");
+                assert_eq!(pools[0]["ip"], POOL, "{what}");
+                continue;
+            }
             assert_eq!(a["source"]["port"], MINER_PORT, "{what}");
             assert_eq!(a["destination"]["ip"], POOL, "{what}");
             assert_eq!(a["sensor"]["client_from"], "payload", "{what}");

@@ -10,6 +10,11 @@ use sensor_tests::{
     wait::wait_until,
 };
 
+/// Stratum sessions in the capture, all from one client.
+const SESSIONS: u16 = 100;
+/// Its alarms: one `mining_protocol` per session and the `mining_host` of the client.
+const ALARMS: usize = SESSIONS as usize + 1;
+
 fn ids(lines: &[String]) -> BTreeSet<String> {
     lines
         .iter()
@@ -35,7 +40,10 @@ fn every_alarm_spooled_before_a_sigkill_is_delivered_after_the_restart() {
     let cfg = dir.write("sensor.toml", config.as_bytes());
     let cap = dir.write(
         "mining.pcap",
-        &pcap::pcap(pcap::LINKTYPE_ETHERNET, &captures::stratum_sessions(100)),
+        &pcap::pcap(
+            pcap::LINKTYPE_ETHERNET,
+            &captures::stratum_sessions(SESSIONS),
+        ),
     );
     let mut child = agent::command()
         .args([
@@ -50,12 +58,12 @@ fn every_alarm_spooled_before_a_sigkill_is_delivered_after_the_restart() {
         .spawn()
         .expect("start the agent");
     // The file sink shows what was produced; the syslog sink keeps retrying a dead receiver.
-    // The file sink takes its records from the spool, so 100 lines there mean 100 alarms
-    // spooled: nothing more to wait for before the kill.
+    // The file sink takes its records from the spool, so all the capture's lines there mean
+    // all its alarms spooled: nothing more to wait for before the kill.
     let spooled = wait_until(
         Duration::from_secs(30),
-        "100 alarms in the file sink",
-        || std::fs::read_to_string(&produced).map_or(0, |t| t.lines().count()) >= 100,
+        "every alarm in the file sink",
+        || std::fs::read_to_string(&produced).map_or(0, |t| t.lines().count()) >= ALARMS,
     );
     if let Err(e) = spooled {
         // Do not leave the agent running behind a failed test.
@@ -73,7 +81,7 @@ fn every_alarm_spooled_before_a_sigkill_is_delivered_after_the_restart() {
         .map(str::to_string)
         .collect();
     let produced_ids = ids(&before);
-    assert_eq!(produced_ids.len(), 100);
+    assert_eq!(produced_ids.len(), ALARMS);
     assert!(
         rsyslog.messages().is_empty(),
         "nothing could be delivered before the kill"
@@ -91,7 +99,7 @@ fn every_alarm_spooled_before_a_sigkill_is_delivered_after_the_restart() {
         empty.as_os_str(),
     ]);
     assert!(run.success, "{}", run.stderr);
-    let got = rsyslog.wait_for(100, Duration::from_secs(20));
+    let got = rsyslog.wait_for(ALARMS, Duration::from_secs(20));
     let delivered = ids(&got);
     let missing: Vec<&String> = produced_ids.difference(&delivered).collect();
     assert!(

@@ -12,6 +12,9 @@ use sensor_tests::{
 };
 
 const CONVERSATIONS: u16 = 100;
+/// The alarms of the capture: one `mining_protocol` per conversation, and the `mining_host`
+/// alarm of their one client.
+const ALARMS: usize = CONVERSATIONS as usize + 1;
 
 fn mining_capture(dir: &TempDir) -> std::path::PathBuf {
     dir.write(
@@ -105,7 +108,7 @@ fn a_full_spool_that_blocks_loses_nothing() {
         "the spool was full and the producer waited: {stderr}"
     );
     assert!(!stderr.contains("dropped"), "{stderr}");
-    let expected = CONVERSATIONS as usize;
+    let expected = ALARMS;
     let got = rsyslog.wait_for(expected, Duration::from_secs(20));
     assert_eq!(got.len(), expected, "every alarm arrives: {stderr}");
     let ids: std::collections::BTreeSet<String> = got
@@ -116,8 +119,8 @@ fn a_full_spool_that_blocks_loses_nothing() {
         .collect();
     assert_eq!(
         ids.len(),
-        CONVERSATIONS as usize,
-        "one alarm id per conversation"
+        ALARMS,
+        "one alarm id per conversation, and the host's"
     );
 }
 
@@ -134,10 +137,7 @@ fn a_full_spool_that_drops_counts_and_reports_the_drops_once_delivery_resumes() 
         })
         .unwrap_or_else(|| panic!("the drops are reported: {stderr}"));
     assert!(dropped > 0);
-    let got = rsyslog.wait_for(
-        CONVERSATIONS as usize - dropped + 1,
-        Duration::from_secs(20),
-    );
+    let got = rsyslog.wait_for(ALARMS - dropped + 1, Duration::from_secs(20));
     let degraded: Vec<&String> = got
         .iter()
         .filter(|l| l.contains("sensor_degraded"))
@@ -150,7 +150,7 @@ fn a_full_spool_that_drops_counts_and_reports_the_drops_once_delivery_resumes() 
     );
     assert_eq!(
         got.len(),
-        CONVERSATIONS as usize - dropped + 1,
+        ALARMS - dropped + 1,
         "stored alarms + the degraded one: {stderr}"
     );
 }

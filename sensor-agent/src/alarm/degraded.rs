@@ -116,10 +116,7 @@ impl AlarmManager {
         if action == Action::Closed {
             event["reason"] = json!("no flow refused or evicted for a suppression window");
         }
-        let mut observer = json!({ "hostname": self.observer.hostname });
-        if let Some(iface) = &self.observer.interface {
-            observer["ingress"] = json!({ "interface": { "name": iface } });
-        }
+        let observer = self.observer_json();
         let json: Value = json!({
             "@timestamp": rfc3339(now),
             "event": event,
@@ -140,6 +137,7 @@ impl AlarmManager {
             action,
             id: ep.id.clone(),
             json,
+            conv: None,
         }
     }
 }
@@ -147,18 +145,11 @@ impl AlarmManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{alarm::settings::AlarmConfig, alarm::Observer, units::HumanDuration};
 
     const S: u64 = 1_000_000_000;
 
     fn manager() -> AlarmManager {
-        AlarmManager::new(
-            AlarmConfig {
-                suppression_window: HumanDuration::secs(10),
-                ..AlarmConfig::default()
-            },
-            Observer::default(),
-        )
+        super::super::test_manager(10)
     }
 
     fn at(refused: u64, evicted: u64, first: u64, last: u64) -> Pressure {

@@ -6,10 +6,15 @@
 //! (derived from the rule, the endpoints and the conversation's start), so a replay of the
 //! same capture yields the same ids. Allowlisted conversations never raise alarms.
 //!
+//! Besides the per-conversation alarms, two episode alarms are kept here: `sensor_degraded`
+//! ([`degraded`], a flow table under pressure) and `mining_host` ([`mining_host`], a host's
+//! mining gathered from the other rules' alarms across conversations and days).
+//!
 //! Rendering follows the alarm contract in docs/ARCHITECTURE.md (ECS field names). Strings taken from
 //! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
 
 pub mod degraded;
+pub mod mining_host;
 pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +108,19 @@ pub struct AlarmEvent {
     pub action: Action,
     pub id: String,
     pub json: Value,
+    /// The conversation of a per-conversation rule's alarm, as rendered (for the host view,
+    /// which gathers alarms without reading their JSON back).
+    pub conv: Option<ConvFacts>,
+}
+
+/// What an alarm said about its conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvFacts {
+    pub key: ConvKey,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    /// Sent by the client, by the server.
+    pub bytes: [u64; 2],
 }
 
 pub struct AlarmManager {
@@ -119,6 +137,8 @@ pub struct AlarmManager {
     /// counters when the last one closed.
     degraded: Option<degraded::Episode>,
     degraded_base: degraded::Pressure,
+    /// Mining hosts gathered from the other rules' alarms (`mining_host`).
+    hosts: mining_host::HostView,
 }
 
 impl AlarmManager {
@@ -132,6 +152,35 @@ impl AlarmManager {
             allowlisted: 0,
             degraded: None,
             degraded_base: degraded::Pressure::default(),
+            hosts: mining_host::HostView::new(Default::default()),
+        }
+    }
+
+    /// Sets up the host view (`detect.mining_host`); episodes already tracked are kept.
+    pub fn set_mining_host(&mut self, cfg: crate::detect::mining_host::MiningHostConfig) {
+        let mut view = mining_host::HostView::new(cfg);
+        view.take_episodes(&mut self.hosts);
+        self.hosts = view;
+    }
+
+    /// `observer.*` of every alarm.
+    fn observer_json(&self) -> Value {
+        let mut observer = json!({ "hostname": self.observer.hostname });
+        if let Some(iface) = &self.observer.interface {
+            observer["ingress"] = json!({ "interface": { "name": iface } });
+        }
+        observer
+    }
+
+    /// `sensor.telemetry*` when the flows came from someone else's records.
+    fn telemetry_json(&self, json: &mut Value) {
+        if let Some(t) = &self.observer.telemetry {
+            json["sensor"]["telemetry"] = json!(t.name);
+            json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);
+            if t.sampling > 1 {
+                // Counts are estimates: the exporter saw 1 in N packets.
+                json["sensor"]["telemetry_sampling"] = json!(t.sampling);
+            }
         }
     }
 
@@ -311,10 +360,7 @@ impl AlarmManager {
         if let Some(id) = flow.community_id() {
             network["community_id"] = json!(id);
         }
-        let mut observer = json!({ "hostname": self.observer.hostname });
-        if let Some(iface) = &self.observer.interface {
-            observer["ingress"] = json!({ "interface": { "name": iface } });
-        }
+        let observer = self.observer_json();
         let json = json!({
             "@timestamp": rfc3339(now),
             "event": event,
@@ -333,10 +379,7 @@ impl AlarmManager {
             },
             "network": network,
             "observer": observer,
-            "threat": {
-                "framework": "MITRE ATT&CK",
-                "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
-            },
+            "threat": threat_json(),
             "sensor": {
                 "evidence": Value::Object(alarm.finding.evidence.clone()),
                 "hits": alarm.hits,
@@ -349,19 +392,18 @@ impl AlarmManager {
             let (key, info) = &**t;
             json["tunnel"] = crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
         }
-        if let Some(t) = &self.observer.telemetry {
-            json["sensor"]["telemetry"] = json!(t.name);
-            json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);
-            if t.sampling > 1 {
-                // Counts are estimates: the exporter saw 1 in N packets.
-                json["sensor"]["telemetry_sampling"] = json!(t.sampling);
-            }
-        }
+        self.telemetry_json(&mut json);
         AlarmEvent {
             rule,
             action,
             id: alarm.id.clone(),
             json,
+            conv: Some(ConvFacts {
+                key: conv.key,
+                start_ns: conv.start_ns,
+                last_ns: conv.last_ns,
+                bytes: [conv.client_bytes, conv.server_bytes],
+            }),
         }
     }
 }
@@ -450,6 +492,26 @@ impl AlarmManager {
         }
         (restored, skipped)
     }
+}
+
+/// `threat.*` of the mining alarms: ATT&CK T1496.
+fn threat_json() -> Value {
+    json!({
+        "framework": "MITRE ATT&CK",
+        "technique": { "id": ["T1496"], "name": ["Resource Hijacking"] },
+    })
+}
+
+/// An alarm manager re-sending at most every `window_s` seconds, for tests.
+#[cfg(test)]
+fn test_manager(window_s: u64) -> AlarmManager {
+    AlarmManager::new(
+        settings::AlarmConfig {
+            suppression_window: crate::units::HumanDuration::secs(window_s),
+            ..settings::AlarmConfig::default()
+        },
+        Observer::default(),
+    )
 }
 
 fn rfc3339(ns: u64) -> String {

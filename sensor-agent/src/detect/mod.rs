@@ -6,6 +6,7 @@
 pub mod blockchain_p2p;
 pub mod encrypted_mining;
 pub mod long_flow;
+pub mod mining_host;
 pub mod mining_infrastructure;
 pub mod mining_protocol;
 pub mod periodic_flow;

@@ -5,7 +5,8 @@ use serde::Deserialize;
 
 use super::{
     encrypted_mining::EncryptedMiningConfig, long_flow::LongFlowConfig,
-    periodic_flow::PeriodicFlowConfig, quiet_long_flow::QuietLongFlowConfig, watch::WatchConfig,
+    mining_host::MiningHostConfig, periodic_flow::PeriodicFlowConfig,
+    quiet_long_flow::QuietLongFlowConfig, watch::WatchConfig,
 };
 use crate::units::{require_severity, Invalid};
 
@@ -22,6 +23,8 @@ pub struct DetectConfig {
     pub mining_protocol: RuleConfig,
     pub blockchain_p2p: RuleConfig,
     pub mining_infrastructure: RuleConfig,
+    /// The host view gathering a host's mining alarms (`alarm::mining_host`).
+    pub mining_host: MiningHostConfig,
     pub watch: WatchConfig,
 }
 
@@ -34,6 +37,7 @@ impl Default for DetectConfig {
             periodic_flow: PeriodicFlowConfig::default(),
             encrypted_mining: EncryptedMiningConfig::default(),
             watch: WatchConfig::default(),
+            mining_host: MiningHostConfig::default(),
             mining_protocol: RuleConfig {
                 enabled: true,
                 severity: 8,
@@ -94,6 +98,9 @@ impl DetectConfig {
         self.encrypted_mining
             .validate()
             .map_err(|e| e.within("encrypted_mining"))?;
+        self.mining_host
+            .validate()
+            .map_err(|e| e.within("mining_host"))?;
         require_severity(&[
             ("mining_protocol.severity", self.mining_protocol.severity),
             ("blockchain_p2p.severity", self.blockchain_p2p.severity),

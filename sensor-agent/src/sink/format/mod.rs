@@ -398,6 +398,137 @@ mod tests {
         }
     }
 
+    /// A `mining_host` alarm, built by the alarm layer from a member whose SNI is hostile
+    /// (every separator of every format, and an attempt at adding fields).
+    const HOSTILE_SNI: &str = "pool.example|x=1\\\r\n\tsev=10 cs1=evil\u{2028}\"]";
+
+    fn mining_host_alarm() -> Value {
+        use crate::alarm::{Action, AlarmEvent, AlarmManager, ConvFacts, Observer};
+        use crate::flow::table::ConvKey;
+        use sensor_common::ipv4_mapped;
+        let s = 1_000_000_000u64;
+        let mut m = AlarmManager::new(Default::default(), Observer::default());
+        let member = |pool: [u8; 4], port: u16, ev: Value| AlarmEvent {
+            rule: "mining_protocol",
+            action: Action::Opened,
+            id: format!("{port:032x}"),
+            json: json!({ "event": { "severity": 8 }, "sensor": { "evidence": ev } }),
+            conv: Some(ConvFacts {
+                key: ConvKey {
+                    client: ipv4_mapped([10, 0, 2, 15]),
+                    server: ipv4_mapped(pool),
+                    server_port: port,
+                    proto: 6,
+                },
+                start_ns: 1_700_000_000 * s,
+                last_ns: 1_700_000_600 * s,
+                bytes: [4321, 98765],
+            }),
+        };
+        let members = [
+            member(
+                [192, 0, 2, 1],
+                3333,
+                json!({ "coin": "monero", "coin_reason": "rx/0 is Monero's", "sni": HOSTILE_SNI }),
+            ),
+            member([198, 51, 100, 2], 4444, json!({ "coin": "bitcoin" })),
+        ];
+        let mut out = m.mining_hosts(&members, 1_700_000_601 * s, false);
+        assert_eq!(out.len(), 1);
+        out.remove(0).json
+    }
+
+    fn rendered(format: Format, alarm: &Value) -> Vec<String> {
+        [None, Some(SyslogOptions::default())]
+            .into_iter()
+            .map(|syslog| {
+                let text = String::from_utf8(Renderer::new(format, syslog).render(alarm)).unwrap();
+                assert!(
+                    !text.contains(['\n', '\r', '\0', '\u{2028}']),
+                    "{format:?}: one line: {text}"
+                );
+                assert!(text.contains("mining_host"), "{format:?}: {text}");
+                text
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mining_host_renders_as_json() {
+        let alarm = mining_host_alarm();
+        for text in rendered(Format::Json, &alarm) {
+            let start = text.find('{').unwrap();
+            let back: Value = serde_json::from_str(&text[start..]).unwrap();
+            assert_eq!(back, alarm);
+            assert_eq!(back["host"]["ip"][0], "10.0.2.15");
+            assert_eq!(
+                back["sensor"]["evidence"]["pools"][0]["domains"][0],
+                HOSTILE_SNI
+            );
+            assert_eq!(
+                back["sensor"]["evidence"]["coins"],
+                json!(["bitcoin", "monero"])
+            );
+        }
+    }
+
+    #[test]
+    fn mining_host_renders_as_cef() {
+        let alarm = mining_host_alarm();
+        let id = alarm["event"]["id"].as_str().unwrap().to_string();
+        for text in rendered(Format::Cef, &alarm) {
+            assert!(text.contains("|mining_host|Cryptomining Host|8|"), "{text}");
+            for want in ["src=10.0.2.15", "in=8642", "out=197530", "act=opened"] {
+                assert!(text.contains(want), "{want}: {text}");
+            }
+            assert!(text.contains(&format!("externalId={id}")));
+            assert!(text.contains("cs2Label=evidence cs2={"), "{text}");
+            assert!(text.contains("198.51.100.2") && text.contains("bitcoin"));
+            // The hostile name stays inside cs2: its `=` escaped, no field added.
+            assert!(
+                text.contains("cs1\\=evil") && !text.contains(" cs1=evil"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn mining_host_renders_as_leef() {
+        let alarm = mining_host_alarm();
+        for text in rendered(Format::Leef, &alarm) {
+            assert!(text.contains("|mining_host|x09|"), "{text}");
+            for want in ["\tsrc=10.0.2.15", "\tsrcBytes=8642", "\tdstBytes=197530"] {
+                assert!(text.contains(want), "{want}: {text}");
+            }
+            assert!(text.contains("\tevidence_pools=[{"), "{text}");
+            assert!(
+                text.contains("\tevidence_coins=[\"bitcoin\",\"monero\"]"),
+                "{text}"
+            );
+            assert_eq!(
+                text.matches("\tsev=").count(),
+                1,
+                "no attribute added: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn mining_host_renders_as_ocsf() {
+        let alarm = mining_host_alarm();
+        for text in rendered(Format::Ocsf, &alarm) {
+            let start = text.find('{').unwrap();
+            let f: Value = serde_json::from_str(&text[start..]).unwrap();
+            assert_eq!(f["activity_id"], 1);
+            assert_eq!(f["finding_info"]["uid"], alarm["event"]["id"]);
+            assert_eq!(f["finding_info"]["analytic"]["uid"], "mining_host");
+            let data = &f["evidences"][0]["data"];
+            assert_eq!(data["pools"][0]["domains"][0], HOSTILE_SNI);
+            assert_eq!(data["pools"][1]["ip"], "198.51.100.2");
+            assert_eq!(f["evidences"][0]["src_endpoint"]["ip"], "10.0.2.15");
+        }
+    }
+
     #[test]
     fn time_parses_and_formats() {
         let t = UtcTime::parse("2021-06-10T15:41:22.384993Z").unwrap();
