@@ -198,6 +198,17 @@ fn one_miner_with_two_pools_is_one_host_alarm_continued_by_the_state_file() {
     );
     check_against_members(last, &first, true);
     assert_eq!(last["sensor"]["evidence"]["days"], 1);
+    // Neither pool's messages name the coin; the pool's name does (bitminter.com mines
+    // Bitcoin only), on each pool.
+    for pool in last["sensor"]["evidence"]["pools"].as_array().expect("pools") {
+        assert_eq!(pool["coins"][0]["coin"], "bitcoin", "{pool}");
+        assert!(
+            pool["coins"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("bitminter.com")),
+            "{pool}"
+        );
+    }
 
     // More traffic from the same host, later, with the state file: the same alarm goes on.
     let (second, log) = replay(

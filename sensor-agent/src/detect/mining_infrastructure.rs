@@ -42,6 +42,10 @@ impl Detector for MiningInfrastructure {
             Some(name) => {
                 evidence.insert("domain".into(), json!(name));
                 evidence.insert("matched_by".into(), json!("dns_answer"));
+                if let Some(c) = crate::enrich::classify::coin::from_pool_domain(name) {
+                    evidence.insert("coin".into(), json!(c.coin));
+                    evidence.insert("coin_reason".into(), json!(c.reason));
+                }
             }
             None => {
                 evidence.insert("matched_by".into(), json!("address"));

@@ -113,6 +113,15 @@ pub(crate) fn identification_evidence(
         if let Some(reason) = &id.coin_reason {
             evidence.insert("coin_reason".into(), json!(reason));
         }
+    } else if let Some(c) = labels
+        .tls
+        .as_ref()
+        .and_then(|t| t.sni.as_deref())
+        .and_then(crate::enrich::classify::coin::from_pool_domain)
+    {
+        // The messages did not name the coin, the pool's name does (a known pool's domain).
+        evidence.insert("coin".into(), json!(c.coin));
+        evidence.insert("coin_reason".into(), json!(c.reason));
     }
     if let Some(agent) = &id.agent {
         evidence.insert("agent".into(), json!(agent));

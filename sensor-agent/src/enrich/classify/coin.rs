@@ -223,6 +223,82 @@ pub fn from_algorithm(algo: &str) -> Option<CoinEvidence> {
     ))
 }
 
+/// Pools that mine one coin only, by registrable domain: a connection to any name under one of
+/// them mines that coin. Public pools that say so on their own sites; a pool that added other
+/// coins since is listed under [`MULTI_COIN_POOLS`] instead, never here.
+const SINGLE_COIN_POOLS: &[(&str, &str)] = &[
+    ("bitminter.com", "bitcoin"),
+    ("slushpool.com", "bitcoin"),
+    ("braiins.com", "bitcoin"),
+    ("ckpool.org", "bitcoin"),
+    ("supportxmr.com", "monero"),
+    ("xmrpool.eu", "monero"),
+    ("minexmr.com", "monero"),
+    ("moneroocean.stream", "monero"),
+    ("monerohash.com", "monero"),
+    ("litecoinpool.org", "litecoin"),
+    ("ravenminer.com", "ravencoin"),
+];
+
+/// Pools that mine several coins and name each coin's endpoint by its ticker in the first
+/// label (`xmr.2miners.com`, `xmr-eu1.nanopool.org`, `ltc.f2pool.com`).
+const MULTI_COIN_POOLS: &[&str] = &[
+    "2miners.com",
+    "nanopool.org",
+    "f2pool.com",
+    "viabtc.com",
+    "herominers.com",
+    "flypool.org",
+];
+
+/// Tickers of [`MULTI_COIN_POOLS`] endpoints, for the coins this agent names.
+const TICKERS: &[(&str, &str)] = &[
+    ("btc", "bitcoin"),
+    ("ltc", "litecoin"),
+    ("doge", "dogecoin"),
+    ("xmr", "monero"),
+    ("monero", "monero"),
+    ("zec", "zcash"),
+    ("rvn", "ravencoin"),
+    ("ravencoin", "ravencoin"),
+    ("dash", "dash"),
+    ("wow", "wownero"),
+    ("rtm", "raptoreum"),
+];
+
+/// Longest server name looked at (DNS names are at most 253 characters).
+const MAX_DOMAIN_CHARS: usize = 253;
+
+/// The coin of a server name that belongs to a known pool: a single-coin pool's domain, or a
+/// multi-coin pool's endpoint whose first label starts with a coin's ticker. Any other name,
+/// a multi-coin pool's endpoint without a known ticker included, names nothing.
+pub fn from_pool_domain(name: &str) -> Option<CoinEvidence> {
+    if name.len() > MAX_DOMAIN_CHARS {
+        return None;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let under = |domain: &str| name == domain || name.ends_with(&format!(".{domain}"));
+    if let Some((domain, coin)) = SINGLE_COIN_POOLS.iter().find(|(d, _)| under(d)) {
+        return Some(CoinEvidence::new(
+            coin,
+            format!("server name under {domain}, a {coin}-only mining pool"),
+        ));
+    }
+    let domain = MULTI_COIN_POOLS
+        .iter()
+        .find(|d| name.ends_with(&format!(".{d}")))?;
+    let first = name.split('.').next()?;
+    // "xmr", "xmr-eu1", "xmr2": the ticker, then a region or a number.
+    let ticker = first
+        .split(|c: char| c == '-' || c.is_ascii_digit())
+        .next()?;
+    let (_, coin) = TICKERS.iter().find(|(t, _)| *t == ticker)?;
+    Some(CoinEvidence::new(
+        coin,
+        format!("server name {ticker}*.{domain}: the {coin} endpoint of a multi-coin mining pool"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +493,28 @@ mod tests {
         for shared in ["cn/r", "cn/half", "argon2/chukwa", "ethash", ""] {
             assert_eq!(from_algorithm(shared), None, "{shared}");
         }
+    }
+
+    #[test]
+    fn pool_domains_name_their_coin_and_nothing_else() {
+        let coin = |n: &str| from_pool_domain(n).map(|e| e.coin);
+        assert_eq!(coin("us1.bitminter.com"), Some("bitcoin"));
+        assert_eq!(coin("pool.supportxmr.com."), Some("monero"));
+        assert_eq!(coin("LitecoinPool.org"), Some("litecoin"));
+        assert_eq!(coin("xmr-eu1.nanopool.org"), Some("monero"));
+        assert_eq!(coin("rvn.2miners.com"), Some("ravencoin"));
+        assert_eq!(coin("ltc.f2pool.com"), Some("litecoin"));
+        // A multi-coin pool without a known ticker, its bare domain, and look-alikes: nothing.
+        assert_eq!(coin("eth.2miners.com"), None);
+        assert_eq!(coin("2miners.com"), None);
+        assert_eq!(coin("notbitminter.com"), None);
+        assert_eq!(coin("bitminter.com.attacker.example"), None);
+        assert_eq!(coin("xmr.2miners.com.attacker.example"), None);
+        assert_eq!(coin(&"a".repeat(300)), None);
+        let e = from_pool_domain("us1.bitminter.com").expect("named");
+        assert_eq!(
+            e.reason,
+            "server name under bitminter.com, a bitcoin-only mining pool"
+        );
     }
 }
