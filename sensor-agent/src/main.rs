@@ -108,6 +108,9 @@ struct ReportArgs {
     /// The page to write.
     #[arg(short, long, value_name = "FILE", default_value = "report.html")]
     output: PathBuf,
+    /// Alarms shown in full with charts, most severe first (the rest are index rows).
+    #[arg(long, value_name = "N", default_value_t = sensor_agent::report::Limits::default().max_detailed)]
+    detailed: usize,
 }
 
 #[derive(Args)]
@@ -378,7 +381,10 @@ fn cmd_report(args: &ReportArgs) -> Result<ExitCode> {
     let made = report::build(
         &args.alarms,
         args.flows.as_deref(),
-        &report::Limits::default(),
+        &report::Limits {
+            max_detailed: args.detailed,
+            ..report::Limits::default()
+        },
         &generated,
     )?;
     for note in &made.notes {

@@ -272,7 +272,7 @@ fn draw(f: &mut Frame, st: &State, endpoint: &str) {
         Table::new(
             alarm_rows,
             [
-                Constraint::Length(21),
+                Constraint::Length(24),
                 Constraint::Length(18),
                 Constraint::Length(8),
                 Constraint::Length(3),

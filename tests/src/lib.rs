@@ -13,7 +13,9 @@ pub mod netns;
 pub mod pcap;
 pub mod rsyslog;
 pub mod session;
+pub mod showcase;
 pub mod tls;
+pub mod tmux;
 pub mod tunnels;
 pub mod wait;
 

@@ -9,11 +9,9 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use fastrand::Rng;
 use sensor_tests::{
-    agent::{self, repo_pcap, TempDir},
-    browser, pcap,
-    tls::{secs_between, tls_session},
+    agent::{self, TempDir},
+    browser, showcase,
 };
 use serde_json::{json, Value};
 
@@ -59,40 +57,7 @@ fn articles(dom: &str) -> Vec<&str> {
 #[test]
 fn the_report_of_five_rules_renders_in_chromium_self_contained_with_a_chart_per_alarm() {
     let dir = TempDir::new("report");
-    // Encrypted mining: 2.5 h of TLS to a pool SNI with constant record sizes (as the
-    // encrypted-mining test builds it).
-    let mut rng = Rng::with_seed(0x5EED);
-    let tls = tls_session(
-        14433,
-        "eu1.pool.example-xmr.net",
-        &[],
-        9000,
-        &mut rng,
-        |r| (secs_between(r, 30, 60), 181),
-        |r| (secs_between(r, 53, 57), 251),
-    );
-    let tls = dir.write("tls-pool.pcap", &pcap::pcap(pcap::LINKTYPE_ETHERNET, &tls));
-    let (alarms, flows) = (
-        dir.path().join("alarms.json"),
-        dir.path().join("flows.json"),
-    );
-    // In time order: 2018 (stratum), 2021 (quiet session), 2023 (TLS).
-    let mut cmd = agent::command();
-    cmd.args(["replay", "--no-progress", "--alarms"])
-        .arg(&alarms)
-        .arg("--flows")
-        .arg(&flows)
-        .args([
-            "--set",
-            "detect.long_flow.after=1h",
-            "--set",
-            "detect.quiet_long_flow.after=1h",
-        ])
-        .arg(repo_pcap("cryptonote-login-stratum.pcap"))
-        .arg(repo_pcap("quiet-long-tcp.pcap"))
-        .arg(&tls);
-    let run = agent::Run::from_output(cmd.output().expect("run the agent"));
-    assert!(run.success, "replay failed: {}", run.stderr);
+    let (alarms, flows) = showcase::five_rule_replay(&dir).unwrap_or_else(|e| panic!("{e}"));
     let replayed = alarms_by_id(&alarms);
     let rules: std::collections::BTreeSet<&str> = replayed
         .values()

@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_line_bytes: usize,
     /// Distinct alarm ids kept; later ids are counted as left out.
     pub max_alarms: usize,
+    /// Alarms shown in full with their charts, most severe first; the others are listed in
+    /// the index only (a page of thousands of charts helps nobody and renders slowly).
+    pub max_detailed: usize,
     /// History entries kept per alarm: the first, then the most recent.
     pub max_history: usize,
     /// Flow records kept per alarmed conversation: the first ones, then the rest counted.
@@ -37,6 +40,7 @@ impl Default for Limits {
         Limits {
             max_line_bytes: 1 << 20,
             max_alarms: 20_000,
+            max_detailed: 100,
             max_history: 32,
             max_flows_per_conversation: 2_000,
             max_notes: 100,

@@ -34,6 +34,8 @@ pub use input::{InputError, Limits, Skipped};
 pub struct Entry {
     pub alarm: Alarm,
     pub charts: Vec<Chart>,
+    /// Shown in full (evidence, charts, history); the others are rows of the index only.
+    pub detailed: bool,
 }
 
 /// A made report.
@@ -95,6 +97,7 @@ pub fn build(
             .cmp(&a.severity())
             .then(a.first_line.cmp(&b.first_line))
     });
+    let mut detailed = 0;
     let entries: Vec<Entry> = list
         .into_iter()
         .map(|alarm| {
@@ -103,8 +106,21 @@ pub fn build(
                 .as_ref()
                 .and_then(|k| inputs.flows.get(k))
                 .map(Vec::as_slice);
-            let charts = charts(&alarm, flows);
-            Entry { alarm, charts }
+            // Host alarms have no charts and are always shown; the rest up to the bound.
+            let full = alarm.rule == "mining_host" || detailed < limits.max_detailed;
+            if full && alarm.rule != "mining_host" {
+                detailed += 1;
+            }
+            let charts = if full {
+                charts(&alarm, flows)
+            } else {
+                Vec::new()
+            };
+            Entry {
+                alarm,
+                charts,
+                detailed: full,
+            }
         })
         .collect();
     let html = page::render(&inputs, &entries, generated);

@@ -23,6 +23,8 @@ const MAX_DEPTH: usize = 4;
 /// Rows and columns of a table made from an array of objects.
 const MAX_ROWS: usize = 100;
 const MAX_COLUMNS: usize = 12;
+/// Rows of the alarm index.
+const MAX_INDEX: usize = 1000;
 
 const STYLE: &str = r#"
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0 auto;max-width:1100px;padding:1em 1.5em;color:#1d2430;background:#fff}
@@ -86,10 +88,10 @@ pub fn endpoints(a: &Alarm) -> String {
 
 /// A JSON value as HTML: objects as key/value tables, arrays of objects as tables, strings
 /// that are ids of alarms on this page as links to them.
-fn value(v: &Value, links: &HashMap<&str, usize>, depth: usize) -> Markup {
+fn value(v: &Value, links: &HashMap<&str, String>, depth: usize) -> Markup {
     match v {
         Value::String(s) => match links.get(s.as_str()) {
-            Some(i) => html! { a href=(format!("#alarm-{i}")) { code { (clip(s)) } } },
+            Some(anchor) => html! { a href=(anchor) { code { (clip(s)) } } },
             None => html! { (clip(s)) },
         },
         Value::Null => html! { span.muted { "null" } },
@@ -145,7 +147,7 @@ fn chart(c: &Chart) -> Markup {
     }
 }
 
-fn alarm(i: usize, e: &Entry, links: &HashMap<&str, usize>) -> Markup {
+fn alarm(i: usize, e: &Entry, links: &HashMap<&str, String>) -> Markup {
     let a = &e.alarm;
     let v = &a.latest;
     let sev = a.severity();
@@ -228,7 +230,7 @@ fn host_of(a: &Alarm) -> String {
     }
 }
 
-fn hosts(entries: &[Entry], links: &HashMap<&str, usize>) -> Markup {
+fn hosts(entries: &[Entry], links: &HashMap<&str, String>) -> Markup {
     let hosts: Vec<(usize, &Entry)> = entries
         .iter()
         .enumerate()
@@ -285,11 +287,27 @@ fn hosts(entries: &[Entry], links: &HashMap<&str, usize>) -> Markup {
 
 /// The whole document.
 pub fn render(inputs: &Inputs, entries: &[Entry], generated: &str) -> String {
-    let links: HashMap<&str, usize> = entries
+    // Ids link to the alarm's article, or to its index row when it is not shown in full.
+    let links: HashMap<&str, String> = entries
         .iter()
         .enumerate()
-        .map(|(i, e)| (e.alarm.id.as_str(), i))
+        .map(|(i, e)| {
+            let anchor = if e.detailed {
+                format!("#alarm-{i}")
+            } else {
+                format!("#row-{i}")
+            };
+            (e.alarm.id.as_str(), anchor)
+        })
         .collect();
+    let listed = entries
+        .iter()
+        .filter(|e| e.alarm.rule != "mining_host")
+        .count();
+    let shown = entries
+        .iter()
+        .filter(|e| e.detailed && e.alarm.rule != "mining_host")
+        .count();
     let mut by_rule: std::collections::BTreeMap<&str, usize> = Default::default();
     for e in entries {
         *by_rule.entry(e.alarm.rule.as_str()).or_default() += 1;
@@ -329,13 +347,22 @@ pub fn render(inputs: &Inputs, entries: &[Entry], generated: &str) -> String {
                 }
                 (hosts(entries, &links))
                 section #alarms {
-                    h2 { "Alarms (" (entries.iter().filter(|e| e.alarm.rule != "mining_host").count()) ")" }
-                    @if entries.is_empty() { p { "No alarm in the input." } }
+                    h2 { "Alarms (" (listed) ")" }
+                    @if listed == 0 { p { "No alarm in the input." } }
+                    @if shown < listed {
+                        p.warn {
+                            "The " (shown) " most severe alarms are shown in full below; the other "
+                            (listed - shown) " are rows of this index only. A report of fewer alarms (for example one host's lines of the alarm file) shows each in full."
+                        }
+                    }
                     table {
                         tr { th { "#" } th { "rule" } th { "endpoints" } th { "severity" } th { "state" } }
-                        @for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.alarm.rule != "mining_host").take(5000) {
-                            tr {
-                                td.n { a href=(format!("#alarm-{i}")) { (i + 1) } }
+                        @for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.alarm.rule != "mining_host").take(MAX_INDEX) {
+                            tr id=(format!("row-{i}")) {
+                                td.n {
+                                    @if e.detailed { a href=(format!("#alarm-{i}")) { (i + 1) } }
+                                    @else { (i + 1) }
+                                }
                                 td { code { (clip(&e.alarm.rule)) } }
                                 td.mono { (clip(&endpoints(&e.alarm))) }
                                 td.n { (e.alarm.severity()) }
@@ -343,7 +370,8 @@ pub fn render(inputs: &Inputs, entries: &[Entry], generated: &str) -> String {
                             }
                         }
                     }
-                    @for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.alarm.rule != "mining_host") {
+                    @if listed > MAX_INDEX { p.muted { (listed - MAX_INDEX) " more alarms not listed." } }
+                    @for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.detailed && e.alarm.rule != "mining_host") {
                         (alarm(i, e, &links))
                     }
                 }

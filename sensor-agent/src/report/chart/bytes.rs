@@ -80,6 +80,8 @@ pub fn chart(flows: Option<&[FlowPoint]>, history: &[Step], start: Option<f64>) 
             .build_cartesian_2d(span(0.0, x_max), span(0.0, y_max * 1.05))?;
         chart
             .configure_mesh()
+            // Major grid lines only: the minor ones double the SVG and add little.
+            .light_line_style(TRANSPARENT)
             .x_desc("time since the first point")
             .y_desc("bytes (cumulative)")
             .x_label_formatter(&|x| offset_label(*x))

@@ -36,6 +36,8 @@ pub fn chart(contributions: &[Value]) -> Option<Chart> {
             .build_cartesian_2d(0.0..x_max, (0..n).into_segmented())?;
         chart
             .configure_mesh()
+            // Major grid lines only: the minor ones double the SVG and add little.
+            .light_line_style(TRANSPARENT)
             .disable_y_mesh()
             .x_desc("points (bar) of the weight (outline)")
             .y_labels(n)

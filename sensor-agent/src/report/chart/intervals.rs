@@ -60,6 +60,8 @@ pub fn chart(evidence_intervals: Option<Vec<f64>>, flows: Option<&[FlowPoint]>) 
                 .build_cartesian_2d(range.clone(), 0.0..(f64::from(top) * 1.1))?;
             chart
                 .configure_mesh()
+                // Major grid lines only: the minor ones double the SVG and add little.
+                .light_line_style(TRANSPARENT)
                 .disable_x_mesh()
                 .x_desc("interval")
                 .y_desc("count")

@@ -52,6 +52,8 @@ pub fn chart(flows: Option<&[FlowPoint]>, start: Option<f64>, end: Option<f64>) 
             .build_cartesian_2d(span(0.0, x_max), 0.0..rows as f64)?;
         chart
             .configure_mesh()
+            // Major grid lines only: the minor ones double the SVG and add little.
+            .light_line_style(TRANSPARENT)
             .disable_y_mesh()
             .x_desc("time since the first connection")
             .y_desc("connection")
