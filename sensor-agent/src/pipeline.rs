@@ -42,6 +42,9 @@ use sensor_common::FlowKey;
 /// Writes one ended flow record.
 pub type FlowWriter<'a> = dyn FnMut(&FlowRecord) -> Result<(), OutputError> + 'a;
 
+/// Called after every tick with the engine, the tick's time and its alarm events.
+pub type ViewWriter<'a> = dyn FnMut(&Engine, u64, &[AlarmEvent]) + 'a;
+
 /// Where the loop's results go besides alarms.
 #[derive(Default)]
 pub struct Observers<'a> {
@@ -51,7 +54,7 @@ pub struct Observers<'a> {
     pub ticked: Option<&'a mut dyn FnMut(&EngineStats)>,
     /// After every tick, with the engine, the tick's time and its alarm events (the
     /// `/status.json` view of `run`).
-    pub viewed: Option<&'a mut dyn FnMut(&Engine, u64, &[AlarmEvent])>,
+    pub viewed: Option<&'a mut ViewWriter<'a>>,
     /// Writes the state file every checkpoint interval (`run` only).
     pub checkpoint: Option<&'a mut Checkpointer>,
 }

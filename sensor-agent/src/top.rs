@@ -272,7 +272,8 @@ fn draw(f: &mut Frame, st: &State, endpoint: &str) {
         Table::new(
             alarm_rows,
             [
-                Constraint::Length(24),
+                // RFC 3339 with microseconds, as alarms carry it.
+                Constraint::Length(27),
                 Constraint::Length(18),
                 Constraint::Length(8),
                 Constraint::Length(3),

@@ -138,9 +138,16 @@ const URL_ATTRS: &[&str] = &[
     "ping",
 ];
 
-/// One start tag `<name attr="v" ...>` from `html[at..]` (at a `<`): its name, attributes and
-/// where it ends. Quoted values may hold `>`.
-fn tag(html: &str, at: usize) -> Option<(String, Vec<(String, String)>, usize)> {
+/// One start tag: its name (lower case), its attributes (names lower case) and the offset
+/// just past its `>`.
+struct Tag {
+    name: String,
+    attrs: Vec<(String, String)>,
+    end: usize,
+}
+
+/// The start tag `<name attr="v" ...>` at `html[at]` (a `<`). Quoted values may hold `>`.
+fn tag(html: &str, at: usize) -> Option<Tag> {
     let bytes = html.as_bytes();
     let mut i = at + 1;
     let start = i;
@@ -158,11 +165,9 @@ fn tag(html: &str, at: usize) -> Option<(String, Vec<(String, String)>, usize)> 
         while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'/') {
             i += 1;
         }
-        if i >= bytes.len() {
-            return Some((name, attrs, i));
-        }
-        if bytes[i] == b'>' {
-            return Some((name, attrs, i + 1));
+        if i >= bytes.len() || bytes[i] == b'>' {
+            let end = (i + 1).min(bytes.len());
+            return Some(Tag { name, attrs, end });
         }
         let k0 = i;
         while i < bytes.len()
@@ -206,7 +211,7 @@ pub fn external_references(html: &str) -> Vec<String> {
     let mut at = 0;
     while let Some(i) = html[at..].find('<') {
         let pos = at + i;
-        let Some((name, attrs, end)) = tag(html, pos) else {
+        let Some(Tag { name, attrs, end }) = tag(html, pos) else {
             at = pos + 1;
             continue;
         };

@@ -103,7 +103,7 @@ pub fn http_get(ns: &str, path: &str) -> Option<(u16, String)> {
 pub struct LiveTop {
     // Dropped in this order: tmux (and `top`) first, then the namespaces and the agent.
     pub tmux: Tmux,
-    pub session: Session,
+    pub session: Option<Session>,
     pub pair: NetnsPair,
     pub agent: u32,
     pub dir: TempDir,
@@ -179,7 +179,7 @@ impl LiveTop {
         let tmux = Tmux::start(tag, width, height, &command)?;
         Ok(LiveTop {
             tmux,
-            session,
+            session: Some(session),
             pair,
             agent,
             dir,
@@ -199,7 +199,7 @@ impl LiveTop {
 
     /// Waits until the screen shows the watched conversation and an opened alarm on it;
     /// returns that screen.
-    pub fn wait_for_alarm(&self, timeout: Duration) -> Result<String, String> {
+    pub fn wait_for_alarm(&mut self, timeout: Duration) -> Result<String, String> {
         let conv = self.conversation();
         let mut screen = String::new();
         wait_until(
@@ -214,8 +214,16 @@ impl LiveTop {
             },
         )
         .map_err(|e| {
+            let session = match self.session.take() {
+                Some(s) if s.speaker.is_finished() => format!("had ended: {:?}", s.speaker.join()),
+                Some(s) => {
+                    self.session = Some(s);
+                    "was still running".to_string()
+                }
+                None => "was not started".to_string(),
+            };
             format!(
-                "{e}; screen:\n{screen}\ntop stderr: {}\nagent log: {}",
+                "{e}; the keepalive session {session}; screen:\n{screen}\ntop stderr: {}\nagent log: {}",
                 fs::read_to_string(self.dir.path().join("top.stderr")).unwrap_or_default(),
                 fs::read_to_string(&self.log).unwrap_or_default()
             )

@@ -12,7 +12,7 @@ use sensor_tests::{kernel::require_bpf, showcase::LiveTop};
 #[test]
 fn kernel_top_shows_the_live_flows_and_an_alarm_and_quits_on_q() {
     require_bpf();
-    let top = LiveTop::start("top", Duration::from_secs(60), 180, 56)
+    let mut top = LiveTop::start("top", Duration::from_secs(60), 180, 56)
         .unwrap_or_else(|e| panic!("kernel test cannot run: {e}"));
     let screen = top
         .wait_for_alarm(Duration::from_secs(60))
