@@ -105,3 +105,46 @@ impl Engine {
         view
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests_support::{engine, S};
+    use sensor_common::{ipv4_mapped, FlowKey};
+
+    /// A session to 10.0.0.`server`:3333 from `from` to `to` s, `bytes` each way every 10 s.
+    fn session(e: &mut super::Engine, server: u8, from: u64, to: u64, bytes: u64) {
+        let (key, dir) = FlowKey::canonical(
+            &ipv4_mapped([10, 0, 0, 1]),
+            40000,
+            &ipv4_mapped([10, 0, 0, server]),
+            3333,
+            6,
+        );
+        let mut t = from;
+        while t <= to {
+            e.add_packet(&key, dir, bytes, if t == from { 0x02 } else { 0x18 }, t * S);
+            e.add_packet(&key, 1 - dir, bytes, 0x12, t * S);
+            e.tick(t * S);
+            t += 10;
+        }
+    }
+
+    #[test]
+    fn the_lists_rank_by_duration_and_rate_and_only_when_asked() {
+        let mut e = engine(|_| {});
+        session(&mut e, 2, 0, 300, 60);
+        session(&mut e, 3, 100, 300, 600);
+        let plain = e.status_view(300 * S, false);
+        assert!(plain.longest.is_empty() && plain.quietest.is_empty());
+        assert_eq!(plain.conversations, 2);
+        let v = e.status_view(300 * S, true);
+        let servers: Vec<&str> = v.longest.iter().map(|c| c.server.as_str()).collect();
+        assert_eq!(servers, vec!["10.0.0.2", "10.0.0.3"], "{v:?}");
+        assert_eq!(v.longest[0].duration_s, 300.0);
+        assert_eq!(v.longest[0].port, 3333);
+        // The quieter one (fewer bytes per second) first.
+        let quiet: Vec<&str> = v.quietest.iter().map(|c| c.server.as_str()).collect();
+        assert_eq!(quiet, vec!["10.0.0.2", "10.0.0.3"], "{v:?}");
+        assert!(v.alarms_by_rule.contains_key("long_flow"), "{v:?}");
+    }
+}

@@ -397,3 +397,104 @@ fn read_flows(inputs: &mut Inputs, path: &Path, limits: &Limits) -> Result<(), I
     inputs.flow_lines = lines;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("report-input-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn events_of_one_id_merge_and_bad_lines_are_skipped_with_their_line_numbers() {
+        let alarm = |action: &str, t: &str, bytes: u64| {
+            format!(
+                r#"{{"@timestamp":"{t}","event":{{"kind":"alert","id":"a1","action":"{action}","severity":3}},"rule":{{"id":"long_flow"}},"source":{{"ip":"10.0.0.1","port":4000,"bytes":{bytes}}},"destination":{{"ip":"10.0.0.2","port":3333,"bytes":5}},"network":{{"transport":"tcp"}}}}"#
+            )
+        };
+        let long = format!("{{\"x\":\"{}\"}}", "y".repeat(500));
+        let text = [
+            alarm("opened", "2024-01-01T00:00:00Z", 10),
+            "{not json".to_string(),
+            long,
+            r#"{"event":{"kind":"event"},"source":{"ip":"10.0.0.1"}}"#.to_string(),
+            alarm("updated", "2024-01-01T00:01:00Z", 20),
+            alarm("closed", "2024-01-01T00:02:00Z", 30),
+        ]
+        .join("\n");
+        let path = file("alarms", &text);
+        let limits = Limits {
+            max_line_bytes: 400,
+            max_history: 2,
+            ..Limits::default()
+        };
+        let got = read(&path, None, &limits).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got.alarms.len(), 1);
+        let a = &got.alarms[0];
+        assert_eq!(a.action(), "closed");
+        // The first event and the latest are kept; the one between is counted.
+        let actions: Vec<&str> = a.history.iter().map(|s| s.action.as_str()).collect();
+        assert_eq!(actions, ["opened", "closed"]);
+        assert_eq!(a.history_dropped, 1);
+        assert_eq!(a.history[1].client_bytes, Some(30));
+        assert_eq!(a.history[1].at, Some(1_704_067_320.0));
+        assert_eq!(got.skipped, 3);
+        let lines: Vec<usize> = got.notes.iter().map(|n| n.line).collect();
+        assert_eq!(lines, [2, 3, 4]);
+        assert!(
+            got.notes[1].problem.contains("longer than 400"),
+            "{:?}",
+            got.notes
+        );
+        assert!(
+            got.notes[2].problem.contains("flow record"),
+            "{:?}",
+            got.notes
+        );
+        assert!(
+            got.notes[0].to_string().contains(":2: not JSON"),
+            "{}",
+            got.notes[0]
+        );
+    }
+
+    #[test]
+    fn flows_are_kept_only_for_alarmed_conversations_and_bounded() {
+        let alarms = file(
+            "a2",
+            r#"{"event":{"kind":"alert","id":"a","action":"opened"},"rule":{"id":"long_flow"},"source":{"ip":"10.0.0.1"},"destination":{"ip":"10.0.0.2","port":3333},"network":{"transport":"tcp"}}"#,
+        );
+        let flow = |server: &str| {
+            format!(
+                r#"{{"event":{{"kind":"event","start":"2024-01-01T00:00:00Z","end":"2024-01-01T00:00:09Z"}},"source":{{"ip":"10.0.0.1","bytes":7}},"destination":{{"ip":"{server}","port":3333,"bytes":9}},"network":{{"transport":"tcp","packets":4}}}}"#
+            )
+        };
+        let flows = file(
+            "f2",
+            &[
+                flow("10.0.0.2"),
+                flow("10.0.0.9"),
+                flow("10.0.0.2"),
+                flow("10.0.0.2"),
+            ]
+            .join("\n"),
+        );
+        let limits = Limits {
+            max_flows_per_conversation: 2,
+            ..Limits::default()
+        };
+        let got = read(&alarms, Some(&flows), &limits).unwrap();
+        std::fs::remove_file(&alarms).unwrap();
+        std::fs::remove_file(&flows).unwrap();
+        let key = got.alarms[0].conv.clone().unwrap();
+        assert_eq!(got.flows.len(), 1);
+        assert_eq!(got.flows[&key].len(), 2);
+        assert_eq!(got.flows_left_out[&key], 1);
+        assert_eq!(got.flows[&key][0].server_bytes, 9);
+        assert_eq!(got.flow_lines, 4);
+    }
+}

@@ -336,6 +336,10 @@ pub fn render(inputs: &Inputs, entries: &[Entry], generated: &str) -> String {
                             @if inputs.skipped > inputs.notes.len() { p { "(first " (inputs.notes.len()) " listed)" } }
                         }
                     }
+                    @let flows_cut: usize = inputs.flows_left_out.values().sum();
+                    @if flows_cut > 0 {
+                        p.warn { (flows_cut) " flow record(s) of busy conversations were not drawn: each conversation's charts use at most its first records (see the chart captions)." }
+                    }
                     @if inputs.alarms_left_out > 0 {
                         p.warn { (inputs.alarms_left_out) " further alarm id(s) left out: the report shows the first " (entries.len()) "." }
                     }
