@@ -17,6 +17,8 @@
 //!
 //! It must never keep state a replay could not rebuild, and never block.
 
+mod view;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};

@@ -12,7 +12,9 @@
 //! engine never reads a clock, so a replay is deterministic. Modules are layered bottom-up
 //! (`units`, `clock`, `privilege`, `state`, `scoring`, `flow`, `source`, `enrich`, `detect`,
 //! `alarm`, `sink`, `metrics`, `config`, `engine`, `pipeline`); `cargo xtask test` fails on an
-//! import cycle between them.
+//! import cycle between them. Two presentations sit beside the pipeline and use none of it:
+//! `report` (an HTML page from alarm files) and `top` (a terminal view of a running agent's
+//! status endpoint).
 //! `docs/ARCHITECTURE.md` draws the whole design.
 
 pub mod alarm;
@@ -25,8 +27,10 @@ pub mod flow;
 pub mod metrics;
 pub mod pipeline;
 pub mod privilege;
+pub mod report;
 pub mod scoring;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod top;
 pub mod units;

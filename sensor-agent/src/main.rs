@@ -91,6 +91,36 @@ enum Command {
     Validate(ConfigArgs),
     /// Remove the datapath that `run` left attached (programs, links and pinned maps), from one interface or all.
     Detach(DetachArgs),
+    /// Write one self-contained HTML page (hosts, every alarm with its evidence and charts) from alarm JSON lines.
+    Report(ReportArgs),
+    /// Live terminal view of a running agent (from its metrics endpoint's /status.json); q quits.
+    Top(TopArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Alarm JSON lines, as `replay`, `run`, `ingest` or `collect` wrote them.
+    #[arg(long, value_name = "FILE", required = true)]
+    alarms: PathBuf,
+    /// Flow record JSON lines (`--flows` of the same command): charts over time per conversation.
+    #[arg(long, value_name = "FILE")]
+    flows: Option<PathBuf>,
+    /// The page to write.
+    #[arg(short, long, value_name = "FILE", default_value = "report.html")]
+    output: PathBuf,
+    /// Alarms shown in full with charts, most severe first (the rest are index rows).
+    #[arg(long, value_name = "N", default_value_t = sensor_agent::report::Limits::default().max_detailed)]
+    detailed: usize,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// The agent's metrics endpoint (metrics.listen).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464")]
+    metrics: String,
+    /// How often to poll (e.g. 1s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1s")]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -246,6 +276,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd_validate(&args),
         Command::Detach(args) => cmd_detach(&args),
+        Command::Report(args) => cmd_report(&args),
+        Command::Top(args) => sensor_agent::top::run(&sensor_agent::top::Options {
+            endpoint: args.metrics,
+            interval: args.interval,
+        })
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(Into::into),
         // Attaching and dropping privileges happen before the runtime starts its threads.
         Command::Run(args) => {
             prepare_run(args).and_then(|prep| runtime().and_then(|rt| rt.block_on(cmd_run(prep))))
@@ -337,6 +374,45 @@ fn cmd_detach(args: &DetachArgs) -> Result<ExitCode> {
             root.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_report(args: &ReportArgs) -> Result<ExitCode> {
+    use sensor_agent::report;
+    let mut inputs = vec![args.alarms.clone()];
+    inputs.extend(args.flows.clone());
+    sink::refuse_inputs_as_outputs(std::slice::from_ref(&args.output), &inputs)?;
+    let generated = sensor_agent::clock::rfc3339_seconds(sensor_agent::clock::wall_ns());
+    let made = report::build(
+        &args.alarms,
+        args.flows.as_deref(),
+        &report::Limits {
+            max_detailed: args.detailed,
+            ..report::Limits::default()
+        },
+        &generated,
+    )?;
+    for note in &made.notes {
+        eprintln!("warning: {note}");
+    }
+    std::fs::write(&args.output, &made.html)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "sensor-agent: report {}: {} alarm(s), {} chart(s){}{}",
+        args.output.display(),
+        made.alarms,
+        made.charts,
+        if made.skipped > 0 {
+            format!(", {} malformed line(s) skipped", made.skipped)
+        } else {
+            String::new()
+        },
+        if made.alarms_left_out > 0 {
+            format!(", {} alarm id(s) left out", made.alarms_left_out)
+        } else {
+            String::new()
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -830,6 +906,7 @@ async fn run_records<S: sensor_agent::source::Source>(
         let mut observers = Observers {
             ended_flows: Some(&mut write_flow),
             ticked: None,
+            viewed: None,
             checkpoint: None,
         };
         pipeline::run(source, engine, alarms, &mut observers).await?;
@@ -1136,9 +1213,15 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
         exporters.borrow_mut().flush();
         ticked(stats);
     };
+    hub.interfaces(attached.clone());
+    let mut viewed = |engine: &Engine, now: u64, events: &[alarm::AlarmEvent]| {
+        let view = engine.status_view(now, hub.view_wanted());
+        hub.viewed(view, events.iter().map(|e| &e.json));
+    };
     let mut observers = Observers {
         ended_flows: Some(&mut write_flow),
         ticked: Some(&mut ticked),
+        viewed: Some(&mut viewed),
         checkpoint: checkpoint.as_mut(),
     };
     interrupt_on_stop(stop_for_alarms, &alarms);

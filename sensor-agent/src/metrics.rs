@@ -1,10 +1,11 @@
 //! Metrics and health: what `run` is doing, for Prometheus and for a service manager.
 //!
-//! An HTTP endpoint (`[metrics] listen`, loopback by default) answers three paths:
+//! An HTTP endpoint (`[metrics] listen`, loopback by default) answers four paths:
 //! - `/metrics`: the Prometheus text format (0.0.4), encoded by the `prometheus` crate;
 //! - `/healthz`: 200 while the process serves requests (alive);
 //! - `/readyz`: 200 once the datapath is attached and the last poll finished within two poll
-//!   intervals, else 503 saying why.
+//!   intervals, else 503 saying why;
+//! - `/status.json`: the bounded view `sensor-agent top` draws ([`status`]).
 //!
 //! Every value is read at scrape time from the same counters the status line and the summary
 //! print, never recomputed: the engine's [`Export`] (published by the loop after every tick,
@@ -35,6 +36,8 @@ use sensor_common::counter;
 use serde::Deserialize;
 
 use crate::{sink::delivery::StatusHandle, source::live::LiveStats, units::Invalid};
+
+pub mod status;
 
 /// The default listen address: Prometheus's registered port for exporters of this kind, on
 /// loopback (a scraper on the same host, or a local proxy).
@@ -206,6 +209,11 @@ fn family<'m, T: MetricVecBuilder + 'static>(
 struct Published {
     engine: Option<Box<dyn Export>>,
     last_poll: Option<Instant>,
+    view: Option<status::EngineView>,
+    recent: std::collections::VecDeque<status::AlarmLine>,
+    /// When `/status.json` was last asked for.
+    wanted: Option<Instant>,
+    interfaces: Vec<String>,
 }
 
 /// The state every scrape reads: shared between the loop (which publishes) and the server.
@@ -238,6 +246,10 @@ impl Hub {
             published: Mutex::new(Published {
                 engine: None,
                 last_poll: None,
+                view: None,
+                recent: std::collections::VecDeque::new(),
+                wanted: None,
+                interfaces: Vec::new(),
             }),
             live: Mutex::new(None),
             sinks: Mutex::new(None),
@@ -264,6 +276,74 @@ impl Hub {
         let mut p = lock(&self.published);
         p.engine = Some(engine);
         p.last_poll = Some(Instant::now());
+    }
+
+    /// The interfaces the datapath is attached to, as `/status.json` names them.
+    pub fn interfaces(&self, names: Vec<String>) {
+        lock(&self.published).interfaces = names;
+    }
+
+    /// Whether someone asked for `/status.json` lately: the loop computes the conversation
+    /// lists only then.
+    pub fn view_wanted(&self) -> bool {
+        lock(&self.published)
+            .wanted
+            .is_some_and(|t| t.elapsed() < status::WANTED_FOR)
+    }
+
+    /// After a tick: the engine's view (its conversation lists empty unless
+    /// [`Hub::view_wanted`]) and the alarm events it handed out.
+    pub fn viewed<'a>(
+        &self,
+        view: status::EngineView,
+        alarms: impl IntoIterator<Item = &'a serde_json::Value>,
+    ) {
+        let mut p = lock(&self.published);
+        p.view = Some(view);
+        for a in alarms {
+            if p.recent.len() >= status::RECENT_ALARMS {
+                p.recent.pop_front();
+            }
+            p.recent.push_back(status::AlarmLine::of(a));
+        }
+    }
+
+    /// `/status.json`'s document.
+    pub fn status(&self) -> status::Status {
+        let readiness = self.readiness();
+        let live = lock(&self.live).as_ref().map(|l| lock(l).clone());
+        let sinks = lock(&self.sinks).as_ref().map(StatusHandle::status);
+        let mut p = lock(&self.published);
+        p.wanted = Some(Instant::now());
+        status::Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: readiness.is_ok(),
+            readiness: readiness.unwrap_or_else(|e| e),
+            interfaces: p.interfaces.clone(),
+            poll_interval_s: self.poll_interval.as_secs_f64(),
+            kernel_flows: live.as_ref().map_or(0, |l| l.kernel_flows as u64),
+            kernel_flow_map_capacity: u64::from(self.kernel_capacity),
+            unattributed: live.as_ref().map_or(0, |l| {
+                l.counters[..counter::UNATTRIBUTED_REASONS as usize]
+                    .iter()
+                    .sum()
+            }),
+            engine: p.view.clone(),
+            recent_alarms: p.recent.iter().cloned().collect(),
+            sinks: sinks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| status::SinkLine {
+                    name: s.name,
+                    sent: s.sent,
+                    errors: s.errors,
+                    retries: s.retries,
+                    pending: s.pending,
+                    oldest_undelivered_s: s.oldest_undelivered.map(|d| d.as_secs_f64()),
+                    last_error: s.last_error,
+                })
+                .collect(),
+        }
     }
 
     /// `Ok` when ready (`/readyz`), else why not.
@@ -496,13 +576,17 @@ fn respond<B>(hub: &Hub, req: &hyper::Request<B>) -> hyper::Response<Body> {
             match req.uri().path() {
                 "/metrics" => (StatusCode::OK, prometheus::TEXT_FORMAT, hub.render()),
                 "/healthz" => text(StatusCode::OK, "alive\n".into()),
+                "/status.json" => match serde_json::to_vec(&hub.status()) {
+                    Ok(body) => (StatusCode::OK, "application/json", body),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                },
                 "/readyz" => match hub.readiness() {
                     Ok(why) => text(StatusCode::OK, format!("{why}\n")),
                     Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                 },
                 _ => text(
                     StatusCode::NOT_FOUND,
-                    "not found: /metrics, /healthz or /readyz\n".into(),
+                    "not found: /metrics, /healthz, /readyz or /status.json\n".into(),
                 ),
             }
         };

@@ -27,6 +27,7 @@ use std::{collections::HashMap, path::PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    alarm::AlarmEvent,
     engine::{Engine, EngineSnapshot, EngineStats, TickOutput},
     flow::record::FlowRecord,
     sink::{AlarmOutput, OutputError},
@@ -41,6 +42,9 @@ use sensor_common::FlowKey;
 /// Writes one ended flow record.
 pub type FlowWriter<'a> = dyn FnMut(&FlowRecord) -> Result<(), OutputError> + 'a;
 
+/// Called after every tick with the engine, the tick's time and its alarm events.
+pub type ViewWriter<'a> = dyn FnMut(&Engine, u64, &[AlarmEvent]) + 'a;
+
 /// Where the loop's results go besides alarms.
 #[derive(Default)]
 pub struct Observers<'a> {
@@ -48,6 +52,9 @@ pub struct Observers<'a> {
     pub ended_flows: Option<&'a mut FlowWriter<'a>>,
     /// After every tick, with the engine's counters (the status line).
     pub ticked: Option<&'a mut dyn FnMut(&EngineStats)>,
+    /// After every tick, with the engine, the tick's time and its alarm events (the
+    /// `/status.json` view of `run`).
+    pub viewed: Option<&'a mut ViewWriter<'a>>,
     /// Writes the state file every checkpoint interval (`run` only).
     pub checkpoint: Option<&'a mut Checkpointer>,
 }
@@ -289,6 +296,9 @@ pub fn process<S: Source>(
     };
     let out = engine.tick(now);
     deliver(&out, alarms, observers)?;
+    if let Some(viewed) = observers.viewed.as_mut() {
+        viewed(engine, now, &out.alarms);
+    }
     // Flows the table refused are forgotten by the source like ended ones (live: their kernel
     // entries are deleted, so a refused entry is not offered again at every poll).
     let ended: Vec<FlowKey> = out

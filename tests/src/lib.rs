@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod alarms;
+pub mod browser;
 pub mod captures;
 pub mod flowlogs;
 pub mod frames;
@@ -12,6 +13,9 @@ pub mod netns;
 pub mod pcap;
 pub mod rsyslog;
 pub mod session;
+pub mod showcase;
+pub mod tls;
+pub mod tmux;
 pub mod tunnels;
 pub mod wait;
 

@@ -51,8 +51,16 @@ fn drain(s: &mut TcpStream) -> Result<Vec<u64>, String> {
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 256];
-    while s.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-    Ok(Vec::new())
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(Vec::new()),
+            Ok(_) => {}
+            // A signal handled by another part of the process (glibc's set*id broadcast, a
+            // child's exit) interrupts a read with a timeout even under SA_RESTART: not an end.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Starts the session to `pair.addr_b:port` and returns once the client connected.

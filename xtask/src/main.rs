@@ -71,6 +71,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "rsyslog-gnutls",
         "TLS (RFC 5425) input for the rsyslog sink tests",
     ),
+    (
+        "chromium",
+        "headless browser rendering the HTML report in its test, benchmark and screenshot",
+    ),
+    (
+        "tmux",
+        "drives sensor-agent top in its test and screenshot (send-keys, capture-pane)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -120,9 +128,13 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The README's pictures, made by the project's own tooling: docs/img/report.png (the
+    /// HTML report in headless Chromium) and docs/img/top.txt (`sensor-agent top` on a live
+    /// sensor in network namespaces, read from tmux; needs root).
+    Screenshots,
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
-        /// Which benchmark: `datapath`, `agent`, `sinks`, `detect` or `ingest`.
+        /// Which benchmark: `datapath`, `agent`, `sinks`, `detect`, `ingest` or `report`.
         which: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -192,6 +204,22 @@ fn main() -> Result<()> {
             let deb = package::build(&root(), &binary, &out)?;
             println!("{}", deb.display());
             Ok(())
+        }
+        Cmd::Screenshots => {
+            setup(false)?;
+            // Debug build: the tests' profile, so nothing extra is compiled for it.
+            cargo(&[
+                "build",
+                "--package",
+                "sensor-agent",
+                "--package",
+                "sensor-tests",
+                "--bin",
+                "sensor-agent",
+                "--bin",
+                "screenshots",
+            ])?;
+            run(&mut Command::new(target_dir().join("debug/screenshots")))
         }
         Cmd::Bench { which, args } => {
             setup(false)?;
@@ -438,13 +466,37 @@ const BENCHES: &[(&str, &str)] = &[
     ("sinks", "bench-sinks"),
     ("detect", "bench-detect"),
     ("ingest", "bench-ingest"),
+    ("report", "bench-report"),
 ];
+
+/// Binaries a benchmark runs besides its own (built in release first).
+fn bench_needs(bin: &str) -> &'static [&'static str] {
+    match bin {
+        "bench-report" => &["sensor-agent", "gen-capture"],
+        _ => &[],
+    }
+}
 
 fn bench(which: &str, args: &[String]) -> Result<()> {
     let Some((_, bin)) = BENCHES.iter().find(|(name, _)| *name == which) else {
         let known: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
         bail!("unknown benchmark {which:?} (known: {})", known.join(", "));
     };
+    let needs = bench_needs(bin);
+    if !needs.is_empty() {
+        let mut b = vec![
+            "build",
+            "--release",
+            "--package",
+            "sensor-agent",
+            "--package",
+            "sensor-tests",
+        ];
+        for n in needs {
+            b.extend(["--bin", n]);
+        }
+        cargo(&b)?;
+    }
     let mut a = vec![
         "run",
         "--release",

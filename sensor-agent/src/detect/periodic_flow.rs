@@ -40,18 +40,40 @@ impl PeriodicFlow {
         }
     }
 
-    fn judge(&self, ring: Option<&SampleRing>, window_ns: u64) -> Option<Periodicity> {
-        let p = ring?.score_with(&mut self.scratch.borrow_mut(), window_ns, self.min_samples)?;
-        (p.score >= self.min_score).then_some(p)
+    /// The score when it fires, with the intervals it was computed from (seconds, sorted, at
+    /// most [`MAX_EVIDENCE_INTERVALS`]): copied only then, so a quiet evaluation allocates
+    /// nothing.
+    fn judge(&self, ring: Option<&SampleRing>, window_ns: u64) -> Option<(Periodicity, Vec<f64>)> {
+        let mut scratch = self.scratch.borrow_mut();
+        let p = ring?.score_with(&mut scratch, window_ns, self.min_samples)?;
+        if p.score < self.min_score {
+            return None;
+        }
+        let intervals = scratch.intervals_ns();
+        // Evenly spread over the sorted intervals when there are more than the bound.
+        let step = intervals.len().div_ceil(MAX_EVIDENCE_INTERVALS).max(1);
+        let secs = intervals
+            .iter()
+            .step_by(step)
+            .map(|&ns| (ns as f64 / 1e6).round() / 1e3)
+            .collect();
+        Some((p, secs))
     }
 }
 
-fn evidence(kind: &str, p: &Periodicity) -> serde_json::Map<String, serde_json::Value> {
+/// Intervals written into the evidence at most (the report draws their histogram).
+const MAX_EVIDENCE_INTERVALS: usize = 64;
+
+fn evidence(
+    kind: &str,
+    (p, intervals): &(Periodicity, Vec<f64>),
+) -> serde_json::Map<String, serde_json::Value> {
     let mut e = serde_json::Map::new();
     e.insert("kind".into(), json!(kind));
     if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(p) {
         e.extend(fields);
     }
+    e.insert("intervals_s".into(), json!(intervals));
     e
 }
 
@@ -85,7 +107,7 @@ impl Detector for PeriodicFlow {
         let (direction, p) = [("server", &series.server), ("client", &series.client)]
             .into_iter()
             .filter_map(|(d, ring)| Some((d, self.judge(Some(ring), window)?)))
-            .max_by(|a, b| a.1.score.total_cmp(&b.1.score))?;
+            .max_by(|a, b| a.1 .0.score.total_cmp(&b.1 .0.score))?;
         let mut e = evidence("in_flow", &p);
         e.insert("direction".into(), json!(direction));
         Some(Finding {

@@ -211,6 +211,12 @@ pub struct ScoreScratch {
 }
 
 impl ScoreScratch {
+    /// The intervals between consecutive distinct timestamps of the last scoring, in ns,
+    /// sorted (what the alarm's evidence shows as a histogram).
+    pub fn intervals_ns(&self) -> &[u64] {
+        &self.intervals
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
