@@ -200,7 +200,10 @@ fn one_miner_with_two_pools_is_one_host_alarm_continued_by_the_state_file() {
     assert_eq!(last["sensor"]["evidence"]["days"], 1);
     // Neither pool's messages name the coin; the pool's name does (bitminter.com mines
     // Bitcoin only), on each pool.
-    for pool in last["sensor"]["evidence"]["pools"].as_array().expect("pools") {
+    for pool in last["sensor"]["evidence"]["pools"]
+        .as_array()
+        .expect("pools")
+    {
         assert_eq!(pool["coins"][0]["coin"], "bitcoin", "{pool}");
         assert!(
             pool["coins"][0]["reason"]
