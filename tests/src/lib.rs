@@ -5,6 +5,7 @@ pub mod agent;
 pub mod captures;
 pub mod flowlogs;
 pub mod frames;
+pub mod kafka;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
