@@ -59,6 +59,10 @@ pub struct Broker {
     pub port: u16,
     child: Option<Child>,
     starts: u32,
+    /// From the next [`Broker::resume`] on: TLS with this certificate and key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// From the next [`Broker::resume`] on: clients must authenticate (SASL).
+    pub authentication: bool,
 }
 
 impl Broker {
@@ -71,6 +75,8 @@ impl Broker {
             port: free_tcp_port(),
             child: None,
             starts: 0,
+            tls: None,
+            authentication: false,
         };
         b.resume()?;
         Ok(b)
@@ -87,10 +93,17 @@ impl Broker {
         let log_path = self.dir.join(format!("tansu-{}.log", self.starts));
         let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&self.tansu)
-            .arg("broker")
+        let mut cmd = Command::new(&self.tansu);
+        cmd.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
+        let child = cmd
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -123,15 +136,27 @@ impl Broker {
     /// Creates `topic` with `partitions` partitions (the broker does not create topics on
     /// first use).
     pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), String> {
+        let partitions = partitions.to_string();
+        self.cli(&["topic", "create", topic, "--partitions", &partitions])
+    }
+
+    /// Adds a SCRAM-SHA-512 user (to a broker without TLS or authentication yet: the
+    /// credentials are kept in its storage for the next start).
+    pub fn create_user(&self, name: &str, password: &str) -> Result<(), String> {
+        self.cli(&["user", "create", name, password, "--mechanism", "scram512"])
+    }
+
+    /// `tansu ARGS --broker tcp://ADDRESS`, failing with its output.
+    fn cli(&self, args: &[&str]) -> Result<(), String> {
         let out = Command::new(&self.tansu)
-            .args(["topic", "create", topic])
+            .args(args)
             .args(["--broker", &format!("tcp://{}", self.address())])
-            .args(["--partitions", &partitions.to_string()])
             .output()
-            .map_err(|e| format!("cannot run tansu topic create: {e}"))?;
+            .map_err(|e| format!("cannot run tansu: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "tansu topic create {topic} failed: {}{}",
+                "tansu {} failed: {}{}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ));
@@ -178,7 +203,14 @@ fn kcat_read(broker: &str, topic: &str, output: &[&str]) -> Result<Vec<u8>, Stri
 /// message, so keys and payloads of any content come back whole), to the end of each
 /// partition.
 pub fn consume(broker: &str, topic: &str) -> Result<Vec<Message>, String> {
-    let out = kcat_read(broker, topic, &["-J"])?;
+    consume_as(broker, topic, &[])
+}
+
+/// [`consume`] with client settings for kcat (`-X security.protocol=sasl_ssl`, ...).
+pub fn consume_as(broker: &str, topic: &str, client: &[&str]) -> Result<Vec<Message>, String> {
+    let mut output = client.to_vec();
+    output.push("-J");
+    let out = kcat_read(broker, topic, &output)?;
     String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| !l.trim().is_empty())

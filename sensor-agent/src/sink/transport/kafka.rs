@@ -330,12 +330,39 @@ struct Reports {
 #[derive(Default)]
 struct Context {
     reports: Mutex<Reports>,
+    /// What librdkafka last said went wrong with a broker (connect refused, TLS handshake,
+    /// authentication): a failed send names it, since a delivery report only says "timed out".
+    broker_error: Mutex<Option<String>>,
 }
 
 /// Opaques carry the batch generation above the message's index in it.
 const INDEX_BITS: u32 = 16;
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's log goes to debug: while a broker is down it logs every reconnect, and the
+    /// worker already reports each distinct send error once.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log::debug!(target: "librdkafka", "{level:?} {fac} {message}");
+        // Connect, TLS and authentication failures are logged at error level with the cause
+        // ("Connection refused", "certificate verify failed", "Authentication failed").
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            *self
+                .broker_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(super::one_line(message, 300));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log::debug!(target: "librdkafka", "{error}: {reason}");
+        // "1/1 brokers are down" says less than the log line before it: kept only alone.
+        self.broker_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| super::one_line(reason, 300));
+    }
+}
 
 impl ProducerContext for Context {
     type DeliveryOpaque = usize;
@@ -482,7 +509,9 @@ impl Transport for KafkaTransport {
         }
         self.generation = (self.generation + 1) % (usize::MAX >> INDEX_BITS);
         let generation = self.generation;
-        let deadline = Instant::now() + self.timeout;
+        // librdkafka times each message out itself after `timeout` (message.timeout.ms);
+        // a second more for its reports to arrive before what is left is purged.
+        let deadline = Instant::now() + self.timeout + Duration::from_secs(1);
         let (name, topic) = (self.name.clone(), self.topic.clone());
         let producer = self.producer()?;
         {
@@ -494,6 +523,11 @@ impl Transport for KafkaTransport {
             r.generation = generation;
             r.results = vec![None; batch.len()];
         }
+        *producer
+            .context()
+            .broker_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         let mut enqueued = 0;
         let mut refused = None;
         'produce: for (i, msg) in batch.iter().enumerate() {
@@ -572,8 +606,16 @@ impl Transport for KafkaTransport {
                 _ => None,
             })
             .unwrap_or_else(|| "no delivery report in time".to_string());
+        let broker = producer
+            .context()
+            .broker_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         Err(TransportError::Connect(format!(
-            "{name}: not delivered: {first}"
+            "{name}: not delivered: {first}{broker}"
         )))
     }
 
@@ -734,5 +776,7 @@ mod tests {
             e.to_string().starts_with("kafka:test: not delivered"),
             "{e}"
         );
+        // What went wrong with the broker, not only librdkafka's "timed out".
+        assert!(e.to_string().contains("Connection refused"), "{e}");
     }
 }
