@@ -517,7 +517,7 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
     loop {
         let batch = {
             let spool = shared.lock();
-            match spool.peek(&id, 256) {
+            match spool.peek(&id, transport.max_batch()) {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => {
                     if shared.stop.load(Ordering::SeqCst) {

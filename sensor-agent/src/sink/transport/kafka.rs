@@ -335,6 +335,10 @@ struct Context {
     broker_error: Mutex<Option<String>>,
 }
 
+/// Records per send: one wait for the broker's acknowledgements covers this many (and a
+/// broker lost in the middle of a send repeats at most this many).
+pub const MAX_BATCH: usize = 1024;
+
 /// Opaques carry the batch generation above the message's index in it.
 const INDEX_BITS: u32 = 16;
 
@@ -406,7 +410,9 @@ impl KafkaTransport {
             .set("enable.idempotence", c.idempotence.to_string())
             .set("compression.type", c.compression.as_str())
             .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set("linger.ms", "5")
+            // The worker hands over a whole batch at once and waits for it: waiting longer
+            // for more messages to fill a request would only add to every send.
+            .set("linger.ms", "1")
             // A broker restart is expected now and then; librdkafka reconnects on its own and
             // the send error says what failed.
             .set("log.connection.close", "false");
@@ -621,6 +627,10 @@ impl Transport for KafkaTransport {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
     }
 
     fn counters(&self) -> Counters {

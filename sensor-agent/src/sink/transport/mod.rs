@@ -80,6 +80,12 @@ pub trait Transport: Send {
         self.send(batch)
     }
 
+    /// How many records the worker hands over in one `send` at most (256 unless a transport
+    /// gains from more: each Kafka send waits for the broker's acknowledgement once).
+    fn max_batch(&self) -> usize {
+        256
+    }
+
     /// Running totals for metrics (an addition to the minimal trait; zero where not applicable).
     fn counters(&self) -> Counters {
         Counters::default()
