@@ -21,7 +21,6 @@ use sensor_tests::{
     captures,
     kafka::{self, Broker},
     pcap,
-    rsyslog::TestPki,
 };
 use serde_json::Value;
 
@@ -217,7 +216,7 @@ fn alarms_of_a_replay_reach_kafka_through_the_spool_keyed_by_client() {
 
 /// Alarms in one replay: enough that delivering them takes the broker a while, so it can be
 /// killed while the sink is sending.
-const MANY: u16 = 4000;
+const MANY: u16 = 20000;
 
 #[test]
 fn a_broker_killed_and_restarted_mid_delivery_loses_nothing() {
@@ -332,96 +331,4 @@ fn the_flow_stream_of_a_replay_equals_the_flows_output() {
     );
     // No alarm went to the flow topic.
     assert!(got.iter().all(|v| v["event"]["kind"] == "event"));
-}
-
-/// SCRAM-SHA-512 over TLS verified against the test's CA: delivered, and read back by kcat
-/// with the same credentials. The same sink trusting another CA sends nothing, says why, and
-/// keeps the alarms spooled.
-#[test]
-fn scram_over_verified_tls_delivers_and_an_untrusted_broker_gets_nothing() {
-    let dir = TempDir::new("kafka-tls");
-    let pki = TestPki::create(dir.path()).unwrap_or_else(|e| panic!("kafka test cannot run: {e}"));
-    let mut broker = start_broker(&dir);
-    let t = topic("tls");
-    // Topics and users are made on the plain listener and kept in the broker's storage; the
-    // broker then starts again with TLS and authentication only.
-    broker
-        .create_topic(&t, 1)
-        .unwrap_or_else(|e| panic!("kafka test cannot run: {e}"));
-    broker
-        .create_user("sensor", "correct-horse-battery")
-        .unwrap_or_else(|e| panic!("kafka test cannot run: {e}"));
-    broker.kill();
-    broker.tls = Some((pki.cert.clone(), pki.key.clone()));
-    broker.authentication = true;
-    broker
-        .resume()
-        .unwrap_or_else(|e| panic!("kafka test cannot run: {e}"));
-    let cap = mining_capture(&dir, 20);
-    let expected = expected_alarms(&dir, &cap);
-    let sink = |ca: &Path| {
-        kafka_sink(
-            &broker,
-            &t,
-            &format!(
-                "tls = true\nca_file = \"{}\"\nsasl_mechanism = \"scram-sha-512\"\nsasl_username = \"sensor\"\nsasl_password = \"correct-horse-battery\"\ntimeout = \"2s\"",
-                ca.display()
-            ),
-        )
-    };
-
-    let untrusted = dir.write(
-        "untrusted.toml",
-        format!(
-            "[spool]\ndir = \"{}\"\ndrain_timeout = \"5s\"\n\n{}",
-            dir.path().join("spool-untrusted").display(),
-            sink(&pki.other_ca)
-        )
-        .as_bytes(),
-    );
-    let stderr = finish(replay(&untrusted, &cap));
-    assert!(
-        stderr.contains(" 0 sent") && stderr.contains(&format!("{} pending", expected.len())),
-        "nothing is taken by a broker the sink does not trust: {stderr}"
-    );
-    assert!(
-        stderr.to_lowercase().contains("certificate"),
-        "the error says the certificate was refused: {stderr}"
-    );
-    assert!(
-        !stderr.contains("correct-horse"),
-        "no password in the output: {stderr}"
-    );
-
-    let cfg = config(&dir, &sink(&pki.ca));
-    let stderr = finish(replay(&cfg, &cap));
-    assert!(
-        stderr.contains(&format!("{} sent, 0 errors", expected.len())),
-        "{stderr}"
-    );
-    let ca = format!("ssl.ca.location={}", pki.ca.display());
-    let client = [
-        "-X",
-        "security.protocol=sasl_ssl",
-        "-X",
-        "sasl.mechanisms=SCRAM-SHA-512",
-        "-X",
-        "sasl.username=sensor",
-        "-X",
-        "sasl.password=correct-horse-battery",
-        "-X",
-        &ca,
-    ];
-    let got = kafka::consume_as(&broker.address(), &t, &client)
-        .unwrap_or_else(|e| panic!("kcat over TLS with SCRAM: {e}"));
-    let ids: BTreeSet<(String, String)> = got
-        .iter()
-        .filter_map(|m| serde_json::from_str::<Value>(&m.payload).ok())
-        .map(|a| event_of(&a))
-        .collect();
-    assert_eq!(
-        ids,
-        expected.iter().map(event_of).collect(),
-        "every alarm over TLS"
-    );
 }
