@@ -14,6 +14,7 @@ use crate::{
     detect::DetectConfig,
     enrich::{intel::IntelConfig, labels::LabelConfig},
     flow::settings::FlowConfig,
+    metrics::MetricsConfig,
     sink::{delivery::SpoolSection, ipfix::ExporterConfig, transport::SinkConfig, OutputConfig},
     source::records::settings::IngestConfig,
     source::settings::{CaptureConfig, SensorConfig},
@@ -43,6 +44,8 @@ pub struct Config {
     pub exporters: Vec<ExporterConfig>,
     /// What `run` keeps across restarts, and where.
     pub state: StateConfig,
+    /// The metrics and health endpoint of `run`.
+    pub metrics: MetricsConfig,
 }
 
 /// A configuration error, already located.
@@ -111,7 +114,12 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
                 message: "the value contains a line break; one line only".into(),
             });
         }
-        insert(&mut table, key, parse_value(value.trim())).map_err(|message| ConfigError {
+        let value = parse_value(value.trim()).map_err(|message| ConfigError {
+            origin: set_origin.clone(),
+            key: key.to_string(),
+            message,
+        })?;
+        insert(&mut table, key, value).map_err(|message| ConfigError {
             origin: set_origin.clone(),
             key: key.to_string(),
             message,
@@ -131,11 +139,15 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
             message: e.into_inner().message().to_string(),
         })?;
     validate(&cfg).map_err(|Invalid { key, message }| {
-        let origin = match sets
-            .iter()
-            .rev()
-            .find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key))
-        {
+        let origin = match sets.iter().rev().find(|s| {
+            s.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                k == key
+                    || key
+                        .strip_prefix(k)
+                        .is_some_and(|rest| rest.starts_with('['))
+            })
+        }) {
             Some(s) => format!("--set {s}"),
             None => match line_of(&text, &key) {
                 Some(line) => format!("{origin}:{line}"),
@@ -152,13 +164,25 @@ pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError>
 }
 
 /// A `--set` value: TOML if it parses as one (numbers, booleans, arrays, quoted strings),
-/// otherwise the bare text as a string (`1h`, `eth0`).
-fn parse_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
+/// otherwise the bare text as a string (`1h`, `eth0`). A number too large for TOML is an
+/// error of its own, not a string that a numeric key then calls the wrong type.
+fn parse_value(raw: &str) -> Result<toml::Value, String> {
+    if let Some(v) = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+    {
+        return Ok(v);
+    }
+    let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw).replace('_', "");
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{} is too large for a number (at most {})",
+            crate::units::excerpt(raw),
+            i64::MAX
+        ));
+    }
+    Ok(toml::Value::String(raw.to_string()))
 }
 
 fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) -> Result<(), String> {
@@ -190,11 +214,17 @@ fn located(
 }
 
 fn located_toml(origin: &str, text: &str, e: &toml::de::Error, key: String) -> ConfigError {
-    let origin = match e.span() {
-        Some(span) => format!(
-            "{origin}:{}",
-            text[..span.start.min(text.len())].matches('\n').count() + 1
-        ),
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    // Errors of the TOML text itself (a number too large, a bad string) come without a key:
+    // the key written on that line names it.
+    let key = match (key.is_empty(), line) {
+        (true, Some(line)) => key_at_line(text, line).unwrap_or_default(),
+        _ => key,
+    };
+    let origin = match line {
+        Some(line) => format!("{origin}:{line}"),
         None => origin.to_string(),
     };
     ConfigError {
@@ -204,18 +234,80 @@ fn located_toml(origin: &str, text: &str, e: &toml::de::Error, key: String) -> C
     }
 }
 
-/// The line defining `section.key` in a TOML text, by scanning `[section]` headers.
-fn line_of(text: &str, dotted: &str) -> Option<usize> {
-    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+/// A TOML line's table header, normalised as keys are reported: `[a.b]` is `a.b`, the n-th
+/// `[[sinks]]` (from 0) is `sinks[n]`. `seen` counts the arrays of tables met so far.
+fn header_of(line: &str, seen: &mut Vec<(String, usize)>) -> Option<String> {
+    let l = line.trim();
+    if let Some(h) = l.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+        let name = h.trim().to_string();
+        let n = match seen.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                seen.push((name.clone(), 0));
+                0
+            }
+        };
+        return Some(format!("{name}[{n}]"));
+    }
+    l.strip_prefix('[')
+        .and_then(|l| l.split(']').next())
+        .map(|h| h.trim().to_string())
+}
+
+/// The key a `key = value` line defines, without quotes.
+fn key_of(line: &str) -> Option<&str> {
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim().trim_matches(['"', '\'']);
+    (!k.is_empty() && !k.starts_with('#')).then_some(k)
+}
+
+/// The line defining a reported key (`section.key`, `sinks[1].name`, `intel.allow[0]`) in a
+/// TOML text, by scanning its table headers; the section's header line when the key itself
+/// is not written (a problem of the whole section).
+fn line_of(text: &str, reported: &str) -> Option<usize> {
+    // An index on the last part is an element of an array written on the key's own line.
+    let base = match (reported.ends_with(']'), reported.rfind('[')) {
+        (true, Some(i)) => &reported[..i],
+        _ => reported,
+    };
+    let (section, key) = base.rsplit_once('.').unwrap_or(("", base));
     let mut current = String::new();
+    let mut seen = Vec::new();
+    let mut header_line = None;
     for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = h.trim_matches(['[', ']']).trim().to_string();
+        if let Some(h) = header_of(line, &mut seen) {
+            current = h;
+            if header_line.is_none() && (current == reported || current == section) {
+                header_line = Some(i + 1);
+            }
             continue;
         }
-        if current == section && l.split('=').next().is_some_and(|k| k.trim() == key) {
+        if current == section && key_of(line) == Some(key) {
             return Some(i + 1);
+        }
+    }
+    header_line
+}
+
+/// The dotted key written on line `line` (1-based) of a TOML text.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut current = String::new();
+    let mut seen = Vec::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        if let Some(h) = header_of(l, &mut seen) {
+            current = h;
+            continue;
+        }
+        if i + 1 == line {
+            let key = key_of(l)?;
+            return Some(if current.is_empty() {
+                key.to_string()
+            } else {
+                format!("{current}.{key}")
+            });
         }
     }
     None
@@ -229,6 +321,7 @@ fn validate(c: &Config) -> Result<(), Invalid> {
     c.flow.validate().map_err(|e| e.within("flow"))?;
     c.ingest.validate().map_err(|e| e.within("ingest"))?;
     c.detect.validate().map_err(|e| e.within("detect"))?;
+    c.metrics.validate().map_err(|e| e.within("metrics"))?;
     for (i, sink) in c.sinks.iter().enumerate() {
         if let Err(e) = sink.validate() {
             return Err(Invalid::new(format!("sinks[{i}]"), e.to_string()));
@@ -264,9 +357,7 @@ fn validate(c: &Config) -> Result<(), Invalid> {
     if !c.sinks.is_empty() && c.spool.dir.as_os_str().is_empty() {
         return Err(Invalid::new("spool.dir", "must not be empty"));
     }
-    if let Err(e) = c.spool.spool_config().validate() {
-        return Err(Invalid::new("spool", e.to_string()));
-    }
+    c.spool.validate().map_err(|e| e.within("spool"))?;
     if let Err(errors) = c.intel.validate() {
         let first = errors.into_iter().next().unwrap_or_default();
         let (key, message) = first.split_once(": ").unwrap_or(("intel", first.as_str()));

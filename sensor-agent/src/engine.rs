@@ -23,7 +23,7 @@ use sensor_common::{FlowKey, FlowStats, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    alarm::{AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
+    alarm::{degraded::Pressure, Action, AlarmEvent, AlarmManager, AlarmSnapshot, Observer},
     config::Config,
     detect::{
         self,
@@ -51,6 +51,8 @@ pub struct Engine {
     pub labels: Labeler,
     skip_multicast: bool,
     watch: WatchSet,
+    /// Alarm events handed out, by rule and action (metrics).
+    alarm_events: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// What one evaluation produced.
@@ -61,11 +63,17 @@ pub struct TickOutput {
     pub ended: Vec<FlowRecord>,
     /// Flows that started or stopped being watched (for a live source to mirror).
     pub watch: WatchChanges,
+    /// Flows the table refused (for the source to forget, like ended ones).
+    pub refused: Vec<FlowKey>,
 }
 
-/// Counters for the status line and the summaries: a copy, so presenting never reaches into
-/// the engine.
-#[derive(Clone, Debug, Default)]
+/// Counters for the status line, the summaries and the metrics: a copy, so presenting never
+/// reaches into the engine.
+///
+/// The metrics endpoint exports every numeric field by itself (through `Serialize`): a `usize`
+/// field listed in [`EngineStats::GAUGES`] as a gauge, every other one as a counter; [`METRICS`]
+/// names and explains the known ones, a new field appears as `sensor_engine_<field>_total`.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct EngineStats {
     pub packets: u64,
     pub flows: usize,
@@ -73,8 +81,25 @@ pub struct EngineStats {
     /// Flows refused by a full flow table, and conversations likewise.
     pub flows_dropped: u64,
     pub conversations_dropped: u64,
+    /// Unanswered flows evicted from a full flow table to admit others, and conversations of
+    /// failed attempts only ended early to make room.
+    pub flows_evicted: u64,
+    pub conversations_evicted: u64,
+    /// Kernel entries of known flows evicted and re-created; of those, answered flows
+    /// (established sessions), and how long those went unobserved in total (ns).
+    pub kernel_entries_recreated: u64,
+    pub sessions_recreated: u64,
+    #[serde(skip)]
+    pub sessions_unobserved_ns: u64,
+    /// The first refusal or eviction of the pressure episode under way (ns), if any.
+    #[serde(skip)]
+    pub degraded_since_ns: Option<u64>,
     /// Alarms opened, per rule id.
+    #[serde(skip)]
     pub opened_by_rule: BTreeMap<&'static str, u64>,
+    /// Alarm events handed out, per (rule id, action).
+    #[serde(skip)]
+    pub alarm_events: BTreeMap<(&'static str, &'static str), u64>,
     /// Alarms open now.
     pub open_alarms: usize,
     pub watched: usize,
@@ -158,6 +183,7 @@ impl Engine {
             labels: Labeler::new(cfg.labels.clone(), limits, intel),
             skip_multicast: cfg.detect.skip_multicast,
             watch: WatchSet::new(cfg.detect.watch.clone()),
+            alarm_events: BTreeMap::new(),
         }
     }
 
@@ -212,12 +238,19 @@ impl Engine {
             conversations: self.table.conversation_count(),
             flows_dropped: self.table.counters.flows_dropped,
             conversations_dropped: self.table.counters.conversations_dropped,
+            flows_evicted: self.table.counters.flows_evicted,
+            conversations_evicted: self.table.counters.conversations_evicted,
+            kernel_entries_recreated: self.table.counters.counter_resets,
+            sessions_recreated: self.table.counters.answered_recreated,
+            sessions_unobserved_ns: self.table.counters.unobserved_ns,
+            degraded_since_ns: self.table.counters.first_pressure_ns,
             opened_by_rule: self
                 .alarms
                 .opened_by_rule
                 .iter()
                 .map(|(r, n)| (*r, *n))
                 .collect(),
+            alarm_events: self.alarm_events_by_rule(),
             open_alarms: self.alarms.open_count(),
             watched: self.watch.len(),
             watch_refused: self.watch.refused,
@@ -234,6 +267,12 @@ impl Engine {
         match event {
             SourceEvent::Packet(p) => {
                 self.add_packet(&p.key, p.dir, p.wire_len, p.tcp_flags, p.ts_ns);
+                // As the datapath: a flow's tunnel is the one of the packet that created it.
+                if let Some(t) = p.tunnel {
+                    if self.table.flow_packets(&p.key) == 1 {
+                        self.table.set_tunnel(&p.key, t);
+                    }
+                }
                 if !p.payload.is_empty() {
                     self.payload(&p.key, p.dir, p.dns, &p.payload, p.ts_ns);
                 }
@@ -244,6 +283,9 @@ impl Engine {
             SourceEvent::Flows(flows) => {
                 for f in flows {
                     self.update_flow(&f.key, &f.stats, f.first_ns, f.last_ns);
+                    if let Some(t) = f.tunnel {
+                        self.table.set_tunnel(&f.key, t);
+                    }
                 }
             }
             SourceEvent::Payload(p) => self.payload(&p.key, p.dir, p.dns, &p.data, p.ts_ns),
@@ -380,10 +422,25 @@ impl Engine {
             self.watch.flow_ended(&f.key);
         }
         self.labels.tick(now);
+        let c = &self.table.counters;
+        let pressure = Pressure {
+            refused: c.flows_dropped + c.conversations_dropped,
+            evicted: c.flows_evicted,
+            recreated: c.answered_recreated,
+            first_ns: c.first_pressure_ns,
+            last_ns: c.last_pressure_ns,
+        };
+        let (degraded, closed) = self.alarms.table_pressure(&pressure, now);
+        events.extend(degraded);
+        if closed {
+            self.table.counters.first_pressure_ns = None;
+        }
+        self.count_events(&events);
         TickOutput {
             alarms: events,
             ended: ended.flows,
             watch: self.watch.take_changes(),
+            refused: self.table.take_refused(),
         }
     }
 
@@ -407,7 +464,172 @@ impl Engine {
                 }
             }
         }
+        self.count_events(&events);
         events
+    }
+
+    /// Alarm events by rule and action, zero for every rule and action not seen yet (so each
+    /// series exists from the start, as Prometheus wants counters to).
+    fn alarm_events_by_rule(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        let mut out: BTreeMap<(&'static str, &'static str), u64> = self
+            .detectors
+            .iter()
+            .flat_map(|d| {
+                [Action::Opened, Action::Updated, Action::Closed]
+                    .map(|a| ((d.rule_id(), a.as_str()), 0))
+            })
+            .collect();
+        for (k, n) in &self.alarm_events {
+            *out.entry(*k).or_default() += n;
+        }
+        out
+    }
+
+    fn count_events(&mut self, events: &[AlarmEvent]) {
+        for e in events {
+            *self
+                .alarm_events
+                .entry((e.rule, e.action.as_str()))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Metric names and help of the known [`EngineStats`] fields: (field, metric, help).
+const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "packets",
+        "sensor_packets_attributed_total",
+        "Packets counted into flows of the agent's table.",
+    ),
+    (
+        "flows",
+        "sensor_flows",
+        "Flows in the agent's flow table (active).",
+    ),
+    (
+        "conversations",
+        "sensor_conversations",
+        "Conversations in the agent's flow table (active).",
+    ),
+    (
+        "flows_dropped",
+        "sensor_flows_refused_total",
+        "Flows refused by a full flow table (flow.max_flows).",
+    ),
+    (
+        "conversations_dropped",
+        "sensor_conversations_refused_total",
+        "Conversations refused by a full flow table.",
+    ),
+    (
+        "flows_evicted",
+        "sensor_flows_evicted_total",
+        "Unanswered flows evicted from a full flow table to admit others.",
+    ),
+    (
+        "conversations_evicted",
+        "sensor_conversations_evicted_total",
+        "Conversations of failed attempts only, ended early to make room.",
+    ),
+    (
+        "kernel_entries_recreated",
+        "sensor_kernel_entries_recreated_total",
+        "Kernel flow entries of known flows evicted and re-created.",
+    ),
+    (
+        "sessions_recreated",
+        "sensor_sessions_recreated_total",
+        "Answered flows (sessions) whose kernel entry was evicted and re-created.",
+    ),
+    ("open_alarms", "sensor_alarms_open", "Alarms open now."),
+    (
+        "watched",
+        "sensor_watched_flows",
+        "Flows whose payload messages are timed (watched) now.",
+    ),
+    (
+        "watch_refused",
+        "sensor_watch_refused_total",
+        "Flows that qualified for watching while detect.watch.max_flows were watched.",
+    ),
+    (
+        "payloads",
+        "sensor_payload_copies_total",
+        "Payload copies classified.",
+    ),
+    (
+        "dns_messages",
+        "sensor_dns_messages_total",
+        "DNS messages read.",
+    ),
+    (
+        "identified_flows",
+        "sensor_identified_flows_total",
+        "Flows a payload classifier identified.",
+    ),
+    (
+        "messages",
+        "sensor_watched_messages_total",
+        "Payload messages of watched flows timed.",
+    ),
+];
+
+impl EngineStats {
+    /// Fields that are sizes now (gauges); every other numeric field counts since the start.
+    pub const GAUGES: &'static [&'static str] =
+        &["flows", "conversations", "open_alarms", "watched"];
+}
+
+impl crate::metrics::Export for EngineStats {
+    fn export(&self, out: &mut crate::metrics::Exposition) {
+        for ((rule, action), n) in &self.alarm_events {
+            out.counter(
+                "sensor_alarms_total",
+                "Alarm events handed to the outputs, by rule and action.",
+                &[("rule", rule), ("action", action)],
+                *n as f64,
+            );
+        }
+        // Prometheus' base unit is the second.
+        out.counter(
+            "sensor_sessions_unobserved_seconds_total",
+            "Time re-created sessions went unobserved while their kernel entry was gone.",
+            &[],
+            self.sessions_unobserved_ns as f64 / 1e9,
+        );
+        if let Some(since) = self.degraded_since_ns {
+            out.gauge(
+                "sensor_degraded_since_timestamp_seconds",
+                "Start of the flow-table pressure episode under way (refusals or evictions).",
+                &[],
+                since as f64 / 1e9,
+            );
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return;
+        };
+        for (field, value) in fields {
+            let Some(v) = value.as_f64() else { continue };
+            let known = METRICS.iter().find(|(f, _, _)| *f == field);
+            let gauge = Self::GAUGES.contains(&field.as_str());
+            let (name, help) = match known {
+                Some((_, name, help)) => (name.to_string(), help.to_string()),
+                None if gauge => (
+                    format!("sensor_engine_{field}"),
+                    format!("EngineStats.{field}"),
+                ),
+                None => (
+                    format!("sensor_engine_{field}_total"),
+                    format!("EngineStats.{field}"),
+                ),
+            };
+            if gauge {
+                out.gauge(&name, &help, &[], v);
+            } else {
+                out.counter(&name, &help, &[], v);
+            }
+        }
     }
 }
 
@@ -841,5 +1063,139 @@ mod payload_tests {
         let rec = e.table.flows().next().expect("flow").to_json("user");
         assert_eq!(rec["source"]["ip"], "10.0.2.15");
         assert_eq!(rec["sensor"]["client_from"], "payload");
+    }
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+    use crate::{alarm::Action, units::HumanDuration};
+    use sensor_common::{ipv4_mapped, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN};
+
+    const S: u64 = 1_000_000_000;
+
+    /// A quiet session 10.0.0.1:40000 -> 10.0.0.2:50000 (ports that name no side) read as
+    /// kernel snapshots every second, with one keepalive and its answer every 10 s, under a
+    /// flood of spoofed SYNs (500 new sources a second, from 12 s to 70 s: longer than both
+    /// TCP timeouts) into a table of 64 flows. The flood evicts the session's kernel entry at
+    /// 15 s, and every re-created one before the agent reads it until the server's keepalive
+    /// at 50 s: the session goes unseen for longer than `tcp_idle_timeout`, which must not end
+    /// it. `long_flow` must still fire at 100 s of the session's age with its first packet as
+    /// start and its client kept, and `sensor_degraded` say how many flows were refused and
+    /// evicted since when.
+    #[test]
+    fn a_session_outlives_a_flood_that_fills_the_table_and_its_kernel_entry_coming_back_server_first(
+    ) {
+        let mut cfg = Config::default();
+        cfg.detect.long_flow.after = HumanDuration::secs(100);
+        cfg.detect.long_flow.ladder = vec![];
+        cfg.alarm.suppression_window = HumanDuration::secs(20);
+        cfg.flow.max_flows = 64;
+        cfg.flow.tcp_unestablished_timeout = HumanDuration::secs(5);
+        cfg.flow.tcp_idle_timeout = HumanDuration::secs(30);
+        let mut e = Engine::new(&cfg, Observer::default());
+        let (client, server) = (ipv4_mapped([10, 0, 0, 1]), ipv4_mapped([10, 0, 0, 2]));
+        let (key, d) = FlowKey::canonical(&client, 40000, &server, 50000, 6);
+        let client_code = if d == 0 { CLIENT_LO } else { CLIENT_HI };
+        // The kernel entry: (counters, first time, last time).
+        let mut entry = FlowStats {
+            client: client_code,
+            client_source: CLIENT_BY_SYN,
+            tcp_flags: 0x12 | 0x12 << 8,
+            ..FlowStats::default()
+        };
+        entry.packets = [2, 2];
+        let (mut first, mut last) = (0, 0);
+        let mut events = Vec::new();
+        let mut n = 0u32;
+        for t in 1..=110u64 {
+            if t == 15 {
+                // Evicted by the flood; the server's keepalive at 20 s creates it anew.
+                entry = FlowStats {
+                    client: client_code ^ 1,
+                    client_source: CLIENT_BY_FIRST_PACKET,
+                    tcp_flags: 0x10 << (8 * (1 - d)),
+                    ..FlowStats::default()
+                };
+                entry.packets = [0, 0];
+                first = 50 * S;
+            }
+            if t % 10 == 0 && !(15..50).contains(&t) {
+                entry.packets[1 - d] += 1;
+                entry.packets[d] += 1;
+                entry.bytes[1 - d] += 60;
+                entry.bytes[d] += 52;
+                last = t * S;
+            }
+            if entry.packets != [0, 0] {
+                e.update_flow(&key, &entry, first, last);
+            }
+            if (12..70).contains(&t) {
+                for _ in 0..500 {
+                    n += 1;
+                    let src = ipv4_mapped([172, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+                    let (k, kd) = FlowKey::canonical(&src, 40000, &server, 80, 6);
+                    e.add_packet(&k, kd, 40, 0x02, t * S);
+                }
+            }
+            let out = e.tick(t * S);
+            assert!(
+                !out.ended.iter().any(|f| f.key == key),
+                "the session never ends"
+            );
+            assert!(e.table.flow_count() <= 64);
+            events.extend(out.alarms);
+        }
+        let long = events
+            .iter()
+            .find(|a| a.rule == "long_flow")
+            .expect("long_flow");
+        let j = &long.json;
+        assert_eq!(long.action, Action::Opened);
+        assert_eq!(j["@timestamp"], crate::clock::rfc3339_micros(100 * S));
+        assert_eq!(j["event"]["start"], crate::clock::rfc3339_micros(0));
+        assert_eq!(
+            (j["source"]["ip"].as_str(), j["source"]["port"].as_u64()),
+            (Some("10.0.0.1"), Some(40000))
+        );
+        assert_eq!(j["sensor"]["client_from"], "syn");
+        assert!(
+            e.table.conversation_count() <= 65,
+            "{}",
+            e.table.conversation_count()
+        );
+
+        let degraded: Vec<&AlarmEvent> = events
+            .iter()
+            .filter(|a| a.rule == "sensor_degraded")
+            .collect();
+        let actions: Vec<Action> = degraded.iter().map(|a| a.action).collect();
+        // Opened at the first tick of the flood, updated once per 20 s window while it
+        // lasts, closed a window after its last eviction.
+        assert_eq!(
+            actions,
+            [
+                Action::Opened,
+                Action::Updated,
+                Action::Updated,
+                Action::Updated,
+                Action::Closed
+            ]
+        );
+        let first_ev = &degraded[0].json["sensor"]["evidence"];
+        assert_eq!(first_ev["since"], crate::clock::rfc3339_micros(12 * S));
+        let ev = &degraded[4].json["sensor"]["evidence"];
+        let s = e.stats();
+        assert_eq!(ev["evicted_flows"].as_u64(), Some(s.flows_evicted));
+        assert_eq!(
+            s.flows_evicted,
+            u64::from(n) - 63,
+            "every flood flow beyond the room"
+        );
+        assert_eq!(ev["refused_flows"], 0);
+        assert_eq!(ev["recreated_sessions"], 1);
+        assert_eq!(s.sessions_recreated, 1);
+        assert_eq!(s.sessions_unobserved_ns, 40 * S);
+        assert!(degraded.iter().all(|a| a.id == degraded[0].id));
     }
 }

@@ -7,7 +7,9 @@
 //! Tasks of the runtime: the event loop (main task; the live source's ring buffers are woken
 //! through `AsyncFd` inside it), the capture reader (replay, blocking), the log reader
 //! (ingest, blocking, before the loop starts), one worker per sink
-//! (blocking), the intel refresh, and the signal watcher (Ctrl-C, SIGTERM, `--duration`).
+//! (blocking), the intel refresh, the metrics endpoint (`run`), and the signal watcher
+//! (Ctrl-C, SIGTERM, `--duration`). `run` attaches and drops its privileges before the
+//! runtime starts, while the process has one thread (capabilities are per thread).
 
 use std::{
     fs::File,
@@ -25,7 +27,9 @@ use sensor_agent::{
     config::{self, Config},
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
+    metrics,
     pipeline::{self, Observers, OpenFlows},
+    privilege::{self, Capability},
     sink::{self, ipfix::Exporters, AlarmOutput, FlowStream, JsonLines},
     source::{
         collect::CollectSource,
@@ -176,6 +180,9 @@ struct RunArgs {
     /// Detach the datapath when stopping. By default it stays attached and pinned (sensor.pin_path), counting while the agent is down, and the next start resumes it.
     #[arg(long)]
     detach_on_exit: bool,
+    /// After attaching, switch to this user (and its group); every capability polling does not need is dropped either way.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -234,7 +241,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd_validate(&args),
         Command::Detach(args) => cmd_detach(&args),
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(cmd_run(args))),
+        // Attaching and dropping privileges happen before the runtime starts its threads.
+        Command::Run(args) => {
+            prepare_run(args).and_then(|prep| runtime().and_then(|rt| rt.block_on(cmd_run(prep))))
+        }
         Command::Replay(args) => runtime().and_then(|rt| rt.block_on(cmd_replay(args))),
         Command::Ingest(args) => runtime().and_then(|rt| rt.block_on(cmd_ingest(args))),
         Command::Collect(args) => runtime().and_then(|rt| rt.block_on(cmd_collect(args))),
@@ -418,11 +428,21 @@ fn status_lines(
 /// Appends "; n what" for every note that happened, and the flows a full table refused.
 fn push_notes(summary: &mut String, notes: &[(u64, &str)], stats: &EngineStats) {
     let dropped = stats.flows_dropped + stats.conversations_dropped;
-    let table = (
-        dropped,
-        "flows dropped by a full flow table (raise flow.max_flows)",
-    );
-    for (n, what) in notes.iter().chain([&table]) {
+    let table = [
+        (
+            dropped,
+            "flows dropped by a full flow table (raise flow.max_flows)",
+        ),
+        (
+            stats.flows_evicted,
+            "unanswered flows evicted from a full flow table",
+        ),
+        (
+            stats.sessions_recreated,
+            "answered flows whose kernel entry was evicted and re-created",
+        ),
+    ];
+    for (n, what) in notes.iter().chain(&table) {
         if *n > 0 {
             summary.push_str(&format!("; {n} {what}"));
         }
@@ -494,7 +514,17 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     }
     let source = ReplaySource::start(args.captures.clone(), opts);
     let want_flows = args.flows.is_some() || !exporters.is_empty() || flow_stream.is_some();
-    let (looped, outcome) = pipeline::replay(source, &mut engine, &mut alarms, want_flows).await;
+    // Ctrl-C or SIGTERM ends a replay with its counters (also one blocked on a full spool).
+    let mut stop = watch_signals(None)?;
+    interrupt_on_stop(stop.clone(), &alarms);
+    let (looped, outcome) = tokio::select! {
+        biased;
+        _ = stop.changed() => return interrupted_replay(&engine, alarms).await,
+        r = pipeline::replay(source, &mut engine, &mut alarms, want_flows) => r,
+    };
+    if *stop.borrow() {
+        return interrupted_replay(&engine, alarms).await;
+    }
     let context = || format!("replay with the {} engine", kind.name());
     if looped.is_err() {
         // What the sinks and the spool did before the end, also when it ends in an error.
@@ -614,6 +644,39 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A replay ended by Ctrl-C or SIGTERM: what it did so far, the sinks' and spool's counters,
+/// and the conventional status of a command ended by a signal (130).
+async fn interrupted_replay(engine: &Engine, alarms: AlarmOutput) -> Result<ExitCode> {
+    let stats = engine.stats();
+    eprintln!(
+        "replay interrupted (Ctrl-C or SIGTERM) after {} packets: {} flows; alarms: {}",
+        stats.packets,
+        stats.flows,
+        alarms_by_rule(&stats)
+    );
+    for line in sink_report(&alarms) {
+        eprintln!("{line}");
+    }
+    alarms.shutdown().await;
+    Ok(ExitCode::from(130))
+}
+
+/// At the stop signal, a producer waiting for room in a full `block` spool gives up: its
+/// error ends the command with the counters instead of a wait for a receiver that may never
+/// come back.
+fn interrupt_on_stop(mut stop: watch::Receiver<bool>, alarms: &AlarmOutput) {
+    if let Some(interrupter) = alarms.interrupter() {
+        tokio::spawn(async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+            interrupter.interrupt();
+        });
+    }
 }
 
 /// End of a bounded input: flushes the alarms, waits for the sinks to deliver (up to
@@ -758,7 +821,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
 /// Said, not silently skipped: these rules read payload, which flow records lack.
 fn say_no_payload(telemetry: &str) {
     eprintln!(
-        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, blockchain_p2p, encrypted_mining, and periodic_flow inside one flow"
+        "payload rules: not applicable (no payload in {telemetry}): mining_protocol, encrypted_mining, and periodic_flow inside one flow; blockchain_p2p only by a node's peer port with the server on an intel feed"
     );
 }
 
@@ -893,8 +956,27 @@ fn watch_signals(duration: Option<Duration>) -> Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
+/// What `run` set up while it still had its privileges.
+struct Prepared {
+    args: RunArgs,
+    cfg: Config,
+    ifaces: Vec<String>,
+    live: LiveSource,
+    metrics: Option<std::net::TcpListener>,
+}
+
+/// The privileged part of `run`, on the only thread: binds the metrics endpoint, attaches
+/// the datapath, then switches to `--user` and keeps only the capabilities polling needs.
+fn prepare_run(args: RunArgs) -> Result<Prepared> {
     let cfg = load_config(&args.config)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(privilege::lookup_user)
+        .transpose()?;
+    if user.is_some() && args.detach_on_exit && cfg.sensor.pin_root().is_some() {
+        anyhow::bail!("--detach-on-exit removes the pinned datapath, which only root may; run `sensor-agent detach` as root after stopping instead");
+    }
     let ifaces = if !args.ifaces.is_empty() {
         args.ifaces.clone()
     } else if !cfg.sensor.interfaces.is_empty() {
@@ -903,23 +985,86 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         vec![default_route_interface()?]
     };
     let egress = args.egress || cfg.sensor.egress;
+    let mut live = LiveSource::start(
+        &ifaces,
+        egress,
+        &cfg.load_options(),
+        cfg.sensor.poll_interval.0,
+        cfg.sensor.pin_root(),
+    )?;
+    // Bound before privileges go (a port below 1024 needs them), after the interfaces are
+    // known to exist (a mistyped one is the error to report, not a port in use).
+    let metrics = cfg
+        .metrics
+        .address()
+        .map_err(|e| anyhow::anyhow!("metrics.{}: {}", e.key, e.message))?
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for metrics on {addr}"))
+        })
+        .transpose()?;
+    // Detaching at exit without pinned BPF links goes through netlink on kernels before 6.6
+    // (TC) or 5.9 (XDP): that needs CAP_NET_ADMIN.
+    let detaches = args.detach_on_exit || cfg.sensor.pin_root().is_none();
+    // Whether polling still needs CAP_BPF depends on the kernel (see privilege): tried.
+    let polls_unprivileged =
+        privilege::unprivileged(|| live.dp.jiffies().is_ok() && live.dp.counters().is_ok())?;
+    let mut keep = Vec::new();
+    if !polls_unprivileged {
+        keep.push(Capability::CAP_BPF);
+    }
+    if detaches && !sensor_agent::source::live::tcx_available() {
+        keep.push(Capability::CAP_NET_ADMIN);
+    }
+    privilege::drop_to(user.as_ref(), &keep)?;
+    let kept = privilege::effective();
+    eprintln!(
+        "sensor-agent: attached; running as {} with capabilities: {}",
+        user.as_ref().map_or_else(
+            || format!("uid {}", privilege::uid()),
+            |u| format!("{} (uid {})", u.name, u.uid)
+        ),
+        if kept.is_empty() {
+            "none".to_string()
+        } else {
+            kept.join(", ")
+        }
+    );
+    Ok(Prepared {
+        args,
+        cfg,
+        ifaces,
+        live,
+        metrics,
+    })
+}
+
+async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
+    let Prepared {
+        args,
+        cfg,
+        ifaces,
+        mut live,
+        metrics: listener,
+    } = prep;
+    let hub = metrics::Hub::new(cfg.sensor.poll_interval.0, cfg.sensor.max_kernel_flows);
+    if let Some(l) = listener {
+        let addr = l.local_addr().context("metrics socket address")?;
+        metrics::serve(l, hub.clone()).context("cannot serve metrics")?;
+        eprintln!("sensor-agent: metrics on http://{addr}/metrics (/healthz, /readyz)");
+    }
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
     let stop = watch_signals(args.duration)?;
-    // Loading (the verifier) and the clock calibration block for a while: off the workers
-    // that run the signal watcher and the sinks.
-    let mut live = tokio::task::block_in_place(|| {
-        LiveSource::start(
-            &ifaces,
-            egress,
-            &cfg.load_options(),
-            cfg.sensor.poll_interval.0,
-            cfg.sensor.pin_root(),
-        )
-    })?;
     live.trace_budget = u64::from(cfg.capture.trace_messages);
     live.watch_rings()?;
+    let stop_for_alarms = stop.clone();
     live.stop_on(stop);
+    hub.attached(live.shared_stats());
+    let sinks = alarms.status_handle();
+    if let Some(s) = &sinks {
+        hub.sinks(s.clone());
+    }
     let attached: Vec<String> = live
         .attachments
         .iter()
@@ -961,19 +1106,25 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let kernel = live.shared_stats();
     let iface_list = ifaces.join(",");
     let mut ticked = |stats: &EngineStats| {
-        if !show_status || Instant::now() < next_status {
-            return;
-        }
-        next_status = Instant::now() + status_every;
         let k = kernel
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        hub.polled(Box::new(stats.clone()), k.poll_started.map(|t| t.elapsed()));
+        if !show_status || Instant::now() < next_status {
+            return;
+        }
+        next_status = Instant::now() + status_every;
         let unattributed: u64 = k.counters[..counter::UNATTRIBUTED_REASONS as usize]
             .iter()
             .sum();
+        let sink_status: String = sinks
+            .iter()
+            .flat_map(|s| s.status())
+            .map(|s| format!(" | sink {}: {} sent, {} pending", s.name, s.sent, s.pending))
+            .collect();
         eprint!(
-            "\r\x1b[K{iface_list} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}",
+            "\r\x1b[K{iface_list} | packets {} | flows {} (kernel {}) conversations {} | new flows {} | unattributed {} | watched {} | alarms: {}{sink_status}",
             stats.packets,
             stats.flows,
             k.kernel_flows,
@@ -1033,7 +1184,14 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         open_flows: checkpoint_every
             .map(|every| OpenFlows::new(every.as_nanos() as u64, &mut write_open_flow)),
     };
-    pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await?;
+    interrupt_on_stop(stop_for_alarms, &alarms);
+    let looped = pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await;
+    if looped.is_err() {
+        for line in sink_report(&alarms) {
+            eprintln!("sensor-agent: {line}");
+        }
+    }
+    looped?;
     exporters.borrow_mut().flush();
     for line in exporters.borrow().report() {
         eprintln!("sensor-agent: {line}");
@@ -1070,6 +1228,14 @@ async fn cmd_run(args: RunArgs) -> Result<ExitCode> {
             );
         }
     }
+    eprintln!(
+        "sensor-agent: flow table: {} flows refused, {} unanswered flows evicted, {} kernel entries re-created ({} of answered flows, unobserved {:.1} s in all)",
+        stats.flows_dropped + stats.conversations_dropped,
+        stats.flows_evicted,
+        stats.kernel_entries_recreated,
+        stats.sessions_recreated,
+        stats.sessions_unobserved_ns as f64 / 1e9,
+    );
     for line in sink_report(&alarms) {
         eprintln!("{line}");
     }

@@ -298,7 +298,14 @@ pub fn process<S: Source>(
     if let Some(open) = observers.open_flows.as_mut() {
         open.tick(now, engine).map_err(RunError::Flow)?;
     }
-    let ended: Vec<FlowKey> = out.ended.iter().map(|f| f.key).collect();
+    // Flows the table refused are forgotten by the source like ended ones (live: their kernel
+    // entries are deleted, so a refused entry is not offered again at every poll).
+    let ended: Vec<FlowKey> = out
+        .ended
+        .iter()
+        .map(|f| f.key)
+        .chain(out.refused.iter().copied())
+        .collect();
     source
         .feedback(Feedback {
             ended: &ended,
@@ -446,6 +453,7 @@ mod tests {
             signature: "mining.subscribe".into(),
             role: Direction::ClientToServer,
             coin: None,
+            coin_reason: None,
             agent: Some("cgminer/4.10.0".into()),
             login_sha256: None,
             confirmed_by_server: true,
@@ -511,7 +519,7 @@ mod tests {
         let bytes = state::encode(&fixed).expect("encode");
         assert_eq!(
             (bytes.len(), crc32fast::hash(&bytes)),
-            (390, 359_845_846),
+            (392, 1_347_694_849),
             "the snapshot's encoding changed: bump state::FORMAT_VERSION and update this pin"
         );
     }

@@ -52,7 +52,7 @@ use crate::units::{require_positive, HumanDuration, Invalid};
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"SNSTATE\0";
 /// The format this agent writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload read or written (a million conversations with their samples fit).
@@ -387,7 +387,10 @@ mod tests {
         old[8..12].copy_from_slice(&7u32.to_le_bytes());
         fs::write(&path, &old).expect("write");
         let e = load::<Sample>(&path).expect_err("version").to_string();
-        assert!(e.ends_with(": version 7, this agent reads 1"), "{e}");
+        assert!(
+            e.ends_with(&format!(": version 7, this agent reads {FORMAT_VERSION}")),
+            "{e}"
+        );
         let full = encode(&sample()).expect("encode");
         fs::write(&path, &full[..30]).expect("write");
         let e = load::<Sample>(&path).expect_err("short").to_string();

@@ -85,7 +85,7 @@ pub fn require_unit(scores: &[(&str, f64)]) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A duration written for humans: `90s`, `15m`, `9h`, `3d`, `1h 30m`, or a number of seconds.
+/// A duration written for humans: `90s`, `15m`, `9h`, `3d`, `1h 30m`; always with a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -129,14 +129,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(DURATION_HINT)
             }
+            // A bare number is refused rather than read as seconds: `timeout = 5` meant as
+            // minutes (or milliseconds) would silently be something else, and a unit costs
+            // one letter.
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<HumanDuration, E> {
-                let secs = u64::try_from(v).map_err(|_| {
-                    E::custom(format!("negative duration {v}: expected {DURATION_HINT}"))
-                })?;
-                self.visit_u64(secs)
+                Err(E::custom(format!(
+                    "{v} has no unit: write {v}s, {v}m, {v}h or {v}d ({DURATION_HINT})"
+                )))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<HumanDuration, E> {
-                bounded(Duration::from_secs(v), &format_args!("{v}s"))
+                Err(E::custom(format!(
+                    "{v} has no unit: write {v}s, {v}m, {v}h or {v}d ({DURATION_HINT})"
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write a duration such as {v}s ({DURATION_HINT})"
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
                 let d = humantime::parse_duration(v.trim()).map_err(|e| {

@@ -13,6 +13,12 @@
 pub const MAX_VLAN_TAGS: usize = 2;
 /// Maximum number of IPv6 extension headers the datapath walks before giving up.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Maximum number of MPLS labels the datapath walks to find the bottom of the stack.
+pub const MAX_MPLS_LABELS: usize = 4;
+/// Largest offset in a frame at which the inside of an IP tunnel may start; a tunnel whose
+/// inner level starts later is counted as truncated (only outer IPv6 headers with kilobytes
+/// of extension headers come near it).
+pub const MAX_INNER_OFFSET: usize = 2047;
 
 /// IPv4 addresses are stored as IPv4-mapped IPv6 (`::ffff:a.b.c.d`); this is the third
 /// 32-bit word of such an address, in the native representation of the bytes `00 00 ff ff`.
@@ -81,7 +87,11 @@ pub struct FlowStats {
     /// The low byte of `DatapathSettings::watch_gen` when this flow last looked itself up in
     /// the watch map: the flow looks again only after the agent changed the watched set.
     pub watch_gen: u8,
-    pub _pad: [u8; 2],
+    /// The [`tunnel`] kind of the packet that created the flow (0: none). Set only at
+    /// creation; non-zero means `TUNNELS` holds the flow's [`TunnelInfo`], so readers look
+    /// there only for these flows. Taken from the padding: the value stays one cache line.
+    pub tunnel: u8,
+    pub _pad: [u8; 1],
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 64);
 
@@ -135,8 +145,65 @@ pub struct DatapathSettings {
     /// Bumped by the agent each time it adds flows to the watch map, so that flows look
     /// themselves up there again (once, on their next packet in a new jiffy).
     pub watch_gen: u32,
+    /// Encapsulations to look inside: bit `1 << kind` for each [`tunnel`] kind (see
+    /// [`tunnel::ALL`]). Read only when a packet is a tunnel candidate, so plain packets
+    /// never pay for it.
+    pub decap: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DatapathSettings>() == 16);
+const _: () = assert!(core::mem::size_of::<DatapathSettings>() == 24);
+
+/// Encapsulations the datapath decapsulates (one level), as `FlowStats::tunnel`,
+/// `TunnelInfo::kind` and bit numbers of `DatapathSettings::decap`.
+pub mod tunnel {
+    /// Not decapsulated.
+    pub const NONE: u8 = 0;
+    /// PPPoE session (ethertype 0x8864), IPv4 or IPv6 in PPP; id: the session id.
+    pub const PPPOE: u8 = 1;
+    /// MPLS (ethertypes 0x8847, 0x8848), IPv4 or IPv6 under the bottom label; id: the bottom
+    /// label (the service label that names the VPN).
+    pub const MPLS: u8 = 2;
+    /// GRE version 0 (IP protocol 47) with IPv4, IPv6 or transparent Ethernet bridging
+    /// inside; id: the key when the K flag is set.
+    pub const GRE: u8 = 3;
+    /// VXLAN (UDP port 4789) with an inner Ethernet frame; id: the VNI.
+    pub const VXLAN: u8 = 4;
+    /// Geneve (UDP port 6081), options skipped, with an inner Ethernet frame (or IP); id: the
+    /// VNI.
+    pub const GENEVE: u8 = 5;
+    /// IP in IP: 4in4 and 4in6 (protocol 4), 6in4 and 6in6 (protocol 41); no id.
+    pub const IPIP: u8 = 6;
+    /// Number of kinds (names below).
+    pub const COUNT: usize = 7;
+    /// Stable names (`tunnel.type`), index-aligned with the kinds.
+    pub const NAMES: [&str; COUNT] = ["none", "pppoe", "mpls", "gre", "vxlan", "geneve", "ipip"];
+    /// `DatapathSettings::decap` with every kind on.
+    pub const ALL: u32 =
+        (1 << PPPOE) | (1 << MPLS) | (1 << GRE) | (1 << VXLAN) | (1 << GENEVE) | (1 << IPIP);
+}
+
+/// The tunnel a flow was first seen in: the value of the `TUNNELS` side map (key: the inner
+/// flow's [`FlowKey`]), written once, when the flow is created from a decapsulated packet.
+///
+/// A side map instead of more `FlowStats` fields: the flow value stays one 64-byte line, and
+/// only tunnelled flows pay the 40 bytes. The outer addresses are oriented by the inner key:
+/// `outer_lo` is the tunnel endpoint on the side of the inner `addr_lo` (the outer source
+/// when the creating packet was sent by `lo`). Both are zero for link-layer tunnels (PPPoE,
+/// MPLS), which have no outer IP header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelInfo {
+    pub outer_lo: Addr,
+    pub outer_hi: Addr,
+    /// VNI, GRE key, PPPoE session id or MPLS bottom label; meaningful when `has_id` is 1.
+    pub id: u32,
+    /// A [`tunnel`] kind.
+    pub kind: u8,
+    /// 1 when `id` is present (a GRE packet without the K flag, IP in IP: 0).
+    pub has_id: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<TunnelInfo>() == 40);
 
 /// A watched flow's entry in the `WATCH` map, written by the agent: how many payload messages
 /// the datapath may trace until the agent re-arms it (at every poll).
@@ -207,25 +274,32 @@ pub mod counter {
     pub const LATER_FRAGMENT: u32 = 5;
     /// The flow map refused a new entry (full, or out of memory).
     pub const MAP_FULL: u32 = 6;
+    /// A PPPoE session frame whose PPP protocol is neither IPv4 nor IPv6 (LCP, IPCP, ...).
+    pub const UNKNOWN_PPP_PROTOCOL: u32 = 7;
+    /// More than [`crate::MAX_MPLS_LABELS`] MPLS labels: the bottom of the stack is too deep.
+    pub const TOO_MANY_MPLS_LABELS: u32 = 8;
+    /// A decapsulated payload is neither IPv4 nor IPv6: ARP in VXLAN, an MPLS pseudowire, an
+    /// inner frame whose ethertype is something else.
+    pub const TUNNEL_PAYLOAD_NOT_IP: u32 = 9;
     /// Number of unattributed-packet reasons (all indices below this).
-    pub const UNATTRIBUTED_REASONS: u32 = 7;
+    pub const UNATTRIBUTED_REASONS: u32 = 10;
 
     /// New flows inserted.
-    pub const FLOWS_CREATED: u32 = 7;
+    pub const FLOWS_CREATED: u32 = 10;
     /// Another CPU created the same flow between our lookup and insert.
-    pub const CREATE_RACES: u32 = 8;
+    pub const CREATE_RACES: u32 = 11;
     /// Payload copies handed to the agent.
-    pub const PAYLOAD_EVENTS: u32 = 9;
+    pub const PAYLOAD_EVENTS: u32 = 12;
     /// Payload copies lost because the ring buffer was full.
-    pub const PAYLOAD_DROPS: u32 = 10;
+    pub const PAYLOAD_DROPS: u32 = 13;
     /// Messages of watched flows traced.
-    pub const TRACE_EVENTS: u32 = 11;
+    pub const TRACE_EVENTS: u32 = 14;
     /// Messages of watched flows not traced because the trace ring buffer was full.
-    pub const TRACE_DROPS: u32 = 12;
+    pub const TRACE_DROPS: u32 = 15;
     /// Messages of watched flows not traced because the flow had used its budget.
-    pub const TRACE_OVER_BUDGET: u32 = 13;
+    pub const TRACE_OVER_BUDGET: u32 = 16;
     /// Array size.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 
     /// Stable names, index-aligned with the constants above (used in JSON output and metrics).
     pub const NAMES: [&str; COUNT as usize] = [
@@ -236,6 +310,9 @@ pub mod counter {
         "ipv6_ext_chain_too_long",
         "later_fragment",
         "map_full",
+        "unknown_ppp_protocol",
+        "too_many_mpls_labels",
+        "tunnel_payload_not_ip",
         "flows_created",
         "create_races",
         "payload_events",
@@ -338,6 +415,7 @@ mod user {
     unsafe impl aya::Pod for super::DatapathSettings {}
     unsafe impl aya::Pod for super::WatchBudget {}
     unsafe impl aya::Pod for super::TraceEvent {}
+    unsafe impl aya::Pod for super::TunnelInfo {}
 }
 
 #[cfg(test)]

@@ -41,10 +41,16 @@ pub fn agent_bin() -> PathBuf {
         );
         return p;
     }
+    find_bin(BIN_NAME, BUILD_HINT)
+}
+
+/// `name` next to the test executable (see [`agent_bin`]), checked to be fresh; panics with
+/// `hint` when it is missing.
+fn find_bin(name: &str, hint: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running test executable");
     let mut looked = Vec::new();
     for dir in exe.ancestors().skip(1).take(4) {
-        let candidate = dir.join(BIN_NAME);
+        let candidate = dir.join(name);
         if candidate.is_file() {
             check_fresh(&candidate);
             return candidate;
@@ -52,7 +58,7 @@ pub fn agent_bin() -> PathBuf {
         looked.push(candidate.display().to_string());
     }
     panic!(
-        "the {BIN_NAME} binary is missing (looked at: {}); {BUILD_HINT}",
+        "the {name} binary is missing (looked at: {}); {hint}",
         looked.join(", ")
     );
 }
@@ -145,6 +151,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of a finished agent process.
+    pub fn from_output(out: Output) -> Self {
+        Self::from(out)
+    }
+
     fn from(out: Output) -> Self {
         Run {
             success: out.status.success(),
@@ -193,6 +204,41 @@ pub fn replay(engine: &str, flows: Option<&Path>, captures: &[&Path]) -> Run {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
     Run::from(out)
+}
+
+/// `sensor-agent replay --no-progress --engine ENGINE --flows FLOWS --alarms ALARMS
+/// [--set K=V]... CAPTURE`.
+pub fn replay_to(engine: &str, flows: &Path, alarms: &Path, sets: &[&str], capture: &Path) -> Run {
+    let mut c = command();
+    c.args(["replay", "--no-progress", "--engine", engine, "--flows"])
+        .arg(flows)
+        .arg("--alarms")
+        .arg(alarms);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let out = c
+        .arg(capture)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", agent_bin().display()));
+    Run::from(out)
+}
+
+/// Flow records with `sensor.engine` removed, as sorted JSON lines: what two engines must
+/// agree on.
+pub fn without_engine(flows: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = flows
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            if let Some(s) = f.get_mut("sensor").and_then(Value::as_object_mut) {
+                s.remove("engine");
+            }
+            f.to_string()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Parses JSON lines of flow records.
@@ -249,4 +295,13 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// Path of another binary of this workspace (`xtask`), built alongside the test executable
+/// as the agent is (`cargo build --workspace --bins`); panics naming the command that builds it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    find_bin(
+        name,
+        "build it with `cargo build --workspace --bins` (same CARGO_TARGET_DIR and profile as the tests)",
+    )
 }

@@ -2,6 +2,7 @@
 //! the real kernel datapath.
 
 pub mod agent;
+pub mod alarms;
 pub mod captures;
 pub mod flowlogs;
 pub mod frames;
@@ -11,6 +12,8 @@ pub mod lab;
 pub mod netns;
 pub mod pcap;
 pub mod rsyslog;
+pub mod session;
+pub mod tunnels;
 pub mod wait;
 
 /// A count written `500`, `100k` or `10M` (k = 1,000, M = 1,000,000), for benchmark flags.

@@ -547,13 +547,42 @@ fn config_slips_are_refused_by_validate_and_replay_alike() {
         "two.toml",
         b"[[sinks]]\nkind = \"stdout\"\n\n[[sinks]]\nkind = \"stdout\"\nformat = \"cef\"\n",
     );
+    // Each slip on its own line of a file, so the error must name the line.
+    let file_slips = [
+        ("spool.toml", "[spool]\nwhen_full = \"block\"\nmax_bytes = 10\n", "spool.toml:3", "spool.max_bytes"),
+        ("allow.toml", "[intel]\nrefresh = \"1h\"\nallow = [\"10.0.0.1\", \"not an address\"]\n", "allow.toml:3", "intel.allow[1]"),
+        ("alarm.toml", "[[alarm.allow]]\ncidr = \"10.0.0.0/8\"\n\n[[alarm.allow]]\nport = 3333\nrules = [\"nope\"]\n", "alarm.toml:6", "alarm.allow[1].rules"),
+        ("bignum.toml", "[flow]\nmax_flows = 99999999999999999999\n", "bignum.toml:2", "flow.max_flows"),
+        ("ladder.toml", "[detect.long_flow]\nafter = \"1h\"\nladder = [\"24h\", \"12h\"]\n", "ladder.toml:3", "rungs must increase"),
+        ("samples.toml", "[detect.periodic_flow]\nmin_samples = 0\n", "samples.toml:2", "min_samples"),
+        ("bare.toml", "[flow]\ntcp_idle_timeout = 30\n", "bare.toml:2", "30 has no unit"),
+    ]
+    .map(|(name, text, origin, what)| (dir.write(name, text.as_bytes()), origin, what));
     let huge = dir.path().join("huge.toml");
     {
         // 8 MB of comments: valid TOML, far too big for a configuration.
         let line = format!("# {}\n", "c".repeat(1000));
         fs::write(&huge, line.repeat(8 * 1024)).expect("huge config");
     }
-    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+    let mut cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "--set".into(),
+                "flow.max_flows=99999999999999999999999".into(),
+            ],
+            "--set flow.max_flows=",
+            "too large",
+        ),
+        (
+            vec!["--set".into(), "flow.udp_idle_timeout=90".into()],
+            "--set flow.udp_idle_timeout=90",
+            "write 90s",
+        ),
+        (
+            vec!["--set".into(), "detect.periodic_flow.min_samples=2".into()],
+            "--set",
+            "min_samples",
+        ),
         (
             vec!["--set".into(), "sensor.max_kernel_flows=0".into()],
             "--set sensor.max_kernel_flows=0",
@@ -593,6 +622,13 @@ fn config_slips_are_refused_by_validate_and_replay_alike() {
             "larger than",
         ),
     ];
+    for (path, origin, what) in &file_slips {
+        cases.push((
+            vec!["--config".into(), path.display().to_string()],
+            origin,
+            what,
+        ));
+    }
     for (args, origin, what) in cases {
         let mut validate = vec!["validate".to_string()];
         validate.extend(args.iter().cloned());
@@ -797,5 +833,180 @@ fn a_blocked_spool_honours_the_drain_timeout() {
         run.stderr.lines().any(|l| l.starts_with("spool: ")),
         "{}",
         run.stderr
+    );
+}
+
+/// A syslog sink on a TCP port nobody listens on (bound, then closed), in front of a small
+/// `block` spool under `dir`, waiting `drain_timeout` at most.
+fn down_sink_config(dir: &TempDir, when_full: &str, drain_timeout: &str) -> std::path::PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    dir.write(
+        "down.toml",
+        format!(
+            "[spool]\ndir = {:?}\nmax_bytes = 65536\nsegment_bytes = 16384\nwhen_full = {when_full:?}\ndrain_timeout = {drain_timeout:?}\n\n[[sinks]]\nkind = \"syslog\"\nname = \"siem\"\naddress = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\n",
+            dir.path().join("spool").display().to_string()
+        )
+        .as_bytes(),
+    )
+}
+
+/// SIGTERM while a replay waits for room in a full `block` spool (the receiver is down and
+/// `drain_timeout` is far away): the replay ends at once with its counters, the sink's and the
+/// spool's, and status 130, instead of waiting or dying silently.
+#[test]
+fn a_signal_ends_a_blocked_replay_with_its_counters() {
+    let dir = TempDir::new("hard-sigterm");
+    let cap = dir.write(
+        "mining.pcap",
+        &pcap::pcap(
+            LINKTYPE_ETHERNET,
+            &sensor_tests::captures::stratum_sessions(400),
+        ),
+    );
+    let config = down_sink_config(&dir, "block", "10m");
+    let mut child = agent::command()
+        .env("RUST_LOG", "warn")
+        .args(["replay", "--no-progress", "--config"])
+        .arg(&config)
+        .arg(&cap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let pid = child.id();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let stderr = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = stderr.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        })
+    };
+    let blocked = sensor_tests::wait::wait_until(
+        std::time::Duration::from_secs(60),
+        "the replay to wait on its full spool",
+        || {
+            stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains("is full (when_full = \"block\")")
+        },
+    );
+    // SAFETY: kill(2) on the pid of the child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(s) => s.expect("wait for the agent"),
+            Err(_) => {
+                // SAFETY: as above; the agent ignored SIGTERM, which is the failure.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("the agent did not end within 30 s of SIGTERM");
+            }
+        }
+    };
+    let _ = reader.join();
+    let stderr = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    blocked.unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("replay interrupted (Ctrl-C or SIGTERM) after"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sink siem: 0 sent"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("spool: ") && l.contains("appends waited for room")),
+        "{stderr}"
+    );
+}
+
+/// Alarms left in the spool by a replay whose receiver was down, with the spool's first
+/// segment then renamed (by hand, or a restore from a backup under another name): the next
+/// run reads it by its records' own sequence numbers and delivers every one of them, instead
+/// of cutting its records as damage.
+#[test]
+fn a_misnamed_spool_segment_is_read_by_its_records_sequence_numbers() {
+    let dir = TempDir::new("hard-misnamed");
+    let cap = dir.write(
+        "mining.pcap",
+        &pcap::pcap(
+            LINKTYPE_ETHERNET,
+            &sensor_tests::captures::stratum_sessions(60),
+        ),
+    );
+    let config = down_sink_config(&dir, "drop_newest", "1s");
+    let first = run_with_watchdog(&[
+        "replay",
+        "--no-progress",
+        "--config",
+        config.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(first.stderr.contains("sink siem: 0 sent"), "{first:?}");
+    let spool = dir.path().join("spool");
+    let mut segments: Vec<String> = fs::read_dir(&spool)
+        .expect("spool dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let pending_of = |stderr: &str| -> Option<u64> {
+        let line = stderr.lines().find(|l| l.starts_with("sink siem: "))?;
+        let field = line.split(", ").find(|p| p.ends_with(" pending"))?;
+        field.trim_end_matches(" pending").parse().ok()
+    };
+    let spooled =
+        pending_of(&first.stderr).unwrap_or_else(|| panic!("no pending count: {}", first.stderr));
+    assert!(spooled > 10, "{}", first.stderr);
+    fs::rename(
+        spool.join(&segments[0]),
+        spool.join(format!("{:020}.seg", 900_000)),
+    )
+    .expect("rename a segment");
+
+    // The same sink name (its cursor), now a file the test reads; a capture without alarms.
+    let out = dir.path().join("delivered.json");
+    let config2 = dir.write(
+        "file.toml",
+        format!(
+            "[spool]\ndir = {:?}\nmax_bytes = 65536\nsegment_bytes = 16384\ndrain_timeout = \"20s\"\n\n[[sinks]]\nkind = \"file\"\nname = \"siem\"\npath = {:?}\nformat = \"json\"\n",
+            spool.display().to_string(),
+            out.display().to_string()
+        )
+        .as_bytes(),
+    );
+    let quiet = dir.write("quiet.pcapng", &capture(3));
+    let second = agent::command()
+        .env("RUST_LOG", "warn")
+        .args(["replay", "--no-progress", "--config"])
+        .arg(&config2)
+        .arg(&quiet)
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("its records' own sequence numbers are used"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("damaged"), "{stderr}");
+    let delivered = fs::read_to_string(&out).expect("delivered alarms");
+    assert_eq!(delivered.lines().count() as u64, spooled, "{stderr}");
+    assert!(
+        stderr.contains(&format!("sink siem: {spooled} sent")),
+        "{stderr}"
     );
 }

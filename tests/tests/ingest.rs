@@ -278,3 +278,113 @@ fn the_published_samples_ingest_cleanly() {
         );
     }
 }
+
+/// One TCP connection as AWS v2 records (one per direction, in one 60 s window): `client`
+/// port `cport` to `server:port` at `t` seconds.
+fn aws_connection(client: &str, cport: u16, server: &str, port: u16, t: u64) -> String {
+    format!(
+        "2 123456789012 eni-0a1b2c3d {client} {server} {cport} {port} 6 12 1480 {t} {end} ACCEPT OK\n\
+         2 123456789012 eni-0a1b2c3d {server} {client} {port} {cport} 6 10 2210 {t} {end} ACCEPT OK\n",
+        end = t + 60
+    )
+}
+
+fn opened_of<'a>(alarms: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    alarms
+        .iter()
+        .filter(|a| a["rule"]["id"] == rule && a["event"]["action"] == "opened")
+        .collect()
+}
+
+/// Flow logs carry no payload, so a node's peer protocol cannot be identified: a flow to a
+/// node's own peer port (8333, Bitcoin) whose server is on an intel feed raises
+/// `blockchain_p2p`, saying it matched by port and intel; the same port to an unlisted server
+/// raises nothing, and a listed server on another port only `mining_infrastructure`.
+#[test]
+fn blockchain_p2p_from_flow_logs_needs_the_peer_port_and_an_intel_listing() {
+    let dir = TempDir::new("ingest-p2p");
+    let set = feed(&dir, "# nodes\n198.51.100.20\n");
+    let t0 = 1_700_000_000;
+    let mut log = format!("{}\n", flowlogs_header());
+    log.push_str(&aws_connection(
+        "10.0.2.15",
+        50000,
+        "198.51.100.20",
+        8333,
+        t0,
+    ));
+    log.push_str(&aws_connection(
+        "10.0.2.15",
+        50001,
+        "198.51.100.21",
+        8333,
+        t0,
+    ));
+    log.push_str(&aws_connection(
+        "10.0.2.16",
+        50002,
+        "198.51.100.20",
+        443,
+        t0,
+    ));
+    let input = dir.write("p2p.log", log.as_bytes());
+    let (alarms, stderr) = ingest(&[&input], &["--set", &set]);
+    let p2p = opened_of(&alarms, "blockchain_p2p");
+    assert_eq!(p2p.len(), 1, "{stderr}\n{alarms:#?}");
+    let a = p2p[0];
+    assert_eq!(a["destination"]["ip"], "198.51.100.20", "{a}");
+    assert_eq!(a["destination"]["port"], 8333, "{a}");
+    assert_eq!(a["source"]["ip"], "10.0.2.15", "{a}");
+    let ev = &a["sensor"]["evidence"];
+    assert_eq!(ev["matched_by"], "port_and_intel", "{a}");
+    assert_eq!(ev["network"], "bitcoin", "{a}");
+    assert_eq!(ev["entry"], "198.51.100.20", "{a}");
+    assert_eq!(a["sensor"]["telemetry"], "aws-vpc", "{a}");
+    // Both flows to the listed server are known infrastructure, whatever the port.
+    assert_eq!(
+        opened_of(&alarms, "mining_infrastructure").len(),
+        2,
+        "{alarms:#?}"
+    );
+}
+
+/// Periodicity across connections works on records as on packets: a host reconnecting to
+/// the same server every 5 minutes (a new client port each time, each connection its own
+/// pair of records) raises `periodic_flow`; the same number of connections at irregular
+/// times does not.
+#[test]
+fn periodic_reconnects_are_found_in_flow_logs() {
+    let dir = TempDir::new("ingest-periodic");
+    let t0 = 1_700_000_000;
+    let mut regular = format!("{}\n", flowlogs_header());
+    let mut irregular = regular.clone();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut t_irregular = t0;
+    for i in 0..24u16 {
+        regular.push_str(&aws_connection(
+            "10.0.2.15",
+            41000 + i,
+            "203.0.113.9",
+            8080,
+            t0 + u64::from(i) * 300,
+        ));
+        t_irregular += rng.u64(60..1800);
+        irregular.push_str(&aws_connection(
+            "10.0.2.15",
+            42000 + i,
+            "203.0.113.9",
+            8080,
+            t_irregular,
+        ));
+    }
+    let (alarms, stderr) = ingest(&[&dir.write("regular.log", regular.as_bytes())], &[]);
+    let hits = opened_of(&alarms, "periodic_flow");
+    assert_eq!(hits.len(), 1, "{stderr}\n{alarms:#?}");
+    assert_eq!(hits[0]["destination"]["ip"], "203.0.113.9", "{}", hits[0]);
+    assert_eq!(hits[0]["source"]["ip"], "10.0.2.15", "{}", hits[0]);
+    let (alarms, stderr) = ingest(&[&dir.write("irregular.log", irregular.as_bytes())], &[]);
+    assert!(
+        opened_of(&alarms, "periodic_flow").is_empty(),
+        "{stderr}\n{alarms:#?}"
+    );
+}

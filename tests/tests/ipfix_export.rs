@@ -56,16 +56,17 @@ fn nfdump_reads_back_the_flow_tables_packets_and_bytes() {
     let mut nfcapd = Nfcapd { child };
     // Ready once its socket is bound: the port shows in the kernel's UDP table.
     let needle = format!("0100007F:{port:04X} ");
-    loop {
-        if let Ok(Some(status)) = nfcapd.child.try_wait() {
-            panic!("nfcapd exited before listening ({status})");
-        }
-        let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
-        if table.contains(&needle) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    sensor_tests::wait::wait_until(
+        std::time::Duration::from_secs(20),
+        "nfcapd to bind its UDP port",
+        || {
+            if let Ok(Some(status)) = nfcapd.child.try_wait() {
+                panic!("nfcapd exited before listening ({status})");
+            }
+            std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| t.contains(&needle))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let config = dir.write(
         "exporters.toml",
         format!("[[exporters]]\naddress = \"127.0.0.1:{port}\"\nobservation_domain = 5\n")

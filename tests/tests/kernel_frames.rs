@@ -5,14 +5,23 @@
 //! counter it bumped) and compared with an expectation built from the frame's construction,
 //! and with the agent's user-space parser, which must agree with the kernel packet by packet.
 
-use sensor_agent::source::packet::parse_frame;
+use std::net::IpAddr;
+
+use sensor_agent::source::{
+    datapath::LoadOptions,
+    packet::{parse_frame, parse_frame_with},
+};
 use sensor_common::{
-    counter, ipv4_mapped, ipv6_words, FlowKey, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI,
-    CLIENT_LO,
+    counter, ipv4_mapped, ipv6_words, tunnel, Addr, DatapathSettings, FlowKey, TunnelInfo,
+    CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO, DIR_LO_TO_HI,
 };
 use sensor_tests::{
-    frames::{self, Built, Ext, Frag, TCP_ACK, TCP_PSH, TCP_SYN, TPID_8021AD, TPID_8021Q},
+    frames::{
+        self, Built, Ext, Frag, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_PSH, TCP_SYN, TPID_8021AD,
+        TPID_8021Q,
+    },
     kernel::Kernel,
+    tunnels::{self, Encap},
 };
 
 const V4_A: [u8; 4] = [10, 1, 0, 1];
@@ -60,8 +69,9 @@ fn variants() -> Vec<Variant> {
     let dgram = frames::udp(5353, 53, b"query");
     let ping = frames::icmp(8, 0, &[0; 8]);
     let ping6 = frames::icmp(128, 0, &[0; 8]);
+    // ERSPAN (0x88be) in GRE: not an encapsulation the sensor opens, so the outer GRE flow.
     let gre_payload = frames::gre(
-        frames::ETH_P_IP,
+        0x88be,
         &frames::ipv4(
             [192, 0, 2, 1],
             [192, 0, 2, 2],
@@ -130,8 +140,13 @@ fn variants() -> Vec<Variant> {
     };
     let mut esp = v6(&[], &[], 50, &[0u8; 16]);
     esp.needed = 14 + 40;
+    // The GRE header is read to decide whether to open it.
+    let mut gre_outer = v4(&[], 47, &[], whole, &gre_payload);
+    gre_outer.needed += 4;
+    let mut gre_options = v4(&[], 47, &[1; 8], whole, &gre_payload);
+    gre_options.needed += 4;
 
-    vec![
+    let mut all = vec![
         Variant {
             name: "ipv4 tcp syn",
             built: v4(&[], 6, &[], whole, &syn),
@@ -153,8 +168,8 @@ fn variants() -> Vec<Variant> {
             expect: flow4(0, 0, 1, 0),
         },
         Variant {
-            name: "ipv4 gre (other protocol)",
-            built: v4(&[], 47, &[], whole, &gre_payload),
+            name: "ipv4 gre (erspan, not opened)",
+            built: gre_outer.clone(),
             expect: flow4(0, 0, 47, 0),
         },
         Variant {
@@ -169,7 +184,7 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "ipv4 options, other protocol",
-            built: v4(&[], 47, &[1; 8], whole, &gre_payload),
+            built: gre_options,
             expect: flow4(0, 0, 47, 0),
         },
         Variant {
@@ -316,7 +331,139 @@ fn variants() -> Vec<Variant> {
             built: v6(&[], &[Ext::DestOpts(0)], 59, &[]),
             expect: flow6(0, 0, 59, 0),
         },
-    ]
+    ];
+    all.extend(tunnel_variants());
+    all
+}
+
+/// An IPv4/TCP segment and an IPv6/UDP datagram between the test endpoints inside every
+/// encapsulation, and the tunnel frames that are counted by reason or as their outer flow.
+fn tunnel_variants() -> Vec<Variant> {
+    let data = frames::tcp(40000, 443, TCP_ACK | TCP_PSH, b"hello");
+    let dgram = frames::udp(5353, 53, b"query");
+    let mut out = Vec::new();
+    for e in tunnels::all() {
+        for v6 in [false, true] {
+            let (ethertype, ip, l4_at, needed_l4, expect) = if v6 {
+                let (ip, l4_at) = frames::ipv6(V6_A, V6_B, &[], 17, &dgram);
+                (ETH_P_IPV6, ip, l4_at, 8, flow6(5353, 53, 17, 0))
+            } else {
+                let ip = frames::ipv4(V4_A, V4_B, 6, &[], Frag::default(), &data);
+                (
+                    ETH_P_IP,
+                    ip,
+                    20,
+                    20,
+                    flow4(40000, 443, 6, TCP_ACK | TCP_PSH),
+                )
+            };
+            let (frame, at) = e.frame(ethertype, &ip, true);
+            out.push(Variant {
+                name: Box::leak(
+                    format!(
+                        "{} with {}",
+                        e.name(),
+                        if v6 { "ipv6 udp" } else { "ipv4 tcp" }
+                    )
+                    .into_boxed_str(),
+                ),
+                built: Built {
+                    frame,
+                    needed: at + l4_at + needed_l4,
+                },
+                expect,
+            });
+        }
+    }
+    let ip4 = frames::ipv4(V4_A, V4_B, 6, &[], Frag::default(), &data);
+    let arp = frames::ethernet(&[], frames::ETH_P_ARP, &[0u8; 28]);
+    let mut pseudowire = vec![0u8; 4];
+    pseudowire.extend(frames::ethernet(&[], ETH_P_IP, &ip4));
+    let mut vxlan_no_i = frames::vxlan(5, &frames::ethernet(&[], ETH_P_IP, &ip4));
+    vxlan_no_i[0] = 0;
+    let mut gre_v1 = frames::gre(ETH_P_IP, &ip4);
+    gre_v1[1] = 1;
+    out.extend([
+        Variant {
+            name: "pppoe lcp",
+            built: Built {
+                frame: frames::ethernet(
+                    &[],
+                    tunnels::ETH_P_PPPOE_SES,
+                    &tunnels::pppoe(9, tunnels::PPP_LCP, &[1, 1, 0, 4]),
+                ),
+                needed: 14 + 8,
+            },
+            expect: Expect::Reason(counter::UNKNOWN_PPP_PROTOCOL),
+        },
+        Variant {
+            name: "five mpls labels",
+            built: Built {
+                frame: frames::ethernet(
+                    &[],
+                    tunnels::ETH_P_MPLS_UC,
+                    &tunnels::mpls(&[1, 2, 3, 4, 5], &ip4),
+                ),
+                needed: 14 + 16,
+            },
+            expect: Expect::Reason(counter::TOO_MANY_MPLS_LABELS),
+        },
+        Variant {
+            name: "mpls pseudowire (control word, ethernet)",
+            built: Built {
+                frame: frames::ethernet(
+                    &[],
+                    tunnels::ETH_P_MPLS_UC,
+                    &tunnels::mpls(&[100], &pseudowire),
+                ),
+                needed: 14 + 4 + 1,
+            },
+            expect: Expect::Reason(counter::TUNNEL_PAYLOAD_NOT_IP),
+        },
+        Variant {
+            name: "arp in vxlan",
+            built: Built {
+                frame: frames::v4_frame(
+                    &[],
+                    tunnels::OUTER_V4_A,
+                    tunnels::OUTER_V4_B,
+                    17,
+                    &[],
+                    Frag::default(),
+                    &frames::udp(49200, 4789, &frames::vxlan(5, &arp)),
+                )
+                .frame,
+                needed: 14 + 20 + 8 + 8 + 14,
+            },
+            expect: Expect::Reason(counter::TUNNEL_PAYLOAD_NOT_IP),
+        },
+        Variant {
+            name: "port 4789 without the vxlan i flag (outer flow)",
+            built: Built {
+                frame: frames::v4_frame(
+                    &[],
+                    V4_A,
+                    V4_B,
+                    17,
+                    &[],
+                    Frag::default(),
+                    &frames::udp(49200, 4789, &vxlan_no_i),
+                )
+                .frame,
+                needed: 14 + 20 + 8 + 8,
+            },
+            expect: flow4(49200, 4789, 17, 0),
+        },
+        Variant {
+            name: "gre version 1 (outer flow)",
+            built: Built {
+                frame: frames::v4_frame(&[], V4_A, V4_B, 47, &[], Frag::default(), &gre_v1).frame,
+                needed: 14 + 20 + 4,
+            },
+            expect: flow4(0, 0, 47, 0),
+        },
+    ]);
+    out
 }
 
 /// What one run did, observed in the kernel: counter deltas and the flow it touched.
@@ -596,4 +743,118 @@ fn kernel_batched_reads_equal_key_by_key_reads_and_deletes_remove_flows() {
     k.dp.flows_batched(&mut batched).expect("batched read");
     assert_eq!(batched.len(), 10_000);
     assert!(batched.iter().all(|(key, _)| !gone.contains(key)));
+}
+
+fn addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(a) => ipv4_mapped(a.octets()),
+        IpAddr::V6(a) => ipv6_words(a.octets()),
+    }
+}
+
+/// What the datapath must write into `TUNNELS` for a flow inside `e` whose inner key gives
+/// side A's endpoint the direction index `a_dir` (A is `lo` when it is [`DIR_LO_TO_HI`]).
+fn expected_tunnel(e: &Encap, a_dir: usize) -> TunnelInfo {
+    let x = e.expect();
+    let kind = tunnel::NAMES
+        .iter()
+        .position(|n| *n == x.kind)
+        .expect("a known tunnel name") as u8;
+    let (lo, hi) = match x.outer {
+        Some((a, b)) if a_dir == DIR_LO_TO_HI => (addr(a), addr(b)),
+        Some((a, b)) => (addr(b), addr(a)),
+        None => ([0; 4], [0; 4]),
+    };
+    TunnelInfo {
+        outer_lo: lo,
+        outer_hi: hi,
+        id: x.id.unwrap_or(0),
+        kind,
+        has_id: x.id.is_some() as u8,
+        _pad: [0; 2],
+    }
+}
+
+#[test]
+fn kernel_every_encapsulation_records_its_tunnel_like_the_user_parser() {
+    for e in tunnels::all() {
+        for (from_a, v6) in [(true, false), (false, true)] {
+            // A fresh datapath each time: the tunnel is recorded when the flow is created.
+            let mut k = Kernel::load(1024);
+            let (ethertype, ip, key, dir) = if v6 {
+                let (src, dst) = if from_a { (V6_A, V6_B) } else { (V6_B, V6_A) };
+                let (ip, _) = frames::ipv6(src, dst, &[], 17, &frames::udp(5353, 53, b"q"));
+                let (key, dir) =
+                    FlowKey::canonical(&ipv6_words(src), 5353, &ipv6_words(dst), 53, 17);
+                (ETH_P_IPV6, ip, key, dir)
+            } else {
+                let (src, dst) = if from_a { (V4_A, V4_B) } else { (V4_B, V4_A) };
+                let ip = frames::ipv4(
+                    src,
+                    dst,
+                    6,
+                    &[],
+                    Frag::default(),
+                    &frames::tcp(40000, 443, TCP_SYN, &[]),
+                );
+                let (key, dir) =
+                    FlowKey::canonical(&ipv4_mapped(src), 40000, &ipv4_mapped(dst), 443, 6);
+                (ETH_P_IP, ip, key, dir)
+            };
+            let (frame, _) = e.frame(ethertype, &ip, from_a);
+            let name = format!("{} from {}", e.name(), if from_a { "A" } else { "B" });
+            k.xdp(&frame);
+            let stats = k
+                .flow(&key)
+                .unwrap_or_else(|| panic!("{name}: no inner flow"));
+            let kernel =
+                k.dp.tunnel(&key)
+                    .expect("read TUNNELS")
+                    .unwrap_or_else(|| panic!("{name}: no TUNNELS entry"));
+            // Side A's direction index in the inner key: the sender's when A sent it.
+            let want = expected_tunnel(&e, if from_a { dir } else { 1 - dir });
+            assert_eq!(kernel, want, "{name}: kernel TUNNELS entry");
+            assert_eq!(stats.tunnel, want.kind, "{name}: FlowStats::tunnel");
+            let user = parse_frame(&frame).unwrap_or_else(|r| panic!("{name}: user parser: {r}"));
+            assert_eq!(
+                (user.key, user.tunnel),
+                (key, kernel),
+                "{name}: user parser"
+            );
+            // Switched off: the frame is what it was before decapsulation existed, in both
+            // parsers.
+            let off = tunnel::ALL & !(1 << want.kind);
+            let mut k_off = Kernel::load_with(&LoadOptions {
+                settings: DatapathSettings {
+                    decap: off,
+                    ..DatapathSettings::default()
+                },
+                ..LoadOptions::flows_only(1024)
+            });
+            let before = k_off.counters();
+            k_off.xdp(&frame);
+            let after = k_off.counters();
+            assert!(
+                k_off.flow(&key).is_none(),
+                "{name}: kernel decapsulated while switched off"
+            );
+            match parse_frame_with(&frame, off) {
+                Ok(p) => {
+                    assert_ne!(p.key, key, "{name}: decapsulated while switched off");
+                    assert!(
+                        k_off.flow(&p.key).is_some(),
+                        "{name}: outer flow missing in the kernel"
+                    );
+                }
+                Err(r) => {
+                    assert_eq!(r, counter::NOT_IP, "{name}: switched off");
+                    assert_eq!(
+                        after[r as usize] - before[r as usize],
+                        1,
+                        "{name}: kernel reason"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -22,6 +22,8 @@ fn opts(packets: u32, bytes: u32, dns: u32, ring: u32) -> LoadOptions {
             payload_bytes: bytes,
             dns_bytes: dns,
             watch_gen: 0,
+            decap: sensor_common::tunnel::ALL,
+            _pad: 0,
         },
         ring_bytes: ring,
         ..LoadOptions::default()

@@ -14,18 +14,17 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use sensor_tests::{
     agent::{agent_bin, TempDir},
+    alarms::{now_ns, read_alarms, ts_ns},
     kernel::{require_bpf, PinRoot},
     netns::NetnsPair,
+    session::{self, Speaker},
     wait::wait_until,
 };
 use serde_json::Value;
@@ -35,27 +34,6 @@ const THRESHOLD_S: u64 = 40;
 const QUIET_AFTER_S: u64 = 10;
 const RESTART_AT: Duration = Duration::from_secs(25);
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn ts_ns(rfc3339: &str) -> u64 {
-    humantime::parse_rfc3339(rfc3339)
-        .unwrap_or_else(|e| panic!("timestamp {rfc3339:?}: {e}"))
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn read_alarms(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("alarm line {l:?}: {e}")))
-        .collect()
-}
-
 fn events<'a>(alarms: &'a [Value], rule: &str, action: &str) -> Vec<&'a Value> {
     alarms
         .iter()
@@ -64,9 +42,6 @@ fn events<'a>(alarms: &'a [Value], rule: &str, action: &str) -> Vec<&'a Value> {
         })
         .collect()
 }
-
-/// The client's thread: the wall times of its sends.
-type ClientThread = std::thread::JoinHandle<Result<Result<Vec<u64>, String>, String>>;
 
 /// One agent run: its pid, log and alarm file.
 struct AgentRun {
@@ -143,56 +118,6 @@ impl Scenario {
         .unwrap_or_else(|e| panic!("{e}: {}", run.log()));
         run
     }
-
-    /// A server in namespace b and a client in a that sends a few bytes every second for
-    /// `length`. Returns the client's thread (the wall times of its sends) once it connected,
-    /// with the wall times just before and after `connect`.
-    fn session(&self, length: Duration) -> (ClientThread, (u64, u64)) {
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let server = NetnsPair::in_ns(&self.pair.b, move || -> Result<(), String> {
-            let l = TcpListener::bind(("0.0.0.0", PORT)).map_err(|e| e.to_string())?;
-            let _ = bound_tx.send(());
-            let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(120)))
-                .map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 256];
-            while s.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-            Ok(())
-        });
-        bound_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the server bound its port");
-        // The server thread ends with the session; nothing else waits for it.
-        drop(server);
-        let target: SocketAddr = format!("{}:{PORT}", self.pair.addr_b_str())
-            .parse()
-            .expect("address");
-        let (conn_tx, conn_rx) = mpsc::channel();
-        let client = NetnsPair::in_ns(&self.pair.a, move || -> Result<Vec<u64>, String> {
-            let before = now_ns();
-            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
-                .map_err(|e| format!("connect {target}: {e}"))?;
-            let _ = conn_tx.send((before, now_ns()));
-            let start = std::time::Instant::now();
-            let mut sends = Vec::new();
-            let mut tick = 1u32;
-            while start.elapsed() < length {
-                // Pacing, not synchronisation: one keepalive a second is the traffic shown.
-                let due = start + Duration::from_secs(u64::from(tick));
-                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                s.write_all(b"keepalive\n").map_err(|e| e.to_string())?;
-                sends.push(now_ns());
-                tick += 1;
-            }
-            Ok(sends)
-        });
-        let connected = conn_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the client connected");
-        (client, connected)
-    }
 }
 
 /// Sleeps until `at` (wall ns): scenario timing (the session's age), not synchronisation.
@@ -207,7 +132,17 @@ fn restart_keeps_the_session(signal: i32) {
     let mut sc = Scenario::new(if signal == libc::SIGKILL { "rk" } else { "rt" });
     let first = sc.start_agent(&[]);
     let session_len = Duration::from_secs(THRESHOLD_S + 8);
-    let (client, (conn_before, conn_after)) = sc.session(session_len);
+    let session::Session {
+        speaker: client,
+        connected: (conn_before, conn_after),
+        ..
+    } = session::start(
+        &sc.pair,
+        PORT,
+        Speaker::Client,
+        Duration::from_secs(1),
+        session_len,
+    );
 
     sleep_until_wall(conn_before + RESTART_AT.as_nanos() as u64);
     let status = sc.pair.signal(first.pid, signal).expect("first agent ran");
@@ -338,7 +273,14 @@ fn pinned_map_id(path: &Path) -> (u32, u32) {
 fn kernel_layout_change_never_reuses_a_stale_map() {
     let mut sc = Scenario::new("rl");
     let first = sc.start_agent(&["--set", "sensor.max_kernel_flows=70000"]);
-    let (client, _) = sc.session(Duration::from_secs(12));
+    let client = session::start(
+        &sc.pair,
+        PORT,
+        Speaker::Client,
+        Duration::from_secs(1),
+        Duration::from_secs(12),
+    )
+    .speaker;
     std::thread::sleep(Duration::from_secs(3));
     let status = sc.pair.stop(first.pid).expect("first agent ran");
     assert!(status.success(), "first agent: {}", first.log());

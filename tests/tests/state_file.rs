@@ -130,7 +130,14 @@ fn kernel_a_damaged_state_file_is_one_line_and_the_agent_runs_on() {
             format!("truncated ({cut} of {} bytes)", good.len()),
         ),
         ("flipped", flipped, "CRC mismatch".into()),
-        ("old", old, "version 99, this agent reads 1".into()),
+        (
+            "old",
+            old,
+            format!(
+                "version 99, this agent reads {}",
+                sensor_agent::state::FORMAT_VERSION
+            ),
+        ),
         (
             "text",
             b"[sensor]\npoll_interval = \"1s\"\n".to_vec(),
@@ -160,7 +167,8 @@ fn kernel_a_damaged_state_file_is_one_line_and_the_agent_runs_on() {
         // It ran, and replaced the damaged file with its own state at shutdown.
         assert!(log.contains("saved ("), "{name}: {log}");
         assert!(
-            fs::read(&state).is_ok_and(|b| b.starts_with(b"SNSTATE\0") && b[8..12] == [1, 0, 0, 0]),
+            fs::read(&state).is_ok_and(|b| b.starts_with(b"SNSTATE\0")
+                && b[8..12] == sensor_agent::state::FORMAT_VERSION.to_le_bytes()),
             "{name}: a good state file again"
         );
     }

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod layers;
+mod package;
 
 /// Debian packages the build and the tests need (docs/TOOLCHAIN.md).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -65,10 +66,27 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "nfcapd/nfdump, a real NetFlow/IPFIX collector and reader for the exporter tests",
     ),
     (
+        "litecoind",
+        "a real Litecoin node (regtest) answering mining RPCs and peering in the daemon tests",
+    ),
+    (
+        "monero",
+        "monerod (regtest) answering get_block_template for a wallet in the daemon tests",
+    ),
+    ("curl", "the mining RPC client of the daemon tests"),
+    (
         "iproute2",
         "network namespaces and veth pairs for tests and the lab",
     ),
     ("rsyslog", "a real syslog receiver for the sink tests"),
+    (
+        "prometheus",
+        "promtool check metrics: the reference parser and linter for the metrics endpoint test",
+    ),
+    (
+        "lintian",
+        "checks the .deb that cargo xtask package builds, in the packaging test",
+    ),
     (
         "rsyslog-gnutls",
         "TLS (RFC 5425) input for the rsyslog sink tests",
@@ -124,6 +142,16 @@ enum Cmd {
         /// Topics to create when the broker is up (e.g. `--topic sensor-alarms`).
         #[arg(long)]
         topic: Vec<String>,
+    },
+    /// Build a Debian package (.deb: binary, systemd unit, example config, state directory)
+    /// with dpkg-deb, from the release build (or --binary).
+    Package {
+        /// Package this binary instead of building the release one (the tests use it).
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+        /// Directory for the .deb (default: <target dir>/debian).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Benchmarks (print figures; never pass/fail on time).
     Bench {
@@ -188,6 +216,20 @@ fn main() -> Result<()> {
             setup(false)?;
             broker(port, &topic)
         }
+        Cmd::Package { binary, out } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    setup(false)?;
+                    cargo(&["build", "--release", "--package", "sensor-agent"])?;
+                    target_dir().join("release/sensor-agent")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("debian"));
+            let deb = package::build(&root(), &binary, &out)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Bench { which, args } => {
             setup(false)?;
             bench(&which, &args)
@@ -200,6 +242,14 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask sits in the workspace root")
         .to_path_buf()
+}
+
+/// Cargo's target directory: CARGO_TARGET_DIR, else `target` in the workspace.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

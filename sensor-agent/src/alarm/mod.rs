@@ -9,6 +9,7 @@
 //! Rendering follows the alarm contract in docs/ARCHITECTURE.md (ECS field names). Strings taken from
 //! traffic are escaped by serde_json; nothing is formatted into JSON by hand.
 
+pub mod degraded;
 pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,6 +115,10 @@ pub struct AlarmManager {
     pub opened_by_rule: BTreeMap<&'static str, u64>,
     /// Findings dropped by the allowlist.
     pub allowlisted: u64,
+    /// The flow table's pressure episode being reported (`sensor_degraded`), and the
+    /// counters when the last one closed.
+    degraded: Option<degraded::Episode>,
+    degraded_base: degraded::Pressure,
 }
 
 impl AlarmManager {
@@ -125,6 +130,8 @@ impl AlarmManager {
             open_per_conv: HashMap::new(),
             opened_by_rule: BTreeMap::new(),
             allowlisted: 0,
+            degraded: None,
+            degraded_base: degraded::Pressure::default(),
         }
     }
 
@@ -293,6 +300,7 @@ impl AlarmManager {
             stats: Default::default(),
             start_ns: None,
             end_ns: None,
+            tunnel: None,
         };
         let mut network = json!({
             "transport": transport_name(conv.key.proto),
@@ -337,6 +345,10 @@ impl AlarmManager {
             },
         });
         let mut json = json;
+        if let Some(t) = &conv.tunnel {
+            let (key, info) = &**t;
+            json["tunnel"] = crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
+        }
         if let Some(t) = &self.observer.telemetry {
             json["sensor"]["telemetry"] = json!(t.name);
             json["sensor"]["telemetry_resolution_s"] = json!(t.resolution_s);

@@ -38,17 +38,17 @@ pub struct AllowRule {
 
 impl AlarmConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
-        for rule in &self.allow {
+        for (i, rule) in self.allow.iter().enumerate() {
             if rule.cidr.is_none() && rule.port.is_none() {
                 return Err(Invalid::new(
-                    "allow",
+                    format!("allow[{i}]"),
                     "an allow entry needs a cidr, a port, or both",
                 ));
             }
             for r in &rule.rules {
                 if !RULE_IDS.contains(&r.as_str()) {
                     return Err(Invalid::new(
-                        "allow.rules",
+                        format!("allow[{i}].rules"),
                         format!("unknown rule {r:?}; accepted: {}", RULE_IDS.join(", ")),
                     ));
                 }

@@ -1094,6 +1094,7 @@ mod tests {
                     signature: "mining.subscribe".into(),
                     role: Direction::ClientToServer,
                     coin: None,
+                    coin_reason: None,
                     agent: None,
                     login_sha256: None,
                     confirmed_by_server: true,

@@ -106,6 +106,19 @@ impl Default for LongFlowConfig {
 impl LongFlowConfig {
     pub fn validate(&self) -> Result<(), crate::units::Invalid> {
         crate::units::require_positive(&[("after", self.after)])?;
+        // Rungs out of order would make a later rung unreachable or lower the severity of an
+        // alarm that only ever climbs; a repeated rung is the same slip.
+        for (i, pair) in self.ladder.windows(2).enumerate() {
+            if pair[1] <= pair[0] {
+                return Err(crate::units::Invalid::new(
+                    format!("ladder[{}]", i + 1),
+                    format!(
+                        "{} does not come after the rung before it ({}): rungs must increase",
+                        pair[1], pair[0]
+                    ),
+                ));
+            }
+        }
         crate::units::require_severity(&[("severity", self.severity)])
     }
 }

@@ -109,6 +109,9 @@ pub(crate) fn identification_evidence(
     evidence.insert("confidence".into(), json!(confidence.as_str()));
     if let Some(coin) = id.coin {
         evidence.insert("coin".into(), json!(coin));
+        if let Some(reason) = &id.coin_reason {
+            evidence.insert("coin_reason".into(), json!(reason));
+        }
     }
     if let Some(agent) = &id.agent {
         evidence.insert("agent".into(), json!(agent));

@@ -13,10 +13,14 @@ use super::{Detector, Finding};
 use serde::Deserialize;
 
 use crate::{
-    enrich::labels::ConvLabels,
+    enrich::labels::{ConvLabels, MESSAGE_SAMPLES},
     flow::table::Conversation,
-    scoring::periodicity::{Periodicity, SampleRing, ScoreScratch},
+    scoring::periodicity::{Periodicity, SampleRing, ScoreScratch, MIN_SAMPLES},
 };
+
+/// The largest `min_samples`: a watched flow's message rings keep this many timestamps, so a
+/// larger minimum would switch the inside-one-flow check off without saying so.
+const MAX_SAMPLES: usize = MESSAGE_SAMPLES;
 
 pub struct PeriodicFlow {
     min_samples: usize,
@@ -29,7 +33,7 @@ pub struct PeriodicFlow {
 impl PeriodicFlow {
     pub fn new(cfg: &PeriodicFlowConfig) -> Self {
         PeriodicFlow {
-            min_samples: cfg.min_samples.max(4),
+            min_samples: cfg.min_samples.max(MIN_SAMPLES),
             min_score: cfg.min_score,
             severity: cfg.severity,
             scratch: RefCell::new(ScoreScratch::new()),
@@ -116,6 +120,17 @@ impl Default for PeriodicFlowConfig {
 
 impl PeriodicFlowConfig {
     pub fn validate(&self) -> Result<(), crate::units::Invalid> {
-        crate::units::require_unit(&[("min_score", self.min_score)])
+        // Fewer than 4 timestamps give fewer than 3 intervals: any spacing looks regular.
+        if !(MIN_SAMPLES..=MAX_SAMPLES).contains(&self.min_samples) {
+            return Err(crate::units::Invalid::new(
+                "min_samples",
+                format!(
+                    "{} is out of range: {MIN_SAMPLES}-{MAX_SAMPLES} (fewer than {MIN_SAMPLES} timestamps cannot show a period)",
+                    self.min_samples
+                ),
+            ));
+        }
+        crate::units::require_unit(&[("min_score", self.min_score)])?;
+        crate::units::require_severity(&[("severity", self.severity)])
     }
 }

@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::Engine as _;
-use sensor_common::{addr_octets, Addr, FlowKey, FlowStats, CLIENT_LO, IPV4_MAPPED_WORD};
+use sensor_common::{
+    addr_octets, tunnel, Addr, FlowKey, FlowStats, TunnelInfo, CLIENT_LO, IPV4_MAPPED_WORD,
+};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
@@ -19,6 +21,33 @@ pub struct FlowRecord {
     /// First and last packet, nanoseconds since the Unix epoch, when known.
     pub start_ns: Option<u64>,
     pub end_ns: Option<u64>,
+    /// The tunnel the flow was created in, if it came out of one.
+    pub tunnel: Option<TunnelInfo>,
+}
+
+/// The `tunnel` object of flow records and alarms: `type`, `id` (VNI, GRE key, PPPoE
+/// session or MPLS label, when the tunnel has one), and the outer addresses as `source.ip`
+/// (the tunnel endpoint on the client's side) and `destination.ip`, when there is an outer IP
+/// header. `client_is_lo`: the client is the `addr_lo` endpoint of the key `t` is oriented by.
+pub fn tunnel_json(t: &TunnelInfo, client_is_lo: bool) -> Value {
+    let name = tunnel::NAMES
+        .get(t.kind as usize)
+        .copied()
+        .unwrap_or("unknown");
+    let mut out = json!({ "type": name });
+    if t.has_id != 0 {
+        out["id"] = json!(t.id);
+    }
+    if t.outer_lo != [0; 4] || t.outer_hi != [0; 4] {
+        let (client_side, server_side) = if client_is_lo {
+            (&t.outer_lo, &t.outer_hi)
+        } else {
+            (&t.outer_hi, &t.outer_lo)
+        };
+        out["source"] = json!({ "ip": ip_of(client_side).to_string() });
+        out["destination"] = json!({ "ip": ip_of(server_side).to_string() });
+    }
+    out
 }
 
 /// One side of a flow, oriented by client and server.
@@ -181,6 +210,9 @@ impl FlowRecord {
         if let Some(end) = self.end_ns {
             out["@timestamp"] = json!(rfc3339(end));
         }
+        if let Some(t) = &self.tunnel {
+            out["tunnel"] = tunnel_json(t, self.stats.client == CLIENT_LO);
+        }
         if self.key.proto == 6 {
             out["sensor"]["tcp_flags"] = json!({
                 "source": tcp_flag_letters(client.tcp_flags),
@@ -211,6 +243,7 @@ mod tests {
             stats: FlowStats::default(),
             start_ns: None,
             end_ns: None,
+            tunnel: None,
         };
         assert_eq!(
             r.community_id().as_deref(),

@@ -20,8 +20,13 @@ pub struct FlowConfig {
     /// A new flow continues a conversation (same client, server, server port, transport)
     /// that ended at most this long ago: reconnects do not restart the clock.
     pub conversation_gap: HumanDuration,
-    /// Flows tracked at most; new flows beyond it are dropped and counted.
+    /// Flows tracked at most. Full, a new flow takes the place of the oldest unanswered one
+    /// (only one side ever sent); with none left it is refused and counted. Answered flows
+    /// are never evicted (`flow::table` admission).
     pub max_flows: usize,
+    /// With the table at least 7/8 full, new unanswered flows of a sender that already has
+    /// this many unanswered flows in the table are refused, so one source cannot fill it.
+    pub unanswered_per_source: u32,
     /// Conversations tracked at most; flows of new conversations beyond it are dropped and
     /// counted.
     pub max_conversations: usize,
@@ -37,6 +42,7 @@ impl Default for FlowConfig {
             other_idle_timeout: HumanDuration::secs(180),
             conversation_gap: HumanDuration::secs(10 * 60),
             max_flows: 1_000_000,
+            unanswered_per_source: 256,
             max_conversations: 1_000_000,
         }
     }
@@ -49,6 +55,14 @@ impl FlowConfig {
             ("udp_idle_timeout", self.udp_idle_timeout),
             ("other_idle_timeout", self.other_idle_timeout),
             ("tcp_unestablished_timeout", self.tcp_unestablished_timeout),
-        ])
+        ])?;
+        // The per-source counts saturate at 65535 (`flow::table`'s sketch).
+        if !(1..=65_000).contains(&self.unanswered_per_source) {
+            return Err(Invalid::new(
+                "unanswered_per_source",
+                "must be between 1 and 65000",
+            ));
+        }
+        Ok(())
     }
 }

@@ -23,12 +23,21 @@
 //! conversation that only ever held that flow is dropped at once (collected by
 //! [`FlowTable::take_abandoned`]), so no alarm is ever raised on the wrong orientation's ghost.
 //!
-//! It never decides whether anything is suspicious: detectors read conversations from it.
+//! Floods ([`admission`]): full, the table evicts the oldest *unanswered* flow (only one side
+//! ever sent) to admit another, never an answered one; near full, a sender over its budget of
+//! unanswered flows is refused; refusals and evictions are counted with their times for
+//! `sensor_degraded`, and the refused keys handed to the source to delete. A kernel entry
+//! evicted and re-created re-joins its flow, counted; while the table evicts unanswered
+//! flows, answered flows do not idle out.
+//!
+//! It never decides whether anything is suspicious: detectors read conversations from it,
+//! and it never evicts an answered flow.
 
 use ahash::RandomState;
 use hashbrown::HashTable;
 use sensor_common::{
-    Addr, FlowKey, FlowStats, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI, CLIENT_LO,
+    Addr, FlowKey, FlowStats, TunnelInfo, CLIENT_BY_FIRST_PACKET, CLIENT_BY_SYN, CLIENT_HI,
+    CLIENT_LO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +59,7 @@ pub const FAN_IN_MIN: u32 = 3;
 /// Connections remembered per conversation for periodicity (3 h of a 60 s beacon is 180).
 pub const CONNECTION_SAMPLES: usize = 512;
 
+mod admission;
 mod snapshot;
 pub use snapshot::{ConvSnapshot, FlowSnapshot, KeySnap, TableRestored, TableSnapshot};
 
@@ -98,9 +108,15 @@ pub struct Conversation {
     in_use: bool,
     /// Counted in the table's fan-in (a flow of it was opened with a SYN).
     fan_counted: bool,
+    /// One of its flows was answered (both sides sent). A conversation that never was holds
+    /// only failed attempts: under pressure it is the first to go.
+    answered: bool,
     /// Start time and bytes of each answered flow that ended (RITA-style periodicity across
     /// connections); allocated at the first one, bounded.
     pub connections: Option<Box<SampleRing>>,
+    /// The tunnel of its most recent tunnelled flow, oriented by that flow's key (see
+    /// [`Conversation::tunnel_key`]); boxed: most conversations have none.
+    pub tunnel: Option<Box<(FlowKey, TunnelInfo)>>,
 }
 
 impl Conversation {
@@ -139,7 +155,18 @@ struct Flow {
     /// Payload packets offered as role evidence so far (see [`MAX_ROLE_TRIES`]).
     role_tries: u8,
     in_use: bool,
+    /// Both sides have sent (sticky: a re-created kernel entry that restarts with one side's
+    /// packets is still the answered flow it was). Only unanswered flows are ever evicted.
+    answered: bool,
+    /// Which endpoint this unanswered flow is counted under in the per-source budget
+    /// (`admission::SIDE_*`), so it is uncounted under the same one.
+    counted_side: u8,
+    /// Creation number: tells a slab slot's current flow from an earlier one in the eviction
+    /// queue.
+    born: u32,
     conv: u32,
+    /// The tunnel the flow was created in (boxed: most flows have none).
+    tunnel: Option<Box<TunnelInfo>>,
 }
 
 impl Flow {
@@ -160,6 +187,7 @@ impl Flow {
             stats: self.stats(),
             start_ns: Some(self.first_ns),
             end_ns: Some(self.last_ns),
+            tunnel: self.tunnel.as_deref().copied(),
         }
     }
 }
@@ -171,12 +199,34 @@ pub struct TableCounters {
     pub flows_ended: u64,
     pub conversations_created: u64,
     pub conversations_ended: u64,
-    /// New flows refused because the table was full.
+    /// New flows refused because the table was full (of answered flows), or because their
+    /// source used up its budget of unanswered flows while the table was near full. Counted
+    /// per offer: live, a refused flow's kernel entry is deleted, so it counts again only if
+    /// its next packet creates the entry again.
     pub flows_dropped: u64,
+    /// Unanswered flows evicted to admit another flow into a full table.
+    pub flows_evicted: u64,
+    /// Conversations that never had an answered flow, ended early to make room (evicted with
+    /// their only flow, or idle while the conversation table was near full).
+    pub conversations_evicted: u64,
+    /// When the table first (since the engine last cleared it) and last refused or evicted a
+    /// flow (the offered flow's time).
+    pub first_pressure_ns: Option<u64>,
+    pub last_pressure_ns: Option<u64>,
+    /// When the table last evicted an unanswered flow: a flood is under way.
+    pub last_eviction_ns: Option<u64>,
     /// New flows refused because the conversation table was full.
     pub conversations_dropped: u64,
-    /// Kernel counters that went backwards (the kernel entry was evicted and re-created).
+    /// Kernel entries of known flows that were evicted and re-created (counters went
+    /// backwards, or the entry's first packet is later than the last one the table knew).
+    /// The packets the old entry counted after the agent's last read of it are lost with it;
+    /// the kernel does not say how many, so they are not in any total.
     pub counter_resets: u64,
+    /// Of those, re-created entries of answered flows (the established sessions a flood can
+    /// push out of the kernel map), and the time they went unobserved in total: from the
+    /// last packet the agent saw of the old entry to the first of the new one.
+    pub answered_recreated: u64,
+    pub unobserved_ns: u64,
     /// Packets and bytes the flows have carried since the table started.
     pub packets: u64,
     pub bytes: u64,
@@ -240,6 +290,9 @@ pub struct FlowTable {
     /// Whether roles are decided from evidence (off for a table that only sums counters and
     /// takes its roles from another: the SYN-or-first-packet rule then stays).
     roles: bool,
+    /// Admission under pressure: the eviction queue and per-source budget
+    /// ([`admission`]).
+    admission: admission::Admission,
 }
 
 /// Counters per server endpoint (address, port, transport) in a fixed-size count-min sketch:
@@ -256,6 +309,13 @@ struct FanIn {
 const FAN_IN_SLOTS: usize = 1 << 18;
 
 impl FanIn {
+    fn new() -> Self {
+        FanIn {
+            counts: Vec::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
     fn slots(&self, addr: &Addr, port: u16, proto: u8) -> [usize; 2] {
         // One array of words hashes in one pass (a tuple of references hashes field by field).
         let h = self.hasher.hash_one([
@@ -335,11 +395,9 @@ impl FlowTable {
             conv_index: HashTable::new(),
             counters: TableCounters::default(),
             abandoned: Vec::new(),
-            fan_in: FanIn {
-                counts: Vec::new(),
-                hasher: RandomState::new(),
-            },
+            fan_in: FanIn::new(),
             roles: true,
+            admission: admission::Admission::new(),
         }
     }
 
@@ -411,6 +469,12 @@ impl FlowTable {
         if reported {
             return (stats.client, stats.client_source);
         }
+        // The 5-tuple of an answered conversation's latest flow, back without its flow (a
+        // kernel entry re-created after the table let the flow go): the conversation's own
+        // record of its client stands, whoever sent the new entry's first packet.
+        if let Some(known) = self.client_by_conversation(key) {
+            return known;
+        }
         if let Some(client) = roles::client_by_port(key) {
             return (client, CLIENT_BY_PORT);
         }
@@ -418,6 +482,20 @@ impl FlowTable {
             return (client, CLIENT_BY_FAN_IN);
         }
         (stats.client, CLIENT_BY_FIRST_PACKET)
+    }
+
+    /// The client (and how it was known) of an answered conversation whose latest flow had
+    /// this 5-tuple, in either orientation.
+    fn client_by_conversation(&self, key: &FlowKey) -> Option<(u8, u8)> {
+        [CLIENT_LO, CLIENT_HI].into_iter().find_map(|client| {
+            let c = &self.convs.items[self.find_conv(&conv_key(key, client))? as usize];
+            let port = if client == CLIENT_LO {
+                key.port_lo
+            } else {
+                key.port_hi
+            };
+            (c.answered && c.client_port == port).then_some((client, c.client_from))
+        })
     }
 
     /// The client by fan-in: the other side of an endpoint that at least [`FAN_IN_MIN`]
@@ -504,6 +582,29 @@ impl FlowTable {
             .copied()
     }
 
+    /// Records the tunnel of a flow created from a decapsulated packet (the datapath's
+    /// `TUNNELS` entry, or the user parser's tunnel of the flow's first packet) on the flow and
+    /// its conversation. A flow keeps the first tunnel it was given.
+    pub fn set_tunnel(&mut self, key: &FlowKey, tunnel: TunnelInfo) {
+        let Some(i) = self.find_flow(key) else { return };
+        let f = &mut self.flows.items[i as usize];
+        if f.tunnel.is_some() {
+            return;
+        }
+        f.tunnel = Some(Box::new(tunnel));
+        let c = &mut self.convs.items[f.conv as usize];
+        c.tunnel = Some(Box::new((*key, tunnel)));
+        c.dirty = true;
+    }
+
+    /// Packets counted for a flow so far (0: not in the table).
+    pub fn flow_packets(&self, key: &FlowKey) -> u64 {
+        self.find_flow(key).map_or(0, |i| {
+            let f = &self.flows.items[i as usize];
+            f.packets[0] + f.packets[1]
+        })
+    }
+
     /// Adds one packet (replay).
     pub fn add_packet(&mut self, key: &FlowKey, dir: usize, len: u64, tcp_flags: u8, ts: u64) {
         let dir = dir & 1;
@@ -552,8 +653,7 @@ impl FlowTable {
             {
                 return;
             }
-        } else if self.flows.len() >= self.cfg.max_flows {
-            self.counters.flows_dropped += 1;
+        } else if !self.admit(key, stats, last_ns) {
             return;
         }
         self.apply(
@@ -579,13 +679,19 @@ impl FlowTable {
         last_ns: u64,
     ) {
         let new_conv_key = conv_key(key, client);
-        let (prev, old_conv) = match found {
+        let (prev, old_conv, prev_last, was_answered) = match found {
             Some(i) => {
                 let f = &self.flows.items[i as usize];
-                ((f.packets, f.bytes, f.client), Some(f.conv))
+                (
+                    (f.packets, f.bytes, f.client),
+                    Some(f.conv),
+                    f.last_ns,
+                    f.answered,
+                )
             }
-            None => (([0; 2], [0; 2], client), None),
+            None => (([0; 2], [0; 2], client), None, 0, false),
         };
+        let answered = was_answered || (stats.packets[0] > 0 && stats.packets[1] > 0);
         let now = oriented(&stats.packets, &stats.bytes, client);
         let was = oriented(&prev.0, &prev.1, prev.2);
         let mut delta = [0u64; 4];
@@ -594,9 +700,18 @@ impl FlowTable {
             reset |= now[i] < was[i];
             delta[i] = now[i].wrapping_sub(was[i]);
         }
-        if reset && client == prev.2 {
-            // The kernel entry was evicted and re-created: its counters restarted.
+        // The kernel entry was evicted and re-created: its counters restarted, or it began
+        // after the last packet the table knew of the old one (when the new entry's counters
+        // all passed the old ones before the agent read it). A flow's converted first time is
+        // stable while its entry lives (the clock anchor moves only when the wall clock is
+        // stepped), and replayed packets never move it forward.
+        let recreated = found.is_some() && first_ns > prev_last;
+        if (reset || recreated) && client == prev.2 {
             self.counters.counter_resets += 1;
+            if was_answered {
+                self.counters.answered_recreated += 1;
+                self.counters.unobserved_ns += first_ns.saturating_sub(prev_last);
+            }
             delta = now;
         }
         // The client can be learnt late (a SYN or a server's message after a first packet
@@ -632,6 +747,7 @@ impl FlowTable {
                 Some(i) => i,
                 None => {
                     self.counters.conversations_dropped += 1;
+                    self.refused(key, last_ns);
                     if let Some(i) = found {
                         self.remove_flow(i);
                     }
@@ -661,6 +777,7 @@ impl FlowTable {
         c.client_port = client_port;
         c.client_from = client_source;
         c.dirty = true;
+        c.answered |= answered;
         if client_source == CLIENT_BY_SYN && !c.fan_counted {
             c.fan_counted = true;
             let (server, port, proto) = (c.key.server, c.key.server_port, c.key.proto);
@@ -678,19 +795,36 @@ impl FlowTable {
             client_source,
             role_tries: 0,
             in_use: true,
+            answered,
+            counted_side: admission::SIDE_NONE,
+            born: 0,
             conv: conv_idx,
+            tunnel: None,
         };
         match found {
             Some(i) => {
                 let f = &mut self.flows.items[i as usize];
                 let first = f.first_ns.min(first_ns);
                 let last = f.last_ns.max(last_ns);
+                let tunnel = f.tunnel.take();
                 *f = Flow {
                     first_ns: first,
                     last_ns: last,
                     role_tries: f.role_tries,
+                    counted_side: f.counted_side,
+                    born: f.born,
+                    tunnel,
                     ..flow
                 };
+                if answered && !was_answered {
+                    self.uncount(i);
+                }
+                // A flow that moved to another conversation takes its tunnel along.
+                if joined {
+                    if let Some(t) = &self.flows.items[i as usize].tunnel {
+                        self.convs.items[conv_idx as usize].tunnel = Some(Box::new((*key, **t)));
+                    }
+                }
             }
             None => {
                 self.insert_flow(flow);
@@ -709,6 +843,7 @@ impl FlowTable {
             .insert_unique(hasher.hash_one(key), i, |&j| {
                 hasher.hash_one(items[j as usize].key)
             });
+        self.track(i);
         i
     }
 
@@ -761,6 +896,7 @@ impl FlowTable {
         {
             entry.remove();
         }
+        self.uncount(i);
         let f = &mut self.flows.items[i as usize];
         f.in_use = false;
         self.flows.free.push(i);
@@ -805,53 +941,88 @@ impl FlowTable {
         }
     }
 
+    /// Since when a flow counts as idle: its last packet, or for an answered flow that is not
+    /// closing, the last time the table evicted an unanswered flow if that is later. Under a
+    /// flood the kernel map loses established entries before the agent reads their packets
+    /// (see `admission`), so silence then says nothing about the session: it must not idle
+    /// out for what the sensor could not see. Refusals alone do not count: a table full of
+    /// answered flows must still age them, or it would refuse for ever.
+    fn idle_from(&self, f: &Flow) -> u64 {
+        let closing = f.key.proto == TCP && {
+            let (lo, hi) = ((f.tcp_flags & 0xff) as u8, (f.tcp_flags >> 8) as u8);
+            (lo | hi) & RST != 0 || (lo & FIN != 0 && hi & FIN != 0)
+        };
+        match self.counters.last_eviction_ns {
+            Some(p) if f.answered && !closing => f.last_ns.max(p),
+            _ => f.last_ns,
+        }
+    }
+
     /// Ends flows idle past their timeout and conversations idle past the gap tolerance.
     pub fn expire(&mut self, now: u64) -> Ended {
-        let mut ended = Ended::default();
+        let mut ended = Ended {
+            // Flows evicted since the last tick ended too: the source forgets them alike.
+            flows: std::mem::take(&mut self.admission.evicted),
+            conversations: Vec::new(),
+        };
         let expired: Vec<u32> = self
             .flows
             .items
             .iter()
             .enumerate()
-            .filter(|(_, f)| f.in_use && now.saturating_sub(f.last_ns) >= self.timeout_ns(f))
+            .filter(|(_, f)| {
+                f.in_use && now.saturating_sub(self.idle_from(f)) >= self.timeout_ns(f)
+            })
             .map(|(i, _)| i as u32)
             .collect();
         for i in expired {
             let f = self.remove_flow(i);
-            self.counters.flows_ended += 1;
-            let c = &mut self.convs.items[f.conv as usize];
-            c.open_flows = c.open_flows.saturating_sub(1);
-            if c.open_flows == 0 {
-                c.idle_since_ns = Some(c.last_ns);
-            }
-            c.dirty = true;
-            // Failed attempts (no answer) are not connections for periodicity, as in RITA.
-            if f.packets[0] > 0 && f.packets[1] > 0 {
-                c.connections
-                    .get_or_insert_with(|| Box::new(SampleRing::new(CONNECTION_SAMPLES)))
-                    .push(f.first_ns, f.bytes[0] + f.bytes[1]);
-            }
+            self.leave_conversation(&f);
             ended.flows.push(f.record());
         }
         let gap = self.cfg.conversation_gap.as_nanos();
-        let done: Vec<u32> = self
+        // Near full, conversations of failed attempts only do not wait out the gap: a flood
+        // outlasting the unanswered flows' timeout must not fill the conversation table.
+        let max = self.cfg.max_conversations;
+        let crowded = self.convs.len() >= max - max / 8;
+        let done: Vec<(u32, bool)> = self
             .convs
             .items
             .iter()
             .enumerate()
-            .filter(|(_, c)| {
-                c.in_use
-                    && c.open_flows == 0
-                    && c.idle_since_ns
-                        .is_some_and(|idle| now.saturating_sub(idle) > gap)
+            .filter(|(_, c)| c.in_use && c.open_flows == 0)
+            .filter_map(|(i, c)| {
+                let past_gap = c
+                    .idle_since_ns
+                    .is_some_and(|idle| now.saturating_sub(idle) > gap);
+                (past_gap || (crowded && !c.answered)).then_some((i as u32, past_gap))
             })
-            .map(|(i, _)| i as u32)
             .collect();
-        for i in done {
+        for (i, past_gap) in done {
             ended.conversations.push(self.remove_conv(i));
             self.counters.conversations_ended += 1;
+            if !past_gap {
+                self.counters.conversations_evicted += 1;
+            }
         }
         ended
+    }
+
+    /// A flow removed from the table (expired or evicted) leaves its conversation.
+    fn leave_conversation(&mut self, f: &Flow) {
+        self.counters.flows_ended += 1;
+        let c = &mut self.convs.items[f.conv as usize];
+        c.open_flows = c.open_flows.saturating_sub(1);
+        if c.open_flows == 0 {
+            c.idle_since_ns = Some(c.last_ns);
+        }
+        c.dirty = true;
+        // Failed attempts (no answer) are not connections for periodicity, as in RITA.
+        if f.answered {
+            c.connections
+                .get_or_insert_with(|| Box::new(SampleRing::new(CONNECTION_SAMPLES)))
+                .push(f.first_ns, f.bytes[0] + f.bytes[1]);
+        }
     }
 }
 
@@ -872,7 +1043,9 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         dirty: true,
         in_use: true,
         fan_counted: false,
+        answered: false,
         connections: None,
+        tunnel: None,
     }
 }
 
@@ -1222,10 +1395,20 @@ mod tests {
             max_flows: 2,
             ..FlowConfig::default()
         });
+        // Unanswered flows make room for newer ones (the oldest goes) ...
         for p in 0..5 {
             let (k, d) = key(40000 + p);
             t.add_packet(&k, d, 60, SYN, 0);
         }
-        assert_eq!((t.flow_count(), t.counters.flows_dropped), (2, 3));
+        assert_eq!((t.flow_count(), t.counters.flows_evicted), (2, 3));
+        // ... answered ones never do: a full table of them refuses, counted.
+        for p in 0..2 {
+            let (k, d) = key(40003 + p);
+            t.add_packet(&k, 1 - d, 60, SYN | ACK, S);
+        }
+        let (k, d) = key(40010);
+        t.add_packet(&k, d, 60, SYN, 2 * S);
+        assert_eq!((t.flow_count(), t.counters.flows_dropped), (2, 1));
+        assert_eq!(t.take_refused(), vec![k]);
     }
 }

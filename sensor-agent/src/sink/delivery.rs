@@ -65,6 +65,13 @@ impl Default for SpoolSection {
 }
 
 impl SpoolSection {
+    /// What the spool would refuse at open, refused when the configuration is loaded.
+    pub fn validate(&self) -> Result<(), crate::units::Invalid> {
+        self.spool_config()
+            .check()
+            .map_err(|(key, message)| crate::units::Invalid::new(key, message))
+    }
+
     pub fn spool_config(&self) -> SpoolConfig {
         SpoolConfig {
             max_bytes: self.max_bytes,
@@ -98,6 +105,8 @@ pub enum DeliveryError {
     Stopped,
     #[error("the spool stayed full for {0:?} (when_full = \"block\", spool.drain_timeout) while no sink took anything; what is spooled stays for the next run")]
     StayedFull(Duration),
+    #[error("interrupted while waiting for room in a full spool (when_full = \"block\"); what is spooled stays for the next run")]
+    Interrupted,
 }
 
 /// Per-sink counters (metrics).
@@ -137,6 +146,23 @@ struct Shared {
     ids: Vec<String>,
     /// Records dropped since the last `sensor_degraded` alarm.
     unreported_drops: AtomicU64,
+    /// A stop signal arrived: a producer waiting for room gives up instead of waiting on.
+    interrupted: AtomicBool,
+    /// A producer is waiting for room (said once per episode).
+    blocked: AtomicBool,
+}
+
+/// Ends a producer's wait for room in a full `block` spool, from another task (the signal
+/// watcher): Ctrl-C or SIGTERM must end a blocked agent with its counters, not leave it
+/// waiting for a receiver that may never come back.
+#[derive(Clone)]
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        self.0.interrupted.store(true, Ordering::SeqCst);
+        self.0.changed.notify_all();
+    }
 }
 
 impl Shared {
@@ -253,6 +279,8 @@ impl Delivery {
             names: names.clone(),
             ids,
             unreported_drops: AtomicU64::new(0),
+            interrupted: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         });
         let mut workers = Vec::new();
         for (i, (t, r)) in transports.into_iter().enumerate() {
@@ -290,7 +318,13 @@ impl Delivery {
                     dir: self.dir.clone(),
                     source,
                 })? {
-                AppendOutcome::Appended(_) => break,
+                AppendOutcome::Appended(_) => {
+                    if blocked_since.is_some() && self.shared.blocked.swap(false, Ordering::Relaxed)
+                    {
+                        log::warn!("spool {} has room again", self.dir);
+                    }
+                    break;
+                }
                 AppendOutcome::Dropped(reason) => {
                     self.shared.unreported_drops.fetch_add(1, Ordering::Relaxed);
                     log::warn!("alarm dropped: {}", reason.as_str());
@@ -299,6 +333,16 @@ impl Delivery {
                 AppendOutcome::WouldBlock => {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         return Err(DeliveryError::Stopped);
+                    }
+                    if self.shared.interrupted.load(Ordering::SeqCst) {
+                        return Err(DeliveryError::Interrupted);
+                    }
+                    if !self.shared.blocked.swap(true, Ordering::Relaxed) {
+                        // Once per episode: the operator learns why the agent is not moving on.
+                        log::warn!(
+                            "spool {} is full (when_full = \"block\"): waiting for the sinks to make room",
+                            self.dir
+                        );
                     }
                     let since = *blocked_since.get_or_insert_with(Instant::now);
                     if let Some(limit) = self.block_limit {
@@ -318,6 +362,11 @@ impl Delivery {
         drop(spool);
         self.shared.changed.notify_all();
         Ok(())
+    }
+
+    /// A handle that ends a wait for room in a full spool from another task.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(Arc::clone(&self.shared))
     }
 
     /// Bounds how long one alarm waits for room in a full `block` spool (see `block_limit`).
@@ -373,28 +422,13 @@ impl Delivery {
 
     /// Per-sink counters, pending records and the age of the oldest undelivered one.
     pub fn status(&self) -> Vec<SinkStatus> {
-        let spool = self.shared.lock();
-        let now = wall_ns();
-        self.shared
-            .names
-            .iter()
-            .zip(&self.shared.ids)
-            .zip(&self.shared.metrics)
-            .map(|((name, id), m)| SinkStatus {
-                name: name.clone(),
-                sent: m.sent.load(Ordering::Relaxed),
-                errors: m.errors.load(Ordering::Relaxed),
-                retries: m.retries.load(Ordering::Relaxed),
-                truncated: m.truncated.load(Ordering::Relaxed),
-                pending: spool.pending(id),
-                oldest_undelivered: spool.oldest_unacked_age(id, now),
-                last_error: m
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-            })
-            .collect()
+        self.status_handle().status()
+    }
+
+    /// A handle that reads [`Delivery::status`] and [`Delivery::spool_counters`] from another
+    /// task (the status line, the metrics endpoint) while the loop owns the delivery.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.shared.clone())
     }
 
     /// Alarms dropped by a full spool and not yet reported by a `sensor_degraded` alarm (for
@@ -418,6 +452,44 @@ impl Delivery {
     /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
     pub fn spool_counters(&self) -> super::spool::SpoolCounters {
         self.shared.lock().counters()
+    }
+}
+
+/// Reads the delivery state from anywhere; holds the shared state, never a worker.
+#[derive(Clone)]
+pub struct StatusHandle(Arc<Shared>);
+
+impl StatusHandle {
+    /// Per-sink counters, pending records and the age of the oldest undelivered one.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        let shared = &self.0;
+        let spool = shared.lock();
+        let now = wall_ns();
+        shared
+            .names
+            .iter()
+            .zip(&shared.ids)
+            .zip(&shared.metrics)
+            .map(|((name, id), m)| SinkStatus {
+                name: name.clone(),
+                sent: m.sent.load(Ordering::Relaxed),
+                errors: m.errors.load(Ordering::Relaxed),
+                retries: m.retries.load(Ordering::Relaxed),
+                truncated: m.truncated.load(Ordering::Relaxed),
+                pending: spool.pending(id),
+                oldest_undelivered: spool.oldest_unacked_age(id, now),
+                last_error: m
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            })
+            .collect()
+    }
+
+    /// Spool counters (bytes, drops, torn or corrupt records skipped at startup).
+    pub fn spool_counters(&self) -> super::spool::SpoolCounters {
+        self.0.lock().counters()
     }
 }
 

@@ -315,6 +315,7 @@ mod tests {
                 stats,
                 start_ns: Some(1_700_000_000_000_000_000 + i),
                 end_ns: Some(1_700_000_100_000_000_000),
+                tunnel: None,
             };
             ex.push(&r, 1_700_000_100_000_000_000);
         }
@@ -338,6 +339,7 @@ mod tests {
             stats,
             start_ns: None,
             end_ns: None,
+            tunnel: None,
         }
         .endpoints();
         for a in &out {

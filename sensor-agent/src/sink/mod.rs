@@ -256,6 +256,14 @@ impl AlarmOutput {
         }
     }
 
+    /// With sinks: a handle that ends a wait for room in a full `block` spool (at a signal).
+    pub fn interrupter(&self) -> Option<delivery::Interrupter> {
+        match self {
+            AlarmOutput::Direct { .. } => None,
+            AlarmOutput::Delivered(d) => Some(d.interrupter()),
+        }
+    }
+
     /// For bounded inputs (`replay`, `ingest`): a full `block` spool makes the producer wait
     /// at most `limit` for room, then fail, instead of hanging while the receiver is down.
     pub fn limit_blocking(&mut self, limit: std::time::Duration) {
@@ -286,6 +294,14 @@ impl AlarmOutput {
         match self {
             AlarmOutput::Direct { .. } => None,
             AlarmOutput::Delivered(d) => Some((d.status(), d.spool_counters())),
+        }
+    }
+
+    /// A handle reading [`AlarmOutput::status`] from another task (none without sinks).
+    pub fn status_handle(&self) -> Option<delivery::StatusHandle> {
+        match self {
+            AlarmOutput::Direct { .. } => None,
+            AlarmOutput::Delivered(d) => Some(d.status_handle()),
         }
     }
 

@@ -34,7 +34,9 @@
 //!   sequence number of their first record. A segment is rolled (a new one started) before a
 //!   record would take it past `segment_bytes`; a record larger than that gets a segment of
 //!   its own. The last segment is the active one and always exists (possibly empty), so its
-//!   name also remembers the next sequence number after everything was deleted.
+//!   name also remembers the next sequence number after everything was deleted. At open, a
+//!   segment whose first record carries another sequence number than its name is read by the
+//!   records' own numbers (and renamed back): the name is a hint, the records are the truth.
 //! * Each record, little-endian, no padding:
 //!
 //!   | bytes | field |
@@ -168,17 +170,26 @@ impl Default for SpoolConfig {
 
 impl SpoolConfig {
     pub fn validate(&self) -> Result<(), SpoolError> {
+        self.check()
+            .map_err(|(key, message)| SpoolError::Config(format!("{key} {message}")))
+    }
+
+    /// The first setting out of its bounds: its key and the problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
-            return Err(SpoolError::Config(format!(
-                "segment_bytes {} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
-                self.segment_bytes
-            )));
+            return Err((
+                "segment_bytes",
+                format!(
+                    "{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                    self.segment_bytes
+                ),
+            ));
         }
         if self.max_bytes < MIN_SEGMENT_BYTES {
-            return Err(SpoolError::Config(format!(
-                "max_bytes {} is below {MIN_SEGMENT_BYTES}",
-                self.max_bytes
-            )));
+            return Err((
+                "max_bytes",
+                format!("{} is below {MIN_SEGMENT_BYTES}", self.max_bytes),
+            ));
         }
         Ok(())
     }
@@ -250,6 +261,10 @@ pub struct SpoolCounters {
     pub corrupt_on_read: u64,
     /// Cursors moved at open because they pointed past the end or before the oldest record.
     pub cursors_clamped: u64,
+    /// Segments found at open under a name other than their first record's sequence number
+    /// (renamed by hand, restored from a backup); read by their records' own numbers and
+    /// renamed back.
+    pub renamed_segments: u64,
     /// Cursor files that were unreadable at open; the cursor restarts at the oldest record.
     pub cursors_reset: u64,
     /// Current size of the segment files, bytes.
@@ -406,6 +421,34 @@ impl Spool {
                     found.push((base, entry.path()));
                 } else {
                     log::warn!("spool {}: {name} is not a file; ignored", dir.display());
+                }
+            }
+        }
+        // A segment's name is only a hint: its records carry their own sequence numbers. A
+        // segment renamed by hand (or restored from a backup under another name) would
+        // otherwise have every record fall outside its name's range and be cut as damage.
+        for (base, path) in found.iter_mut() {
+            if let Some(first) = first_record_seq(path)? {
+                if first != *base {
+                    log::warn!(
+                        "spool {}: {} is named for record {} but starts with record {first}; \
+                         its records' own sequence numbers are used",
+                        dir.display(),
+                        path.file_name().map_or_else(
+                            || path.display().to_string(),
+                            |n| n.to_string_lossy().into_owned()
+                        ),
+                        *base
+                    );
+                    *base = first;
+                    counters.renamed_segments += 1;
+                    let proper = dir.join(format!("{first:020}{SEG_SUFFIX}"));
+                    if !proper.exists() && fs::rename(&*path, &proper).is_ok() {
+                        *path = proper;
+                        if sync {
+                            sync_dir(dir)?;
+                        }
+                    }
                 }
             }
         }
@@ -1011,6 +1054,36 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_err("fsync directory", dir))
 }
 
+/// The sequence number of a segment file's first record when that record is whole and its
+/// CRC matches; `None` for an empty file or a damaged first record (the name is used then).
+fn first_record_seq(path: &Path) -> Result<Option<u64>, SpoolError> {
+    let f = File::open(path).map_err(io_err("open segment", path))?;
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    let mut reader = f.take(HEADER_LEN);
+    while got < HEADER {
+        match reader.read(&mut header[got..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read segment", path)(e)),
+        }
+    }
+    let len = u64::from(u32::from_le_bytes([
+        header[0], header[1], header[2], header[3],
+    ]));
+    if len > MAX_PAYLOAD {
+        return Ok(None);
+    }
+    let mut record = header.to_vec();
+    reader
+        .into_inner()
+        .take(len)
+        .read_to_end(&mut record)
+        .map_err(io_err("read segment", path))?;
+    Ok(check_record(&record, 0, 0, u64::MAX).map(|r| r.seq))
+}
+
 /// Reads at most [`MAX_SEGMENT_FILE`] bytes; returns them and the file's full length.
 fn read_segment(path: &Path) -> Result<(Vec<u8>, u64), SpoolError> {
     let f = File::open(path).map_err(io_err("open segment", path))?;
@@ -1528,6 +1601,46 @@ mod tests {
             AppendOutcome::Appended(4)
         );
         assert_eq!((sp.bytes(), sp.counters().segments), (100, 1));
+    }
+
+    #[test]
+    fn spool_reads_misnamed_segments_by_their_records_sequence_numbers() {
+        let t = TempDir::new("misnamed");
+        // Small segments: records 1..=30 spread over several files.
+        let c = cfg(1 << 20, 200, WhenFull::Block, FsyncPolicy::Never);
+        let mut sp = Spool::open(&t.0, c.clone(), &["a"]).unwrap();
+        for seq in 1..=30 {
+            assert_eq!(append_ok(&mut sp, &payload(seq, 40), seq), seq);
+        }
+        drop(sp);
+        let before = seg_files(&t.0);
+        assert!(before.len() >= 3, "{before:?}");
+        // The second segment renamed to a base far from its records (past the active one),
+        // the first renamed a little off: both would be cut as damage if names were trusted.
+        let second = before[1].clone();
+        fs::rename(t.0.join(&second), t.0.join(format!("{:020}.seg", 5000))).unwrap();
+        fs::rename(t.0.join(&before[0]), t.0.join(format!("{:020}.seg", 2))).unwrap();
+        let sp = Spool::open(&t.0, c, &["a"]).unwrap();
+        let counters = sp.counters();
+        assert_eq!(counters.renamed_segments, 2);
+        assert_eq!(
+            (
+                counters.corrupt_records_skipped,
+                counters.torn_records_skipped,
+                counters.missing_records
+            ),
+            (0, 0, 0)
+        );
+        let recs = sp.peek("a", 100).unwrap();
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>()
+        );
+        for r in &recs {
+            assert_eq!(r.payload, payload(r.seq, 40));
+        }
+        // Renamed back: the directory again names every segment by its first record.
+        assert_eq!(seg_files(&t.0), before);
     }
 
     #[test]

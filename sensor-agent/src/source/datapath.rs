@@ -11,14 +11,14 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{Program, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use sensor_common::{
     clock_slot, counter, DatapathSettings, FlowKey, FlowStats, PayloadEvent, TraceEvent,
-    WatchBudget, PAYLOAD_MAX,
+    TunnelInfo, WatchBudget, PAYLOAD_MAX,
 };
 
 /// The sensor's eBPF object (XDP ingress + TC egress programs and their maps).
@@ -45,11 +45,20 @@ pub const CLOCK_MAP: &str = "CLOCK";
 /// Name of the watched-flow map and the message trace ring buffer in [`OBJECT`].
 pub const WATCH_MAP: &str = "WATCH";
 pub const TRACE_MAP: &str = "TRACES";
+/// Name of the tunnel side map (inner flow -> `TunnelInfo`) in [`OBJECT`].
+pub const TUNNEL_MAP: &str = "TUNNELS";
+/// The programs that parse the inside of a tunnel (tail calls from the XDP and TC programs),
+/// and the program arrays that hold them.
+pub const XDP_INNER_PROGRAM: &str = "sensor_xdp_inner";
+pub const TC_INNER_PROGRAM: &str = "sensor_tc_inner";
+const XDP_INNER_MAP: &str = "INNER_XDP";
+const TC_INNER_MAP: &str = "INNER_TC";
 
 /// The maps that outlive the agent when it pins ([`LoadOptions::pin_dir`]): everything the
 /// attached programs use but aya-log's map, whose messages are only worth reading live.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     FLOW_MAP,
+    TUNNEL_MAP,
     COUNTER_MAP,
     SETTINGS_MAP,
     PAYLOAD_MAP,
@@ -137,7 +146,11 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_flows: DEFAULT_MAX_FLOWS,
-            settings: DatapathSettings::default(),
+            // Every encapsulation decapsulated, as `[sensor.decap]` defaults to.
+            settings: DatapathSettings {
+                decap: sensor_common::tunnel::ALL,
+                ..DatapathSettings::default()
+            },
             ring_bytes: DEFAULT_RING_BYTES,
             max_watched_flows: DEFAULT_MAX_WATCHED_FLOWS,
             trace_ring_bytes: DEFAULT_TRACE_RING_BYTES,
@@ -167,7 +180,7 @@ pub struct MapSpec {
 
 /// Every map of the object with the shape `opts` gives it. Ring buffers have no key or value;
 /// their size is their capacity in bytes.
-pub fn map_specs(opts: &LoadOptions) -> [(&'static str, MapSpec); 7] {
+pub fn map_specs(opts: &LoadOptions) -> [(&'static str, MapSpec); 8] {
     let spec = |key: usize, value: usize, max_entries: u32| MapSpec {
         key_size: key as u32,
         value_size: value as u32,
@@ -178,6 +191,15 @@ pub fn map_specs(opts: &LoadOptions) -> [(&'static str, MapSpec); 7] {
         (
             FLOW_MAP,
             spec(size_of::<FlowKey>(), size_of::<FlowStats>(), opts.max_flows),
+        ),
+        // As large as the flow map: it never holds more live entries than there are flows.
+        (
+            TUNNEL_MAP,
+            spec(
+                size_of::<FlowKey>(),
+                size_of::<TunnelInfo>(),
+                opts.max_flows,
+            ),
         ),
         (COUNTER_MAP, spec(4, 8, counter::COUNT)),
         (SETTINGS_MAP, spec(4, size_of::<DatapathSettings>(), 1)),
@@ -210,6 +232,13 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and both programs into the kernel (the verifier runs here).
     pub fn load(opts: &LoadOptions) -> Result<Self, DatapathError> {
+        Self::load_object(opts, OBJECT)
+    }
+
+    /// [`Datapath::load`] with another build of the sensor's object (same ABI): lets the
+    /// datapath benchmark measure a candidate change against the same yardsticks without
+    /// rebuilding the agent.
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         for (name, spec) in map_specs(opts) {
             loader.map_max_entries(name, spec.max_entries);
@@ -222,7 +251,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         // The programs write to aya-log's map; without a reader the messages are lost, so a
         // failure here is reported but does not stop the sensor.
@@ -267,7 +296,47 @@ impl Datapath {
                 name: CLOCK_PROGRAM,
                 source: Box::new(e),
             })?;
+        dp.load_inner()?;
         Ok(dp)
+    }
+
+    /// Loads the inner (decapsulated) programs and puts each into the program array its outer
+    /// program tail-calls. The arrays are not pinned: the outer programs hold them, and a
+    /// restarted agent loads new ones with its new programs.
+    fn load_inner(&mut self) -> Result<(), DatapathError> {
+        let program = |e: aya::programs::ProgramError, name| DatapathError::Program {
+            name,
+            source: Box::new(e),
+        };
+        for (name, array) in [
+            (XDP_INNER_PROGRAM, XDP_INNER_MAP),
+            (TC_INNER_PROGRAM, TC_INNER_MAP),
+        ] {
+            let fd = match self.ebpf.program_mut(name) {
+                Some(Program::Xdp(p)) => {
+                    p.load().map_err(|e| program(e, name))?;
+                    p.fd().map_err(|e| program(e, name))?.try_clone()
+                }
+                Some(Program::SchedClassifier(p)) => {
+                    p.load().map_err(|e| program(e, name))?;
+                    p.fd().map_err(|e| program(e, name))?.try_clone()
+                }
+                _ => return Err(DatapathError::Missing(name)),
+            }
+            .map_err(|e| DatapathError::Syscall {
+                op: "dup",
+                name,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let map = self
+                .ebpf
+                .map_mut(array)
+                .ok_or(DatapathError::Missing(array))?;
+            let mut progs: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(|e| map_err(array, e))?;
+            progs.set(0, &fd, 0).map_err(|e| map_err(array, e))?;
+        }
+        Ok(())
     }
 
     /// Pins the attached programs in `dir` (replacing what an earlier agent pinned there), so
@@ -528,14 +597,39 @@ impl Datapath {
         })
     }
 
-    /// Deletes flows from the kernel map (flows the agent has ended). Keys already gone are
-    /// not an error.
+    /// Deletes flows from the kernel map (flows the agent has ended), and their tunnel
+    /// entries. Keys already gone are not an error.
     pub fn delete_flows(&self, keys: &[FlowKey]) -> Result<(), DatapathError> {
         batch::delete(self.flow_map_fd()?, keys).map_err(|source| DatapathError::Syscall {
             op: "BPF_MAP_DELETE_ELEM",
             name: FLOW_MAP,
             source,
+        })?;
+        let fd = match self.ebpf.map(TUNNEL_MAP) {
+            Some(Map::LruHashMap(d)) | Some(Map::HashMap(d)) => d.fd().as_fd().as_raw_fd(),
+            _ => return Err(DatapathError::Missing(TUNNEL_MAP)),
+        };
+        batch::delete(fd, keys).map_err(|source| DatapathError::Syscall {
+            op: "BPF_MAP_DELETE_ELEM",
+            name: TUNNEL_MAP,
+            source,
         })
+    }
+
+    /// The tunnel flow `key` was created in, for a flow whose `FlowStats::tunnel` is set
+    /// (`None` when the entry is gone: the side map is an LRU and may lose one first).
+    pub fn tunnel(&self, key: &FlowKey) -> Result<Option<TunnelInfo>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(TUNNEL_MAP)
+            .ok_or(DatapathError::Missing(TUNNEL_MAP))?;
+        let tunnels: BpfHashMap<&MapData, FlowKey, TunnelInfo> =
+            BpfHashMap::try_from(map).map_err(|e| map_err(TUNNEL_MAP, e))?;
+        match tunnels.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(TUNNEL_MAP, e)),
+        }
     }
 
     /// Runs program `name` once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.

@@ -20,7 +20,7 @@
 //! flow.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     ffi::CString,
     path::Path,
     sync::{Arc, Mutex, PoisonError},
@@ -36,7 +36,7 @@ use aya::{
         TcAttachType,
     },
 };
-use sensor_common::{counter, PayloadEvent, TraceEvent};
+use sensor_common::{counter, FlowKey, PayloadEvent, TraceEvent};
 use tokio::{io::unix::AsyncFd, sync::watch, time::MissedTickBehavior};
 
 use crate::{
@@ -95,6 +95,8 @@ pub struct LiveStats {
     pub ring_records_dropped: u64,
     /// The datapath's counters ([`sensor_common::counter`]) at the last poll.
     pub counters: [u64; counter::COUNT as usize],
+    /// When the last poll started (its duration is measured up to the end of its evaluation).
+    pub poll_started: Option<std::time::Instant>,
 }
 
 impl Default for LiveStats {
@@ -104,6 +106,7 @@ impl Default for LiveStats {
             watch_refused: 0,
             ring_records_dropped: 0,
             counters: [0; counter::COUNT as usize],
+            poll_started: None,
         }
     }
 }
@@ -141,6 +144,9 @@ pub struct LiveSource {
     stop: Option<watch::Receiver<bool>>,
     /// Asked to stop: the last poll is under way or done.
     stopped: bool,
+    /// Tunnelled flows whose `TUNNELS` entry was handed on: each is read once, not at every
+    /// poll (forgotten when the flow ends).
+    tunnels_sent: HashSet<FlowKey>,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -264,6 +270,7 @@ impl LiveSource {
             poll_interval,
             stop: None,
             stopped: false,
+            tunnels_sent: HashSet::new(),
         })
     }
 
@@ -324,22 +331,29 @@ impl LiveSource {
             }
             self.poll_now_ns = self.clock.to_wall_ns(j);
             self.stats.kernel_flows = 0;
+            self.stats.poll_started = Some(std::time::Instant::now());
             self.walk = Some(batch::Walk::new());
         }
         let clock = self.clock;
         if let Some(walk) = self.walk.as_mut() {
             if let Some((keys, values)) = self.dp.next_flow_batch(walk)? {
                 self.stats.kernel_flows += keys.len();
-                let flows = keys
-                    .iter()
-                    .zip(values)
-                    .map(|(key, stats)| FlowUpdate {
+                let mut flows = Vec::with_capacity(keys.len());
+                for (key, stats) in keys.iter().zip(values) {
+                    // One lookup per tunnelled flow, at the first poll that sees it.
+                    let tunnel = if stats.tunnel != 0 && self.tunnels_sent.insert(*key) {
+                        self.dp.tunnel(key)?
+                    } else {
+                        None
+                    };
+                    flows.push(FlowUpdate {
                         key: *key,
                         stats: *stats,
                         first_ns: clock.to_wall_ns(stats.first_seen),
                         last_ns: clock.to_wall_ns(stats.last_seen),
-                    })
-                    .collect();
+                        tunnel,
+                    });
+                }
                 return Ok(vec![SourceEvent::Flows(flows)]);
             }
         }
@@ -394,6 +408,9 @@ impl LiveSource {
     pub fn apply(&mut self, fb: Feedback<'_>) -> Result<(), LiveError> {
         if !fb.ended.is_empty() {
             self.dp.delete_flows(fb.ended)?;
+            for key in fb.ended {
+                self.tunnels_sent.remove(key);
+            }
         }
         if self.trace_budget > 0 {
             // Fresh budgets for the flows already watched, then the new ones.
@@ -626,7 +643,7 @@ fn pin_failed(iface: &str, e: impl std::fmt::Display) -> LiveError {
 
 /// Whether aya attaches TC programs through TCX (Linux >= 6.6), as `SchedClassifier::attach`
 /// does for ingress and egress.
-fn tcx_available() -> bool {
+pub fn tcx_available() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
 }
 

@@ -27,7 +27,7 @@ pub mod settings;
 use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
-use sensor_common::{FlowKey, FlowStats, PayloadEvent, PAYLOAD_DNS};
+use sensor_common::{FlowKey, FlowStats, PayloadEvent, TunnelInfo, PAYLOAD_DNS};
 
 /// Something the event loop can read events from.
 ///
@@ -82,6 +82,8 @@ pub struct PacketEvent {
     pub dns: bool,
     /// Transport payload length on the wire, for timing a watched flow's messages (0: none).
     pub message_size: u64,
+    /// The tunnel the frame came out of (the flow records it if this packet creates it).
+    pub tunnel: Option<TunnelInfo>,
 }
 
 /// A flow as the kernel counted it.
@@ -91,6 +93,9 @@ pub struct FlowUpdate {
     pub stats: FlowStats,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// The flow's `TUNNELS` entry, for a flow created from a decapsulated packet (sent once
+    /// per flow by the live source; every time by replay).
+    pub tunnel: Option<TunnelInfo>,
 }
 
 #[derive(Clone, Debug)]

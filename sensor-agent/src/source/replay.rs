@@ -35,7 +35,7 @@ use crate::{
     source::{
         capture::{CaptureError, CaptureReader, Frame},
         datapath::{Datapath, DatapathError, LoadOptions},
-        packet::parse_frame,
+        packet::parse_frame_with,
         Feedback, FlowUpdate, PacketEvent, PayloadCopy, Source, SourceEvent,
     },
 };
@@ -384,7 +384,7 @@ fn read_captures(
                     }
                 }
             }
-            let parsed = parse_frame(&frame.data);
+            let parsed = parse_frame_with(&frame.data, opts.load.settings.decap);
             match &parsed {
                 Ok(p) => {
                     let t = times.entry(p.key).or_insert(Times {
@@ -396,6 +396,12 @@ fn read_captures(
                     if user {
                         let wire_len = frame.wire_len as u64;
                         totals.add_packet(&p.key, p.dir, wire_len, p.tcp_flags, ts);
+                        let tunnel = (p.tunnel.kind != 0).then_some(p.tunnel);
+                        if let Some(t) = tunnel {
+                            if totals.flow_packets(&p.key) == 1 {
+                                totals.set_tunnel(&p.key, t);
+                            }
+                        }
                         // The engine looks at no more than the datapath would copy.
                         let payload = frame
                             .data
@@ -415,6 +421,7 @@ fn read_captures(
                             // Timed by its length on the wire, as the kernel trace does, even
                             // when the capture cut the bytes.
                             message_size: p.payload_len(frame.wire_len as usize) as u64,
+                            tunnel,
                         };
                         if !events.push(SourceEvent::Packet(event)) {
                             loop_gone = true;
@@ -480,6 +487,11 @@ fn read_captures(
             let mut updates = Vec::with_capacity(kflows.len());
             for (key, stats) in kflows {
                 out.attributed += stats.packets[0] + stats.packets[1];
+                let tunnel = if stats.tunnel != 0 {
+                    dp.tunnel(&key)?
+                } else {
+                    None
+                };
                 let t = times.get(&key);
                 match t {
                     Some(t) => updates.push(FlowUpdate {
@@ -487,6 +499,7 @@ fn read_captures(
                         stats,
                         first_ns: t.first,
                         last_ns: t.last,
+                        tunnel,
                     }),
                     None => out.unstamped_flows += 1,
                 }
@@ -500,6 +513,7 @@ fn read_captures(
                     stats,
                     start_ns: t.map(|t| t.first),
                     end_ns: t.map(|t| t.last),
+                    tunnel,
                 });
             }
             let mut alive = events.push(SourceEvent::Flows(updates));

@@ -27,6 +27,54 @@ pub struct SensorConfig {
     /// goes on while the agent is down and a restarted agent resumes where it stopped
     /// (`source::pins`). Empty: nothing is pinned and the datapath detaches with the agent.
     pub pin_path: String,
+    /// `[sensor.decap]`: which encapsulations both engines look inside.
+    pub decap: DecapConfig,
+}
+
+/// `[sensor.decap]`: the encapsulations the datapath (and the user engine, which parses the
+/// same) looks inside, one level deep; each on by default. A switched-off kind is counted as
+/// before decapsulation existed: its outer flow (GRE, VXLAN, Geneve, IP in IP), or `not_ip`
+/// (PPPoE, MPLS). Handed to the kernel as `DatapathSettings::decap`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecapConfig {
+    pub pppoe: bool,
+    pub mpls: bool,
+    pub gre: bool,
+    pub vxlan: bool,
+    pub geneve: bool,
+    pub ipip: bool,
+}
+
+impl Default for DecapConfig {
+    fn default() -> Self {
+        DecapConfig {
+            pppoe: true,
+            mpls: true,
+            gre: true,
+            vxlan: true,
+            geneve: true,
+            ipip: true,
+        }
+    }
+}
+
+impl DecapConfig {
+    /// `DatapathSettings::decap`: bit `1 << kind` per switched-on kind.
+    pub fn bits(&self) -> u32 {
+        use sensor_common::tunnel;
+        [
+            (self.pppoe, tunnel::PPPOE),
+            (self.mpls, tunnel::MPLS),
+            (self.gre, tunnel::GRE),
+            (self.vxlan, tunnel::VXLAN),
+            (self.geneve, tunnel::GENEVE),
+            (self.ipip, tunnel::IPIP),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, kind)| bits | (1 << kind))
+    }
 }
 
 impl Default for SensorConfig {
@@ -38,6 +86,7 @@ impl Default for SensorConfig {
             max_kernel_flows: DEFAULT_MAX_FLOWS,
             status_interval: HumanDuration::secs(5),
             pin_path: crate::source::pins::DEFAULT_PIN_PATH.to_string(),
+            decap: DecapConfig::default(),
         }
     }
 }
@@ -72,7 +121,10 @@ impl SensorConfig {
 pub struct CaptureConfig {
     /// Payload packets copied per sender of each new TCP/UDP flow (0: none; at most 255).
     pub payload_packets: u32,
-    /// Bytes copied of each (at most 512).
+    /// Bytes copied of each (at most 512). The default is the most: a ring record holds 512
+    /// bytes whatever is copied, and a daemon's mining RPC with its wallet address (a monerod
+    /// `get_block_template` is about 350 bytes with its HTTP head) is cut at 256, losing the
+    /// coin.
     pub payload_bytes: u32,
     /// Bytes copied of every DNS message, UDP and TCP port 53 (0: off; at most 512).
     pub dns_bytes: u32,
@@ -88,7 +140,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             payload_packets: 4,
-            payload_bytes: 256,
+            payload_bytes: 512,
             dns_bytes: 512,
             ring_bytes: DEFAULT_RING_BYTES,
             trace_messages: 64,
@@ -145,6 +197,8 @@ pub fn load_options(
             payload_bytes: capture.payload_bytes,
             dns_bytes: capture.dns_bytes,
             watch_gen: 0,
+            decap: sensor.decap.bits(),
+            _pad: 0,
         },
         ring_bytes: capture.ring_bytes,
         max_watched_flows: u32::try_from(max_watched_flows).unwrap_or(u32::MAX),

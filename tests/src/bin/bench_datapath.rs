@@ -5,8 +5,11 @@
 //! second time with first-bytes capture on (the agent's default capture settings): it is judged
 //! by its ratio to the plain sensor on established flows, whose payload copies are over.
 //!
-//! Cases: frame kinds (IPv4/TCP, IPv6/TCP, IPv4/TCP behind one 802.1Q tag) times flow counts
-//! (one hot flow, or N distinct flows). Every case loads fresh programs whose flow maps hold
+//! Cases: frame kinds (IPv4/TCP, IPv6/TCP, IPv4/TCP behind one 802.1Q tag, and the same
+//! IPv4/TCP inside each encapsulation the datapath opens: PPPoE, two MPLS labels, GRE with a
+//! key, VXLAN, Geneve with options, IP in IP) times flow counts (one hot flow, or N distinct
+//! flows). The tunnel kinds give the cost of each decapsulation against the plain IPv4/TCP
+//! row; REF and no-op parse none of them and stay yardsticks only. Every case loads fresh programs whose flow maps hold
 //! all N flows, then runs rounds; each round runs every program once, in rotating order, so
 //! drift affects all programs alike. The report gives median and min-max over rounds, the
 //! sensor/REF, sensor/no-op, net and capture/sensor ratios, and whether the issue's targets were
@@ -24,6 +27,13 @@
 //! would be extra flows in its map). `--silent-server` leaves the replies out: the server's
 //! copies then never retire, and every packet also makes the sampling call (the "client talks,
 //! server silent" case).
+//!
+//! Before/after in one run: `--baseline-object FILE` loads another build of the sensor's
+//! object (say, the last release's `target/ebpf/bpfel-unknown-none/release/sensor`) as a fifth
+//! program, flows-only, measured in the same rounds; the report adds sensor/baseline. Its
+//! tunnel programs are not installed, so only the plain frame kinds compare like with like.
+//! `--sensor-object FILE` measures another build of the sensor instead of the one built into
+//! this binary (for trying a datapath change without rebuilding the bench).
 
 use std::{fmt::Write as _, time::Instant};
 
@@ -35,10 +45,13 @@ use aya::{
 use clap::{Parser, ValueEnum};
 use sensor_agent::{
     config::Config as AgentConfig,
-    source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS},
+    source::datapath::{Datapath, LoadOptions, BENCH_OBJECT, DEFAULT_MAX_FLOWS, OBJECT},
 };
 use sensor_common::{counter, SAMPLE_HI, SAMPLE_LO};
-use sensor_tests::frames::{self, Frag};
+use sensor_tests::{
+    frames::{self, Frag},
+    tunnels::Encap,
+};
 
 const XDP_PASS: u32 = 2;
 /// Name of REF's flow map in [`BENCH_OBJECT`].
@@ -99,6 +112,48 @@ struct Args {
     /// copies are over].
     #[arg(long)]
     silent_server: bool,
+    /// Another build of the sensor's eBPF object, measured side by side as `baseline`
+    /// (before/after a change in one run).
+    #[arg(long, value_name = "FILE")]
+    baseline_object: Option<std::path::PathBuf>,
+    /// Measure this build of the sensor's eBPF object instead of the one built into the
+    /// bench (same ABI).
+    #[arg(long, value_name = "FILE")]
+    sensor_object: Option<std::path::PathBuf>,
+}
+
+/// An eBPF object read from a file, kept 8-byte aligned (the ELF parser reads headers in
+/// place, as `include_bytes_aligned!` arranges for the built-in objects).
+struct ObjectFile {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl ObjectFile {
+    fn read(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read eBPF object {}", path.display()))?;
+        ensure!(
+            bytes.starts_with(b"\x7fELF"),
+            "{} is not an ELF object",
+            path.display()
+        );
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        Ok(ObjectFile {
+            words,
+            len: bytes.len(),
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes, and u8 has no alignment.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +215,18 @@ enum Kind {
     V6,
     /// IPv4/TCP behind one 802.1Q tag.
     Vlan,
+    /// IPv4/TCP in a PPPoE session.
+    Pppoe,
+    /// IPv4/TCP under two MPLS labels.
+    Mpls,
+    /// IPv4/TCP in GRE (with a key) over IPv4.
+    Gre,
+    /// IPv4/TCP in an Ethernet frame in VXLAN over IPv4.
+    Vxlan,
+    /// IPv4/TCP in an Ethernet frame in Geneve (8 bytes of options) over IPv4.
+    Geneve,
+    /// IPv4/TCP in IPv4 (4in4).
+    Ipip,
 }
 
 impl Kind {
@@ -168,7 +235,40 @@ impl Kind {
             Kind::V4 => "IPv4/TCP",
             Kind::V6 => "IPv6/TCP",
             Kind::Vlan => "VLAN+IPv4/TCP",
+            Kind::Pppoe => "PPPoE+IPv4/TCP",
+            Kind::Mpls => "MPLSx2+IPv4/TCP",
+            Kind::Gre => "GRE+IPv4/TCP",
+            Kind::Vxlan => "VXLAN+IPv4/TCP",
+            Kind::Geneve => "Geneve+IPv4/TCP",
+            Kind::Ipip => "IPIP+IPv4/TCP",
         }
+    }
+
+    /// The encapsulation of a tunnel kind.
+    fn encap(self) -> Option<Encap> {
+        Some(match self {
+            Kind::V4 | Kind::V6 | Kind::Vlan => return None,
+            Kind::Pppoe => Encap::Pppoe {
+                session: 7,
+                tags: Vec::new(),
+            },
+            Kind::Mpls => Encap::Mpls {
+                labels: vec![16001, 24005],
+            },
+            Kind::Gre => Encap::Gre {
+                outer_v6: false,
+                csum: false,
+                key: Some(42),
+                seq: None,
+                teb: false,
+            },
+            Kind::Vxlan => Encap::Vxlan { vni: 4242 },
+            Kind::Geneve => Encap::Geneve {
+                vni: 4242,
+                opt_words: 2,
+            },
+            Kind::Ipip => Encap::IpIp { outer_v6: false },
+        })
     }
 
     /// The frame of flow `i`, client -> server: flows differ in the client's address (low 24
@@ -198,8 +298,20 @@ impl Kind {
         } else {
             (client_v4, server_v4)
         };
+        if let Some(e) = self.encap() {
+            let ip = frames::ipv4(v4_src, v4_dst, 6, &[], Frag::default(), &l4);
+            return e.frame(frames::ETH_P_IP, &ip, !reply).0;
+        }
         match self {
-            Kind::V4 => frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame,
+            Kind::V4
+            | Kind::Pppoe
+            | Kind::Mpls
+            | Kind::Gre
+            | Kind::Vxlan
+            | Kind::Geneve
+            | Kind::Ipip => {
+                frames::v4_frame(&[], v4_src, v4_dst, 6, &[], Frag::default(), &l4).frame
+            }
             Kind::Vlan => {
                 frames::v4_frame(
                     &[(frames::TPID_8021Q, 100)],
@@ -262,9 +374,14 @@ enum Prog {
     Ref,
     Sensor,
     Capture,
+    /// `--baseline-object`: another build of the sensor, flows-only.
+    Baseline,
 }
 
 const PROGS: [Prog; 4] = [Prog::Noop, Prog::Ref, Prog::Sensor, Prog::Capture];
+/// Name of the sensor's flow map and XDP program in a baseline object.
+const SENSOR_FLOW_MAP: &str = "FLOWS";
+const SENSOR_PROGRAM: &str = "sensor_xdp";
 
 impl Prog {
     fn index(self) -> usize {
@@ -273,6 +390,7 @@ impl Prog {
             Prog::Ref => 1,
             Prog::Sensor => 2,
             Prog::Capture => 3,
+            Prog::Baseline => 4,
         }
     }
 
@@ -282,6 +400,7 @@ impl Prog {
             Prog::Ref => "REF",
             Prog::Sensor => "sensor",
             Prog::Capture => "sensor+capture",
+            Prog::Baseline => "baseline",
         }
     }
 }
@@ -294,6 +413,8 @@ struct Programs {
     capture: Datapath,
     /// Payload copies read from `capture`'s ring so far.
     drained: u64,
+    /// `--baseline-object`, loaded without the agent (its ABI may differ from this build's).
+    baseline: Option<Ebpf>,
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -305,7 +426,8 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 impl Programs {
-    fn load(capacity: u32, capture: &LoadOptions) -> Result<Self> {
+    fn load(capacity: u32, cfg: &Config) -> Result<Self> {
+        let capture = &cfg.capture;
         let mut bench = EbpfLoader::new()
             .map_max_entries(REF_MAP, capacity)
             .load(BENCH_OBJECT)
@@ -317,18 +439,36 @@ impl Programs {
                 .load()
                 .with_context(|| format!("cannot load program {name}"))?;
         }
-        let sensor = Datapath::load(&LoadOptions::flows_only(capacity))
+        let object = cfg.sensor_object.as_ref().map_or(OBJECT, ObjectFile::bytes);
+        let sensor = Datapath::load_object(&LoadOptions::flows_only(capacity), object)
             .context("cannot load the sensor datapath")?;
-        let capture = Datapath::load(&LoadOptions {
-            max_flows: capacity,
-            ..capture.clone()
-        })
+        let capture = Datapath::load_object(
+            &LoadOptions {
+                max_flows: capacity,
+                ..capture.clone()
+            },
+            object,
+        )
         .context("cannot load the sensor datapath with first-bytes capture")?;
+        let baseline = match &cfg.baseline_object {
+            None => None,
+            Some(obj) => {
+                let mut ebpf = EbpfLoader::new()
+                    .map_max_entries(SENSOR_FLOW_MAP, capacity)
+                    .load(obj.bytes())
+                    .context("cannot load the baseline object")?;
+                xdp(&mut ebpf, SENSOR_PROGRAM)?
+                    .load()
+                    .context("cannot load the baseline's sensor_xdp (verifier?)")?;
+                Some(ebpf)
+            }
+        };
         Ok(Programs {
             bench,
             sensor,
             capture,
             drained: 0,
+            baseline,
         })
     }
 
@@ -338,6 +478,10 @@ impl Programs {
             Prog::Ref => xdp(&mut self.bench, REF_PROGRAM),
             Prog::Sensor => Ok(self.sensor.xdp()?),
             Prog::Capture => Ok(self.capture.xdp()?),
+            Prog::Baseline => match &mut self.baseline {
+                Some(b) => xdp(b, SENSOR_PROGRAM),
+                None => bail!("no --baseline-object was given"),
+            },
         }
     }
 
@@ -493,8 +637,9 @@ struct Case {
     kind: Kind,
     flows: Flows,
     capacity: u32,
-    /// Per program (index order of [`PROGS`]), one value per round: mean ns per packet.
-    samples: [Vec<f64>; 4],
+    /// Per program (index order of [`PROGS`], then the baseline if any), one value per
+    /// round: mean ns per packet.
+    samples: [Vec<f64>; 5],
     /// Distinct flows only: mean ns of the first packet of each flow (the warm-up pass that
     /// inserted them), for REF, the sensor and sensor+capture.
     insert: Option<(f64, f64, f64)>,
@@ -524,6 +669,19 @@ struct Config {
     /// sensor+capture's load options but for the flow-map capacity: the agent's defaults.
     capture: LoadOptions,
     silent_server: bool,
+    sensor_object: Option<ObjectFile>,
+    baseline_object: Option<ObjectFile>,
+}
+
+impl Config {
+    /// The programs measured in every round.
+    fn progs(&self) -> Vec<Prog> {
+        let mut v = PROGS.to_vec();
+        if self.baseline_object.is_some() {
+            v.push(Prog::Baseline);
+        }
+        v
+    }
 }
 
 fn progress(started: Instant, msg: &str) {
@@ -535,14 +693,15 @@ fn progress(started: Instant, msg: &str) {
 /// returns (total ns, packets); the round's value for a program is its ns per packet.
 fn round(
     progs: &mut Programs,
+    active: &[Prog],
     round: usize,
     slices: usize,
     mut run: impl FnMut(&mut Xdp, Prog, usize) -> Result<(f64, f64)>,
-) -> Result<[f64; 4]> {
-    let mut totals = [(0.0, 0.0); 4];
+) -> Result<[f64; 5]> {
+    let mut totals = [(0.0, 0.0); 5];
     for slice in 0..slices {
-        for k in 0..PROGS.len() {
-            let p = PROGS[(round * slices + slice + k) % PROGS.len()];
+        for k in 0..active.len() {
+            let p = active[(round * slices + slice + k) % active.len()];
             let (ns, packets) = run(progs.prog(p)?, p, slice)?;
             totals[p.index()].0 += ns;
             totals[p.index()].1 += packets;
@@ -553,13 +712,14 @@ fn round(
 
 fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<Case> {
     let capacity = flows.capacity();
-    let mut progs = Programs::load(capacity, &cfg.capture)?;
+    let mut progs = Programs::load(capacity, cfg)?;
+    let active = cfg.progs();
     let copies = cfg.capture.settings.payload_packets.min(255);
     let mut case = Case {
         kind,
         flows,
         capacity,
-        samples: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
+        samples: Default::default(),
         insert: None,
         measured_inserts: [0; 2],
         capture: CaptureWarmUp {
@@ -576,17 +736,17 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
         Flows::Hot => {
             let frame = kind.frame(0);
             // Warm-up: inserts the flow, warms caches and the JIT images.
-            for p in PROGS {
+            for &p in &active {
                 hot_call(progs.prog(p)?, p, &frame, cfg.hot_repeat.min(100_000))?;
             }
             finish_copies(&mut progs, kind, 1, copies, cfg.silent_server)?;
             let created = check_warm_up(&mut progs, &mut case, cfg, 1)?;
             for r in 0..cfg.rounds {
-                let v = round(&mut progs, r, HOT_CALLS, |prog, p, _| {
+                let v = round(&mut progs, &active, r, HOT_CALLS, |prog, p, _| {
                     Ok((hot_call(prog, p, &frame, cfg.hot_repeat)?, 1.0))
                 })?;
-                for (samples, v) in case.samples.iter_mut().zip(v) {
-                    samples.push(v);
+                for &p in &active {
+                    case.samples[p.index()].push(v[p.index()]);
                 }
                 check_no_copies(&mut progs, &case, r)?;
             }
@@ -603,6 +763,9 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             pass(progs.prog(Prog::Noop)?, Prog::Noop, &set, noop_warm)?;
             let ref_insert = pass(progs.prog(Prog::Ref)?, Prog::Ref, &set, &in_order)?;
             let sensor_insert = pass(progs.prog(Prog::Sensor)?, Prog::Sensor, &set, &in_order)?;
+            if progs.baseline.is_some() {
+                pass(progs.prog(Prog::Baseline)?, Prog::Baseline, &set, &in_order)?;
+            }
             let capture_insert = capture_pass(&mut progs, &set, &in_order)?;
             case.insert = Some((ref_insert, sensor_insert, capture_insert));
             finish_copies(&mut progs, kind, n, copies, cfg.silent_server)?;
@@ -619,13 +782,13 @@ fn measure(kind: Kind, flows: Flows, cfg: &Config, started: Instant) -> Result<C
             let chunks: Vec<&[u32]> = order.chunks(SLICE_FRAMES).collect();
             let slices = passes_per_round(n) * chunks.len();
             for r in 0..cfg.rounds {
-                let v = round(&mut progs, r, slices, |prog, p, slice| {
+                let v = round(&mut progs, &active, r, slices, |prog, p, slice| {
                     let chunk = chunks[slice % chunks.len()];
                     let packets = chunk.len() as f64;
                     Ok((pass(prog, p, &set, chunk)? * packets, packets))
                 })?;
-                for (samples, v) in case.samples.iter_mut().zip(v) {
-                    samples.push(v);
+                for &p in &active {
+                    case.samples[p.index()].push(v[p.index()]);
                 }
                 check_no_copies(&mut progs, &case, r)?;
                 if n >= 100_000 {
@@ -743,7 +906,7 @@ fn spread(v: &[f64], digits: usize) -> String {
 /// within a round, so a round's programs saw the same conditions). `f` gets no-op, REF,
 /// sensor and sensor+capture. `None` where undefined.
 fn per_round(case: &Case, f: impl Fn(f64, f64, f64, f64) -> Option<f64>) -> Vec<f64> {
-    let [noop, r, s, c] = &case.samples;
+    let [noop, r, s, c, _] = &case.samples;
     noop.iter()
         .zip(r)
         .zip(s)
@@ -930,6 +1093,72 @@ program.
     }
     let _ = writeln!(w);
 
+    // The cost of each decapsulation: the sensor on a tunnel kind against the sensor on the
+    // same IPv4/TCP flows without the tunnel, at the same flow count.
+    let tunnels: Vec<&Case> = cases.iter().filter(|c| c.kind.encap().is_some()).collect();
+    if !tunnels.is_empty() {
+        let _ = writeln!(
+            w,
+            "Decapsulation: sensor ns per packet inside each encapsulation against plain IPv4/TCP (medians):"
+        );
+        for c in tunnels {
+            let plain = cases
+                .iter()
+                .find(|p| p.kind == Kind::V4 && p.flows == c.flows);
+            let s = median(&c.samples[2]);
+            match plain {
+                Some(p) => {
+                    let base = median(&p.samples[2]);
+                    let _ = writeln!(
+                        w,
+                        "  {:<16} {:>6}: {s:.1} ns, IPv4/TCP {base:.1} ns, {:+.1} ns, x{:.3}",
+                        c.kind.label(),
+                        c.flows.label(),
+                        s - base,
+                        s / base
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        w,
+                        "  {:<16} {:>6}: {s:.1} ns (no IPv4/TCP case at this flow count to compare)",
+                        c.kind.label(),
+                        c.flows.label()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(w);
+    }
+
+    if cfg.baseline_object.is_some() {
+        let _ = writeln!(
+            w,
+            "Before/after: sensor against the baseline object (another build of sensor_xdp, flows-only,\n\
+             measured in the same rounds; its tunnel programs are not installed, so tunnel kinds are not\n\
+             like for like). Ratio of the medians, [min-max] of the same ratio within each round:"
+        );
+        for c in cases {
+            let b = median(&c.samples[4]);
+            let s = median(&c.samples[2]);
+            let rounds: Vec<f64> = c.samples[2]
+                .iter()
+                .zip(&c.samples[4])
+                .map(|(s, b)| s / b)
+                .collect();
+            let _ = writeln!(
+                w,
+                "  {:<16} {:>6}: baseline {} ns, sensor {} ns, sensor/baseline {}",
+                c.kind.label(),
+                c.flows.label(),
+                spread(&c.samples[4], 1),
+                spread(&c.samples[2], 1),
+                ratio(Some(s / b), rounds),
+            );
+        }
+        let _ = writeln!(w);
+    }
+
     let inserts: Vec<&Case> = cases.iter().filter(|c| c.insert.is_some()).collect();
     if !inserts.is_empty() {
         let _ = writeln!(w, "First packet of a new flow (the warm-up pass, one sample each, includes the harness floor;");
@@ -1072,6 +1301,16 @@ fn main() -> Result<()> {
             .unwrap_or(if args.quick { 100_000 } else { 1_000_000 }),
         capture: AgentConfig::default().load_options(),
         silent_server: args.silent_server,
+        sensor_object: args
+            .sensor_object
+            .as_deref()
+            .map(ObjectFile::read)
+            .transpose()?,
+        baseline_object: args
+            .baseline_object
+            .as_deref()
+            .map(ObjectFile::read)
+            .transpose()?,
     };
     ensure!(cfg.rounds >= 1, "--rounds must be at least 1");
     ensure!(cfg.hot_repeat >= 1, "--hot-repeat must be at least 1");
@@ -1082,9 +1321,19 @@ fn main() -> Result<()> {
         }
         v
     });
-    let kinds = args
-        .frames
-        .unwrap_or_else(|| vec![Kind::V4, Kind::V6, Kind::Vlan]);
+    let kinds = args.frames.unwrap_or_else(|| {
+        vec![
+            Kind::V4,
+            Kind::V6,
+            Kind::Vlan,
+            Kind::Pppoe,
+            Kind::Mpls,
+            Kind::Gre,
+            Kind::Vxlan,
+            Kind::Geneve,
+            Kind::Ipip,
+        ]
+    });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = args.cpu.unwrap_or(cpus - 1);
     pin_to_cpu(cpu)?;

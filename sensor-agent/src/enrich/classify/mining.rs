@@ -18,7 +18,9 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::{clean_text, login_hash, Direction, Identification, Kind, MAX_AGENT_CHARS, MAX_JSON};
+use super::{
+    clean_text, coin, login_hash, Direction, Identification, Kind, MAX_AGENT_CHARS, MAX_JSON,
+};
 
 /// At most this many JSON texts are looked at per payload.
 const MAX_MESSAGES: usize = 64;
@@ -350,15 +352,8 @@ fn rules(
     }
 }
 
-fn mining(
-    protocol: &'static str,
-    signature: &str,
-    dir: Direction,
-    coin: Option<&'static str>,
-) -> Identification {
-    let mut id = Identification::new(Kind::MiningProtocol, protocol, signature, dir);
-    id.coin = coin;
-    id
+fn mining(protocol: &'static str, signature: &str, dir: Direction) -> Identification {
+    Identification::new(Kind::MiningProtocol, protocol, signature, dir)
 }
 
 fn str_of(v: Option<&Value>) -> Option<&str> {
@@ -384,65 +379,145 @@ fn method_rule(method: &str, obj: &Map<String, Value>, dir: Direction) -> Option
     let first = params.and_then(Value::as_array).and_then(|a| a.first());
     let pobj = params.and_then(Value::as_object);
     if let Some(m) = STRATUM_CLIENT.iter().find(|m| **m == method) {
-        let mut id = mining("stratum", m, dir, None);
+        let mut id = mining("stratum", m, dir);
         match method {
-            "mining.subscribe" => id.agent = agent_of(first),
-            "mining.authorize" | "mining.submit" => id.login_sha256 = login_of(first),
+            "mining.subscribe" => {
+                id.agent = agent_of(first);
+                // EthereumStratum/1.0.0 (NiceHash's dialect) is spoken by Ethash-family miners.
+                let dialect = params
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.get(1))
+                    .and_then(Value::as_str);
+                if dialect.is_some_and(|d| d.starts_with("EthereumStratum/")) {
+                    id.name_coin(
+                        "ethash-family",
+                        "stratum dialect EthereumStratum/1.0.0 (Ethash-family miners)",
+                    );
+                }
+            }
+            "mining.authorize" | "mining.submit" => {
+                id.login_sha256 = login_of(first);
+                id = id.with_coin(str_of(first).and_then(coin::from_login));
+            }
             _ => {}
         }
         return Some(id);
     }
     if let Some(m) = STRATUM_SERVER.iter().find(|m| **m == method) {
-        let mut id = mining("stratum", m, dir, None);
+        let mut id = mining("stratum", m, dir);
         id.confirmed_by_server = true;
         return Some(id);
     }
-    const MONERO: Option<&str> = Some("monero");
     let id = match method {
-        // XMRig: {"method":"login","params":{"login":..,"pass":..,"agent":..}}; "pass" optional.
+        // XMRig: {"method":"login","params":{"login":..,"pass":..,"agent":..,"algo":[..]}};
+        // "pass" optional. CryptoNote is spoken for several coins: the wallet or a single
+        // algorithm names one, the protocol does not.
         "login" => {
             let p = pobj?;
             let login = p.get("login").and_then(Value::as_str)?;
-            let mut id = mining("cryptonote", "login", dir, MONERO);
+            let mut id = mining("cryptonote", "login", dir);
             id.login_sha256 = (!login.is_empty()).then(|| login_hash(login));
             id.agent = agent_of(p.get("agent"));
-            id
+            id.with_coin(coin::from_login(login).or_else(|| single_algorithm(p.get("algo"))))
         }
         "submit" => {
             let p = pobj?;
             if !(has_str(p, "job_id") && has_str(p, "nonce")) {
                 return None;
             }
-            mining("cryptonote", "submit", dir, MONERO)
+            mining("cryptonote", "submit", dir)
         }
-        "keepalived" => mining("cryptonote", "keepalived", dir, MONERO),
+        "keepalived" => mining("cryptonote", "keepalived", dir),
         "getjob" => {
             pobj?;
-            mining("cryptonote", "getjob", dir, MONERO)
+            mining("cryptonote", "getjob", dir)
         }
         "job" => {
             let p = pobj?;
             if !(has_str(p, "blob") && has_str(p, "target")) {
                 return None;
             }
-            let mut id = mining("cryptonote", "job", dir, MONERO);
+            let mut id = mining("cryptonote", "job", dir).with_coin(job_algorithm(p));
             id.confirmed_by_server = true;
             id
         }
-        "getwork" => mining("getwork", "getwork", dir, Some("bitcoin")),
+        "getwork" => mining("getwork", "getwork", dir),
+        // monerod's mining RPCs (XMRig --daemon, p2pool): a template for a wallet address.
+        // The wallet may be cut off by the payload copy; monerod's own method names are
+        // enough with an object of parameters (bitcoind's getblocktemplate takes an array).
+        "get_block_template" | "get_block_template_blob" if pobj.is_some() => {
+            let wallet = pobj.and_then(|p| str_of(p.get("wallet_address")));
+            let mut id = mining("cryptonote-daemon", method, dir);
+            id.login_sha256 = wallet.filter(|w| !w.is_empty()).map(login_hash);
+            id.with_coin(wallet.and_then(coin::from_address))
+        }
+        "getblocktemplate" if pobj.is_some_and(|p| has_str(p, "wallet_address")) => {
+            let wallet = pobj.and_then(|p| str_of(p.get("wallet_address")));
+            let mut id = mining("cryptonote-daemon", method, dir);
+            id.login_sha256 = wallet.filter(|w| !w.is_empty()).map(login_hash);
+            id.with_coin(wallet.and_then(coin::from_address))
+        }
+        "submit_block" | "get_miner_data" | "calc_pow" => mining("cryptonote-daemon", method, dir),
+        // bitcoind-family (BIP 22/23); a coin's own rule names it (Litecoin's "mweb").
         "getblocktemplate" | "submitblock" => {
-            mining("getblocktemplate", method, dir, Some("bitcoin"))
+            mining("getblocktemplate", method, dir).with_coin(rules_coin(first))
         }
         "eth_submitLogin" | "eth_getWork" | "eth_submitWork" | "eth_submitHashrate" => {
-            let mut id = mining("ethproxy", method, dir, Some("ethereum"));
+            let mut id = mining("ethproxy", method, dir);
             if method == "eth_submitLogin" {
                 id.login_sha256 = login_of(first);
+                id = id.with_coin(str_of(first).and_then(coin::from_login));
+            }
+            if id.coin.is_none() {
+                id.name_coin(
+                    "ethash-family",
+                    "ethproxy dialect (eth_getWork/eth_submitWork: Ethash-family miners)",
+                );
             }
             id
         }
         _ => return None,
     };
     Some(id)
+}
+
+/// The coin of a login's `algo` list when it holds exactly one algorithm (XMRig lists every
+/// algorithm it supports unless told one).
+fn single_algorithm(algo: Option<&Value>) -> Option<coin::CoinEvidence> {
+    match algo? {
+        Value::String(a) => coin::from_algorithm(a),
+        Value::Array(list) if list.len() == 1 => coin::from_algorithm(list[0].as_str()?),
+        _ => None,
+    }
+    .map(|mut e| {
+        e.reason = format!("login {}", e.reason);
+        e
+    })
+}
+
+/// The coin of a CryptoNote job's `algo` (the algorithm the pool wants hashed now).
+fn job_algorithm(job: &Map<String, Value>) -> Option<coin::CoinEvidence> {
+    str_of(job.get("algo"))
+        .and_then(coin::from_algorithm)
+        .map(|mut e| {
+            e.reason = format!("job {}", e.reason);
+            e
+        })
+}
+
+/// Litecoin's getblocktemplate rule `mweb` (its MimbleWimble extension block), in a request's
+/// `rules` or a result's.
+fn rules_coin(holder: Option<&Value>) -> Option<coin::CoinEvidence> {
+    let rules = holder?.as_object()?.get("rules")?.as_array()?;
+    rules
+        .iter()
+        .take(64)
+        .filter_map(Value::as_str)
+        .any(|r| r.trim_start_matches('!') == "mweb")
+        .then(|| coin::CoinEvidence {
+            coin: "litecoin",
+            reason: "getblocktemplate rule mweb (Litecoin's MimbleWimble extension block)".into(),
+        })
 }
 
 /// Server replies recognised by their shape alone (no `method` member).
@@ -460,46 +535,52 @@ fn reply_rule(
             // CryptoNote login result: {"id":..,"job":{"blob":..,"job_id":..,"target":..},..}
             if let Some(job) = r.get("job").and_then(Value::as_object) {
                 if has_str(job, "blob") && has_str(job, "target") {
-                    return confirmed(mining(
-                        "cryptonote",
-                        "login result job",
-                        dir,
-                        Some("monero"),
-                    ));
+                    return confirmed(
+                        mining("cryptonote", "login result job", dir).with_coin(job_algorithm(job)),
+                    );
                 }
+            }
+            // monerod's get_block_template result; its hashing blob comes first (members are
+            // sorted) and the template blob after it is often cut by the payload copy.
+            if has_str(r, "blockhashing_blob")
+                || (has_str(r, "blocktemplate_blob") && r.contains_key("difficulty"))
+            {
+                return confirmed(mining(
+                    "cryptonote-daemon",
+                    "get_block_template result",
+                    dir,
+                ));
             }
             // getwork result: {"data":..,"target":..,"midstate":..,"hash1":..}
             if has_str(r, "data")
                 && has_str(r, "target")
                 && (r.contains_key("midstate") || r.contains_key("hash1"))
             {
-                return confirmed(mining("getwork", "getwork result", dir, Some("bitcoin")));
+                return confirmed(mining("getwork", "getwork result", dir));
             }
             // getblocktemplate result (BIP 22).
             if r.contains_key("previousblockhash")
                 && r.contains_key("bits")
                 && (r.contains_key("coinbasevalue") || r.contains_key("coinbasetxn"))
             {
-                return confirmed(mining(
-                    "getblocktemplate",
-                    "getblocktemplate result",
-                    dir,
-                    Some("bitcoin"),
-                ));
+                return confirmed(
+                    mining("getblocktemplate", "getblocktemplate result", dir)
+                        .with_coin(rules_coin(obj.get("result"))),
+                );
             }
             None
         }
         Value::Array(a) => {
             if is_subscribe_result(a) {
-                return confirmed(mining("stratum", "mining.subscribe result", dir, None));
+                return confirmed(mining("stratum", "mining.subscribe result", dir));
             }
             if known == Some("ethproxy") && is_eth_work(a) {
-                return confirmed(mining(
-                    "ethproxy",
-                    "eth_getWork result",
-                    dir,
-                    Some("ethereum"),
-                ));
+                let mut id = mining("ethproxy", "eth_getWork result", dir);
+                id.name_coin(
+                    "ethash-family",
+                    "ethproxy dialect (eth_getWork result: Ethash-family work)",
+                );
+                return confirmed(id);
             }
             None
         }
@@ -660,6 +741,84 @@ mod tests {
     }
 
     #[test]
+    fn the_coin_comes_from_the_wallet_or_a_single_algorithm_never_the_protocol() {
+        // XMRig told one algorithm, with a login that is no wallet (a pool account name).
+        let p = b"{\"id\":1,\"method\":\"login\",\"params\":{\"login\":\"rig-account\",\"pass\":\"x\",\"algo\":[\"rx/0\"]}}\n";
+        let id = expect(p, C2S, "cryptonote", "login");
+        assert_eq!(id.coin, Some("monero"));
+        assert!(id
+            .coin_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("login algorithm rx/0")));
+        // Many algorithms offered, no wallet: unknown.
+        let p = b"{\"id\":1,\"method\":\"login\",\"params\":{\"login\":\"rig-account\",\"algo\":[\"rx/0\",\"cn/r\",\"kawpow\"]}}\n";
+        assert_eq!(expect(p, C2S, "cryptonote", "login").coin, None);
+        // The Monero wallet decides, whatever the algorithm list.
+        let p = format!(
+            "{{\"id\":1,\"method\":\"login\",\"params\":{{\"login\":\"{WALLET}.rig1\"}}}}\n"
+        );
+        let id = expect(p.as_bytes(), C2S, "cryptonote", "login");
+        assert_eq!(id.coin, Some("monero"));
+        assert!(id
+            .coin_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("Monero standard address, Keccak checksum valid")));
+        // A Litecoin stratum login (bech32 wallet, worker suffix).
+        let ltc = {
+            let hrp = bech32::Hrp::parse("ltc").expect("hrp");
+            bech32::segwit::encode(hrp, bech32::Fe32::Q, &[0x42; 20]).expect("address")
+        };
+        let p = format!(
+            "{{\"params\":[\"{ltc}.worker1\",\"x\"],\"id\":2,\"method\":\"mining.authorize\"}}\n"
+        );
+        let id = expect(p.as_bytes(), C2S, "stratum", "mining.authorize");
+        assert_eq!(id.coin, Some("litecoin"));
+        // The same login with one character changed: the checksum fails, nothing is named.
+        let bad = format!("{}x", &ltc[..ltc.len() - 1]);
+        let p = format!(
+            "{{\"params\":[\"{bad}.worker1\",\"x\"],\"id\":2,\"method\":\"mining.authorize\"}}\n"
+        );
+        assert_eq!(
+            expect(p.as_bytes(), C2S, "stratum", "mining.authorize").coin,
+            None
+        );
+        // A plain worker name: unknown.
+        let p = b"{\"params\":[\"alice.rig\",\"x\"],\"id\":2,\"method\":\"mining.authorize\"}\n";
+        assert_eq!(expect(p, C2S, "stratum", "mining.authorize").coin, None);
+        // EthereumStratum/1.0.0 names the family, not a coin.
+        let p = b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"lolMiner/1.88\",\"EthereumStratum/1.0.0\"]}\n";
+        assert_eq!(
+            expect(p, C2S, "stratum", "mining.subscribe").coin,
+            Some("ethash-family")
+        );
+    }
+
+    #[test]
+    fn daemon_mining_rpcs_and_their_rules() {
+        // monerod's get_block_template (XMRig --daemon, p2pool) and its result.
+        let p = format!("{{\"jsonrpc\":\"2.0\",\"id\":\"0\",\"method\":\"get_block_template\",\"params\":{{\"wallet_address\":\"{WALLET}\",\"reserve_size\":60}}}}");
+        let id = expect(p.as_bytes(), C2S, "cryptonote-daemon", "get_block_template");
+        assert_eq!(id.coin, Some("monero"));
+        assert_eq!(id.login_sha256, Some(login_hash(WALLET)));
+        let p = b"{\"id\":\"0\",\"jsonrpc\":\"2.0\",\"result\":{\"blockhashing_blob\":\"1010\",\"blocktemplate_blob\":\"1010f4\",\"difficulty\":1,\"expected_reward\":600000000000,\"height\":5,\"prev_hash\":\"ab\",\"reserved_offset\":130,\"status\":\"OK\"}}";
+        let id = expect(p, S2C, "cryptonote-daemon", "get_block_template result");
+        assert!(id.confirmed_by_server);
+        // A getblocktemplate with Litecoin's mweb rule, and a result carrying it.
+        let p = b"{\"id\":1,\"method\":\"getblocktemplate\",\"params\":[{\"rules\":[\"mweb\",\"segwit\"]}]}";
+        let id = expect(p, C2S, "getblocktemplate", "getblocktemplate");
+        assert_eq!(id.coin, Some("litecoin"));
+        let p = b"{\"result\":{\"version\":536870912,\"rules\":[\"csv\",\"!segwit\",\"taproot\",\"!mweb\"],\"previousblockhash\":\"00\",\"transactions\":[],\"coinbasevalue\":625000000,\"bits\":\"207fffff\",\"height\":101},\"error\":null,\"id\":1}";
+        let id = expect(p, S2C, "getblocktemplate", "getblocktemplate result");
+        assert_eq!(id.coin, Some("litecoin"));
+        // Bitcoin's rules name no coin of their own (other forks share them).
+        let p = b"{\"id\":1,\"method\":\"getblocktemplate\",\"params\":[{\"rules\":[\"segwit\"]}]}";
+        assert_eq!(
+            expect(p, C2S, "getblocktemplate", "getblocktemplate").coin,
+            None
+        );
+    }
+
+    #[test]
     fn agent_is_cleaned_and_capped() {
         let long = "A".repeat(300);
         let p = format!(
@@ -681,7 +840,15 @@ mod tests {
         let p = b"{\"jsonrpc\":\"2.0\",\"method\":\"job\",\"params\":{\"blob\":\"0707c5e0dfdc05\",\"job_id\":\"RBcj\",\"target\":\"91fd0600\",\"id\":\"95fefd7e\"}}\n";
         let id = expect(p, S2C, "cryptonote", "job");
         assert!(id.confirmed_by_server);
+        // CryptoNote is spoken for many coins: a job without its algorithm names none.
+        assert_eq!(id.coin, None);
+        let p = b"{\"jsonrpc\":\"2.0\",\"method\":\"job\",\"params\":{\"blob\":\"0707c5\",\"job_id\":\"RBcj\",\"target\":\"91fd0600\",\"algo\":\"rx/0\",\"height\":3000000}}\n";
+        let id = expect(p, S2C, "cryptonote", "job");
         assert_eq!(id.coin, Some("monero"));
+        assert_eq!(
+            id.coin_reason.as_deref(),
+            Some("job algorithm rx/0 (RandomX, used by monero)")
+        );
         let p = b"{\"id\":1,\"jsonrpc\":\"2.0\",\"error\":null,\"result\":{\"id\":\"3dce\",\"job\":{\"blob\":\"0707\",\"job_id\":\"x9pN\",\"target\":\"711b0d00\"},\"status\":\"OK\"}}\n";
         let id = expect(p, S2C, "cryptonote", "login result job");
         assert!(id.confirmed_by_server);
@@ -701,7 +868,8 @@ mod tests {
     fn getwork_and_getblocktemplate() {
         let p = b"POST / HTTP/1.1\r\nHost: pool.example:8332\r\nAuthorization: Basic d29ya2VyMTpwYXNz\r\nUser-Agent: cgminer/2.7.4\r\nContent-Type: application/json\r\nContent-Length: 44\r\n\r\n{\"method\": \"getwork\", \"params\": [], \"id\": 0}";
         let id = expect(p, C2S, "getwork", "getwork");
-        assert_eq!(id.coin, Some("bitcoin"));
+        // getwork served every bitcoind-family coin: it names none.
+        assert_eq!(id.coin, None);
         assert_eq!(id.agent.as_deref(), Some("cgminer/2.7.4"));
         // d29ya2VyMTpwYXNz = "worker1:pass"
         assert_eq!(id.login_sha256, Some(login_hash("worker1")));

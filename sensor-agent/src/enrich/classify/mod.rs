@@ -42,6 +42,7 @@
 //! - [`speaker`]: which side sent a payload (client or server), when only one side sends such a
 //!   message: role evidence for flows joined mid-stream.
 
+pub mod coin;
 mod mining;
 mod p2p;
 mod speaker;
@@ -117,7 +118,7 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Identification {
     pub kind: Kind,
-    /// One of "stratum", "cryptonote", "getwork", "getblocktemplate", "ethproxy",
+    /// One of "stratum", "cryptonote", "getwork", "getblocktemplate", "cryptonote-daemon", "ethproxy",
     /// "http-stratum", "bitcoin", "ethereum-discv4", "ethereum-rlpx", "monero-levin".
     pub protocol: &'static str,
     /// The matched method or signature, e.g. "mining.subscribe", "login",
@@ -125,9 +126,12 @@ pub struct Identification {
     pub signature: String,
     /// Who sent the matching message: the direction the caller gave with the payload.
     pub role: Direction,
-    /// The coin when the message names it (network magic, CryptoNote => "monero",
-    /// ethproxy => "ethereum", getwork/getblocktemplate => "bitcoin").
+    /// The coin when the messages name it (a network magic, a wallet address with a valid
+    /// checksum, a single-coin algorithm, a coin's own getblocktemplate rule); never guessed
+    /// from the protocol alone (see [`coin`]).
     pub coin: Option<&'static str>,
+    /// Why the coin was named, in words (a short text of ours, never a quote of the payload).
+    pub coin_reason: Option<String>,
     /// The miner's agent string (stratum subscribe, CryptoNote login `agent`, HTTP
     /// `User-Agent` of a mining request), control characters removed, at most
     /// [`MAX_AGENT_CHARS`] characters.
@@ -148,6 +152,7 @@ pub const PROTOCOLS: &[&str] = &[
     "cryptonote",
     "getwork",
     "getblocktemplate",
+    "cryptonote-daemon",
     "ethproxy",
     "http-stratum",
     "bitcoin",
@@ -156,7 +161,21 @@ pub const PROTOCOLS: &[&str] = &[
     "monero-levin",
 ];
 /// Every coin name an [`Identification`] carries.
-pub const COINS: &[&str] = &["bitcoin", "litecoin", "dogecoin", "monero", "ethereum"];
+pub const COINS: &[&str] = &[
+    "bitcoin",
+    "litecoin",
+    "dogecoin",
+    "monero",
+    "ethereum",
+    "ethash-family",
+    "zcash",
+    "ravencoin",
+    "dash",
+    "wownero",
+    "raptoreum",
+];
+/// Longest coin reason read back from a state file (ours are under 200 characters).
+const MAX_COIN_REASON_CHARS: usize = 256;
 
 /// An [`Identification`] in the state file: its names as text, checked against
 /// [`PROTOCOLS`] and [`COINS`] when read back (a state file is input too).
@@ -167,6 +186,7 @@ pub struct IdentificationSnapshot {
     pub signature: String,
     pub role: Direction,
     pub coin: Option<String>,
+    pub coin_reason: Option<String>,
     pub agent: Option<String>,
     pub login_sha256: Option<String>,
     pub confirmed_by_server: bool,
@@ -183,6 +203,7 @@ impl From<&Identification> for IdentificationSnapshot {
             signature: i.signature.clone(),
             role: i.role,
             coin: i.coin.map(str::to_string),
+            coin_reason: i.coin_reason.clone(),
             agent: i.agent.clone(),
             login_sha256: i.login_sha256.clone(),
             confirmed_by_server: i.confirmed_by_server,
@@ -206,6 +227,10 @@ impl IdentificationSnapshot {
                 .as_ref()
                 .is_none_or(|a| a.chars().count() <= MAX_AGENT_CHARS)
             && self
+                .coin_reason
+                .as_ref()
+                .is_none_or(|r| r.chars().count() <= MAX_COIN_REASON_CHARS)
+            && self
                 .login_sha256
                 .as_ref()
                 .is_none_or(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -215,6 +240,7 @@ impl IdentificationSnapshot {
             signature: self.signature.clone(),
             role: self.role,
             coin,
+            coin_reason: self.coin.as_ref().and(self.coin_reason.clone()),
             agent: self.agent.clone(),
             login_sha256: self.login_sha256.clone(),
             confirmed_by_server: self.confirmed_by_server,
@@ -223,6 +249,19 @@ impl IdentificationSnapshot {
 }
 
 impl Identification {
+    /// Names the coin, with the reason in words.
+    fn name_coin(&mut self, coin: &'static str, reason: impl Into<String>) {
+        self.coin = Some(coin);
+        self.coin_reason = Some(reason.into());
+    }
+
+    fn with_coin(mut self, evidence: Option<coin::CoinEvidence>) -> Self {
+        if let Some(e) = evidence {
+            self.name_coin(e.coin, e.reason);
+        }
+        self
+    }
+
     fn new(
         kind: Kind,
         protocol: &'static str,
@@ -235,6 +274,7 @@ impl Identification {
             signature: signature.into(),
             role,
             coin: None,
+            coin_reason: None,
             agent: None,
             login_sha256: None,
             confirmed_by_server: false,
@@ -261,6 +301,7 @@ impl Identification {
         }
         if self.coin.is_none() && other.coin.is_some() {
             self.coin = other.coin;
+            self.coin_reason.clone_from(&other.coin_reason);
             changed = true;
         }
         if self.agent.is_none() && other.agent.is_some() {
@@ -361,6 +402,7 @@ impl FlowClassifier {
         let result = classify_in_flow(data, dir, self.transport, known);
         if self.transport == Transport::Tcp {
             self.pending[slot] = mining::partial_tail(data, FLOW_BUFFER_CAP)
+                .or_else(|| p2p::version_awaiting_payload(data))
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
         }
@@ -969,10 +1011,8 @@ mod tests {
         assert_eq!(login(50496), Some(login_hash("Bigsky")));
         assert_eq!(login(53300), Some(login_hash("broatcast")));
         assert_eq!(login(53310), Some(login_hash("broatcast")));
-        assert_eq!(
-            by_port(50496).flow.identification().unwrap().coin,
-            Some("bitcoin")
-        );
+        // getwork names no coin (every bitcoind-family coin served it).
+        assert_eq!(by_port(50496).flow.identification().unwrap().coin, None);
         // The stateless classifier saw the header packet and the body separately.
         assert_eq!(
             by_port(50496).per_packet,

@@ -33,16 +33,43 @@ use super::{hex, Direction, Identification, Kind};
 /// Bitcoin's `MAX_SIZE`: no message payload is larger.
 const BITCOIN_MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
 
-/// Network magics (message start bytes) of Bitcoin and of chains that share its message format.
-const BITCOIN_MAGICS: &[([u8; 4], &str)] = &[
-    ([0xf9, 0xbe, 0xb4, 0xd9], "bitcoin"),  // mainnet
-    ([0x0b, 0x11, 0x09, 0x07], "bitcoin"),  // testnet3
-    ([0x1c, 0x16, 0x3f, 0x28], "bitcoin"),  // testnet4 (BIP 94)
-    ([0xfa, 0xbf, 0xb5, 0xda], "bitcoin"),  // regtest
-    ([0x0a, 0x03, 0xcf, 0x40], "bitcoin"),  // default signet
-    ([0xfb, 0xc0, 0xb6, 0xdb], "litecoin"), // Litecoin mainnet
-    ([0xc0, 0xc0, 0xc0, 0xc0], "dogecoin"), // Dogecoin mainnet
+/// Network magics (message start bytes) of Bitcoin and of chains that share its message
+/// format, with the coin when the magic is one coin's (`None`: several coins' test networks
+/// use it, and only the node's user agent can tell).
+const BITCOIN_MAGICS: &[([u8; 4], Option<&str>)] = &[
+    ([0xf9, 0xbe, 0xb4, 0xd9], Some("bitcoin")),  // mainnet
+    ([0x0b, 0x11, 0x09, 0x07], Some("bitcoin")),  // testnet3
+    ([0x1c, 0x16, 0x3f, 0x28], Some("bitcoin")),  // testnet4 (BIP 94)
+    ([0xfa, 0xbf, 0xb5, 0xda], None),             // regtest: Bitcoin's, and Litecoin's too
+    ([0x0a, 0x03, 0xcf, 0x40], Some("bitcoin")),  // default signet
+    ([0xfb, 0xc0, 0xb6, 0xdb], Some("litecoin")), // Litecoin mainnet
+    ([0xfd, 0xd2, 0xc8, 0xf1], Some("litecoin")), // Litecoin testnet4
+    ([0xc0, 0xc0, 0xc0, 0xc0], Some("dogecoin")), // Dogecoin mainnet
 ];
+
+/// User agents (BIP 14) of node software, by prefix, and the coin each one runs.
+const NODE_AGENTS: &[(&str, &str)] = &[
+    ("/Satoshi:", "bitcoin"),
+    ("/btcwire:", "bitcoin"),
+    ("/LitecoinCore:", "litecoin"),
+    ("/Shibetoshi:", "dogecoin"),
+];
+
+/// Longest user agent kept (Bitcoin Core's own limit, MAX_SUBVERSION_LENGTH).
+const MAX_USER_AGENT: usize = 256;
+
+/// The user agent of a `version` message payload: after version (4), services (8), time (8),
+/// two network addresses (26 each) and a nonce (8), a compact-size length and the string.
+fn version_user_agent(payload: &[u8]) -> Option<String> {
+    let len = *payload.get(80)?;
+    // Lengths of 0xfd and more are longer than any user agent may be.
+    if len >= 0xfd {
+        return None;
+    }
+    let ua = payload.get(81..81 + len as usize)?;
+    let ua = std::str::from_utf8(ua).ok()?;
+    (!ua.is_empty()).then(|| super::clean_text(ua, MAX_USER_AGENT))
+}
 
 const BITCOIN_COMMANDS: &[&str] = &[
     "version",
@@ -82,11 +109,28 @@ const BITCOIN_COMMANDS: &[&str] = &[
     "cfcheckpt",
 ];
 
+/// The longest `version` payload waited for across segments (Bitcoin Core's are ~110 bytes).
+const MAX_VERSION_PAYLOAD: usize = 1024;
+
+/// A `version` message header whose payload has not arrived yet: nodes write the header and
+/// the payload separately, so the user agent (which can name the coin) is in the next segment.
+/// The bytes to keep and join with it.
+pub(super) fn version_awaiting_payload(p: &[u8]) -> Option<&[u8]> {
+    let header = p.get(..24)?;
+    let magic: [u8; 4] = header[..4].try_into().ok()?;
+    BITCOIN_MAGICS.iter().find(|(m, _)| *m == magic)?;
+    if &header[4..16] != b"version\0\0\0\0\0" {
+        return None;
+    }
+    let length = u32::from_le_bytes(header[16..20].try_into().ok()?) as usize;
+    (length <= MAX_VERSION_PAYLOAD && p.len() < 24 + length).then_some(p)
+}
+
 /// A Bitcoin P2P message header at the start of a TCP payload.
 pub(super) fn bitcoin(p: &[u8], dir: Direction) -> Option<Identification> {
     let header = p.get(..24)?;
     let magic: [u8; 4] = header[..4].try_into().ok()?;
-    let &(_, coin) = BITCOIN_MAGICS.iter().find(|(m, _)| *m == magic)?;
+    let &(_, magic_coin) = BITCOIN_MAGICS.iter().find(|(m, _)| *m == magic)?;
     let command = &header[4..16];
     let name_len = command.iter().position(|&b| b == 0).unwrap_or(12);
     let (name, padding) = command.split_at(name_len);
@@ -107,7 +151,8 @@ pub(super) fn bitcoin(p: &[u8], dir: Direction) -> Option<Identification> {
     // The checksum is checked when the payload is all here; a payload that goes on in later
     // segments cannot be checked and is accepted on the header alone.
     let end = 24usize.checked_add(length as usize)?;
-    if let Some(payload) = p.get(24..end) {
+    let payload = p.get(24..end);
+    if let Some(payload) = payload {
         let digest = Sha256::digest(Sha256::digest(payload));
         if digest[..4] != header[20..24] {
             return None;
@@ -119,7 +164,28 @@ pub(super) fn bitcoin(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("magic {} {name}", hex(&magic)),
         dir,
     );
-    id.coin = Some(coin);
+    let agent = payload
+        .filter(|_| name == "version")
+        .and_then(version_user_agent);
+    let agent_coin = agent.as_deref().and_then(|ua| {
+        NODE_AGENTS
+            .iter()
+            .find(|(prefix, _)| ua.starts_with(prefix))
+            .map(|&(_, coin)| coin)
+    });
+    match (magic_coin, agent_coin) {
+        (Some(coin), _) => id.name_coin(coin, format!("network magic {} ({coin})", hex(&magic))),
+        (None, Some(coin)) => id.name_coin(
+            coin,
+            format!(
+                "node user agent {} on the shared test-network magic {}",
+                agent.as_deref().unwrap_or_default(),
+                hex(&magic)
+            ),
+        ),
+        (None, None) => {}
+    }
+    id.agent = agent;
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -176,7 +242,10 @@ pub(super) fn levin(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("levin command {command} ({name})"),
         dir,
     );
-    id.coin = Some("monero");
+    id.name_coin(
+        "monero",
+        "Levin peer protocol (Monero's; CryptoNote forks of Monero share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -212,7 +281,10 @@ pub(super) fn discv4(p: &[u8], dir: Direction) -> Option<Identification> {
         format!("discv4 {name}"),
         dir,
     );
-    id.coin = Some("ethereum");
+    id.name_coin(
+        "ethereum",
+        "discv4 node discovery (Ethereum's; other EVM chains' clients share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -242,7 +314,10 @@ fn rlp_list_header(b: &[u8]) -> Option<(usize, usize)> {
 pub(super) fn rlpx(p: &[u8], dir: Direction) -> Option<Identification> {
     let signature = rlpx_eip8(p, dir).or_else(|| rlpx_legacy(p, dir))?;
     let mut id = Identification::new(Kind::BlockchainP2p, "ethereum-rlpx", signature, dir);
-    id.coin = Some("ethereum");
+    id.name_coin(
+        "ethereum",
+        "RLPx handshake (Ethereum's; other EVM chains' clients share it)",
+    );
     id.confirmed_by_server = dir == Direction::ServerToClient;
     Some(id)
 }
@@ -402,8 +477,12 @@ pub(super) mod tests {
     /// there, or identifications of it would be dropped at a restart.
     #[test]
     fn every_coin_of_the_magic_table_is_known_to_restores() {
-        for (_, coin) in BITCOIN_MAGICS {
-            assert!(super::super::COINS.contains(coin), "{coin}");
+        for coin in BITCOIN_MAGICS
+            .iter()
+            .filter_map(|(_, c)| *c)
+            .chain(NODE_AGENTS.iter().map(|(_, c)| *c))
+        {
+            assert!(super::super::COINS.contains(&coin), "{coin}");
         }
     }
 
@@ -434,6 +513,11 @@ pub(super) mod tests {
 
     /// A `version` payload (protocol 70016) as Bitcoin Core sends it.
     pub fn version_payload() -> Vec<u8> {
+        version_payload_of(b"/Satoshi:27.0.0/")
+    }
+
+    /// A `version` payload with the user agent `ua`.
+    pub fn version_payload_of(ua: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&70016i32.to_le_bytes());
         v.extend_from_slice(&0x409u64.to_le_bytes()); // NODE_NETWORK | WITNESS | NETWORK_LIMITED
@@ -445,7 +529,6 @@ pub(super) mod tests {
             v.extend_from_slice(&8333u16.to_be_bytes());
         }
         v.extend_from_slice(&0x1122334455667788u64.to_le_bytes());
-        let ua = b"/Satoshi:27.0.0/";
         v.push(ua.len() as u8);
         v.extend_from_slice(ua);
         v.extend_from_slice(&840_000i32.to_le_bytes());
@@ -460,10 +543,45 @@ pub(super) mod tests {
             let id = classify(&m, C2S, Transport::Tcp).unwrap();
             assert_eq!(id.kind, Kind::BlockchainP2p);
             assert_eq!(id.protocol, "bitcoin");
-            assert_eq!(id.coin, Some(*coin));
+            // The Satoshi user agent names Bitcoin where the magic is shared.
+            assert_eq!(id.coin, Some(coin.unwrap_or("bitcoin")));
+            assert_eq!(id.agent.as_deref(), Some("/Satoshi:27.0.0/"));
             assert_eq!(id.signature, format!("magic {} version", hex(magic)));
             assert!(!id.confirmed_by_server);
         }
+        // The regtest magic that Bitcoin and Litecoin share: the user agent decides, and
+        // without one (a verack) nothing is named.
+        let regtest = [0xfa, 0xbf, 0xb5, 0xda];
+        let m = bitcoin_message(
+            regtest,
+            "version",
+            &version_payload_of(b"/LitecoinCore:0.21.2.1/"),
+        );
+        let id = classify(&m, C2S, Transport::Tcp).unwrap();
+        assert_eq!(id.coin, Some("litecoin"));
+        assert!(id
+            .coin_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("/LitecoinCore:0.21.2.1/")));
+        let m = bitcoin_message(regtest, "version", &version_payload_of(b"/SomeNode:1.0/"));
+        assert_eq!(classify(&m, C2S, Transport::Tcp).unwrap().coin, None);
+        let m = bitcoin_message(regtest, "verack", &[]);
+        assert_eq!(classify(&m, C2S, Transport::Tcp).unwrap().coin, None);
+        // As nodes send it: the header in one segment, the payload in the next. The flow
+        // classifier joins them, so the user agent still names the coin.
+        let m = bitcoin_message(
+            regtest,
+            "version",
+            &version_payload_of(b"/LitecoinCore:0.21.2.1/"),
+        );
+        let mut flow = super::super::FlowClassifier::new(Transport::Tcp);
+        let first = flow
+            .feed(&m[..24], C2S)
+            .expect("the header alone identifies");
+        assert_eq!(first.coin, None);
+        let joined = flow.feed(&m[24..], C2S).expect("the payload improves it");
+        assert_eq!(joined.coin, Some("litecoin"));
+        assert_eq!(joined.agent.as_deref(), Some("/LitecoinCore:0.21.2.1/"));
         let m = bitcoin_message([0xf9, 0xbe, 0xb4, 0xd9], "verack", &[]);
         // verack's checksum is that of the empty payload: 5df6e0e2.
         assert_eq!(m[20..24], [0x5d, 0xf6, 0xe0, 0xe2]);

@@ -165,6 +165,8 @@ impl FlowTable {
             conv.flows_seen = c.flows_seen;
             conv.client_port = c.client_port;
             conv.client_from = c.client_from;
+            // Not in the file: a conversation whose both sides sent was answered.
+            conv.answered = c.counts[0] > 0 && c.counts[2] > 0;
             if !c.connections.is_empty() {
                 let mut ring = SampleRing::new(CONNECTION_SAMPLES);
                 let skip = c.connections.len().saturating_sub(CONNECTION_SAMPLES);
@@ -220,7 +222,12 @@ impl FlowTable {
                 client_source: f.client_source,
                 role_tries: f.role_tries,
                 in_use: true,
+                answered: f.packets[0] > 0 && f.packets[1] > 0,
+                counted_side: super::admission::SIDE_NONE,
+                born: 0,
                 conv,
+                // Not in the state file: a live agent reads it again from `TUNNELS`.
+                tunnel: None,
             });
             r.flows += 1;
         }

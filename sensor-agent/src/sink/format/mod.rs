@@ -363,6 +363,41 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The flow table's `sensor_degraded` (no endpoints, counts in the evidence) goes out in
+    /// every format with its rule, action, times and counts.
+    #[test]
+    fn the_flow_tables_sensor_degraded_renders_in_every_format() {
+        use crate::alarm::{degraded::Pressure, AlarmManager, Observer};
+        let mut m = AlarmManager::new(Default::default(), Observer::default());
+        let s = 1_000_000_000u64;
+        let p = Pressure {
+            refused: 17,
+            evicted: 40_961,
+            recreated: 2,
+            first_ns: Some(1_700_000_000 * s),
+            last_ns: Some(1_700_000_030 * s),
+        };
+        let alarm = m
+            .table_pressure(&p, 1_700_000_031 * s)
+            .0
+            .expect("opened")
+            .json;
+        for format in [Format::Json, Format::Cef, Format::Leef, Format::Ocsf] {
+            for syslog in [None, Some(SyslogOptions::default())] {
+                let text = String::from_utf8(Renderer::new(format, syslog).render(&alarm)).unwrap();
+                assert!(text.contains("sensor_degraded"), "{format:?}: {text}");
+                for n in ["17", "40961"] {
+                    assert!(text.contains(n), "{format:?} lacks {n}: {text}");
+                }
+                assert!(
+                    text.contains("refused_flows") && text.contains("evicted_flows"),
+                    "{format:?}: {text}"
+                );
+                assert!(!text.contains('\n'), "{format:?}: one line");
+            }
+        }
+    }
+
     #[test]
     fn time_parses_and_formats() {
         let t = UtcTime::parse("2021-06-10T15:41:22.384993Z").unwrap();

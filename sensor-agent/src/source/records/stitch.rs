@@ -209,6 +209,7 @@ impl Stitcher {
             stats: f.stats,
             first_ns: f.first_ns,
             last_ns: f.last_ns,
+            tunnel: None,
         })
     }
 
