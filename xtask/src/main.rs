@@ -414,15 +414,21 @@ fn setup(check_only: bool) -> Result<()> {
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
     if !tansu_ok() {
-        eprintln!("xtask setup: building the Tansu broker {TANSU_VERSION} (once per machine, several minutes)");
+        eprintln!("xtask setup: building the Tansu broker {TANSU_VERSION} (once per machine; 20-30 minutes on 2 cores)");
         let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).args([
-            "install",
-            &format!("tansu@{TANSU_VERSION}"),
-            "--locked",
-            "--features",
-            "libsql",
-        ]))?;
+        run(Command::new(cargo)
+            .args([
+                "install",
+                &format!("tansu@{TANSU_VERSION}"),
+                "--locked",
+                "--features",
+                "libsql",
+            ])
+            // A broker for tests: its build time (about 400 crates, on every fresh CI machine)
+            // matters more than its speed, so a lighter optimisation and no debug info.
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"))?;
     }
     let still = missing_debian_packages()?;
     if !still.is_empty() || !bpf_linker_ok() || !tansu_ok() {
