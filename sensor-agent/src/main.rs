@@ -28,9 +28,9 @@ use sensor_agent::{
     engine::{Engine, EngineStats},
     enrich::{intel::IntelStore, labels},
     metrics,
-    pipeline::{self, Observers},
+    pipeline::{self, Observers, OpenFlows},
     privilege::{self, Capability},
-    sink::{self, ipfix::Exporters, AlarmOutput, JsonLines},
+    sink::{self, ipfix::Exporters, AlarmOutput, FlowStream, JsonLines},
     source::{
         collect::CollectSource,
         datapath::LoadOptions,
@@ -455,6 +455,16 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
     let Some((sinks, c)) = alarms.status() else {
         return Vec::new();
     };
+    status_lines(&sinks, &c, "spool")
+}
+
+/// The lines of [`sink_report`] for any delivery (`spool` names it: the alarm spool, the flow
+/// spool).
+fn status_lines(
+    sinks: &[sink::delivery::SinkStatus],
+    c: &sink::spool::SpoolCounters,
+    spool_name: &str,
+) -> Vec<String> {
     let mut lines: Vec<String> = sinks
         .iter()
         .map(|s| {
@@ -474,7 +484,7 @@ fn sink_report(alarms: &AlarmOutput) -> Vec<String> {
             line
         })
         .collect();
-    let mut spool = format!("spool: {} bytes", c.bytes);
+    let mut spool = format!("{spool_name}: {} bytes", c.bytes);
     for (n, what) in [
         (c.dropped_full, "alarms dropped (spool full)"),
         (c.dropped_too_large, "alarms dropped (too large)"),
@@ -604,8 +614,12 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         progress: !args.no_progress,
     };
     let mut exporters = Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?;
+    let mut flow_stream = open_flow_stream(&cfg)?;
+    if let Some(s) = flow_stream.as_mut() {
+        s.limit_blocking(cfg.spool.drain_timeout.0);
+    }
     let source = ReplaySource::start(args.captures.clone(), opts);
-    let want_flows = args.flows.is_some() || !exporters.is_empty();
+    let want_flows = args.flows.is_some() || !exporters.is_empty() || flow_stream.is_some();
     // Ctrl-C or SIGTERM ends a replay with its counters (also one blocked on a full spool).
     let mut stop = watch_signals(None)?;
     interrupt_on_stop(stop.clone(), &alarms);
@@ -651,6 +665,15 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(stream) = flow_stream.as_mut() {
+        // The same records as `--flows`: the reader's totals with the engine's roles.
+        for flow in &outcome.flows {
+            stream
+                .emit(&flow.to_json(kind.name()))
+                .context("cannot hand over a flow record")?;
+        }
+    }
+    close_flow_stream(flow_stream, &cfg).await?;
     if !exporters.is_empty() {
         for flow in &outcome.flows {
             exporters.push(flow);
@@ -781,6 +804,28 @@ async fn close_alarms(mut alarms: AlarmOutput, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Opens the flow-record stream (`[[sinks]]` with `stream = "flows"`), if any.
+fn open_flow_stream(cfg: &Config) -> Result<Option<FlowStream>> {
+    FlowStream::open(&cfg.sinks, &cfg.spool).context("cannot start the flow-record sinks")
+}
+
+/// Like [`close_alarms`] for the flow-record stream.
+async fn close_flow_stream(stream: Option<FlowStream>, cfg: &Config) -> Result<()> {
+    let Some(mut stream) = stream else {
+        return Ok(());
+    };
+    stream.flush().context("write flow records")?;
+    if !stream.drain(cfg.spool.drain_timeout.0).await {
+        eprintln!("warning: not every flow record was delivered within {}; the rest stay in the spool {} for the next run", cfg.spool.drain_timeout, cfg.spool.dir.join("flows").display());
+    }
+    let (sinks, c) = stream.status();
+    for line in status_lines(&sinks, &c, "flow spool") {
+        eprintln!("{line}");
+    }
+    stream.shutdown().await;
+    Ok(())
+}
+
 async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
     let cfg = load_config(&args.config)?;
     let format = match args.format {
@@ -905,9 +950,7 @@ async fn run_records<S: sensor_agent::source::Source>(
         };
         let mut observers = Observers {
             ended_flows: Some(&mut write_flow),
-            ticked: None,
-            viewed: None,
-            checkpoint: None,
+            ..Observers::default()
         };
         pipeline::run(source, engine, alarms, &mut observers).await?;
     }
@@ -1201,16 +1244,30 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
     let exporters = std::cell::RefCell::new(
         Exporters::open(&cfg.exporters).context("open the IPFIX exporters")?,
     );
+    let flow_stream = std::cell::RefCell::new(open_flow_stream(&cfg)?);
     let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| {
         exporters.borrow_mut().push(f);
+        let stream = &mut *flow_stream.borrow_mut();
+        if flow_out.is_none() && stream.is_none() {
+            return Ok(());
+        }
+        let record = f.to_json("kernel");
+        if let Some(s) = stream.as_mut() {
+            s.emit(&record)?;
+        }
         match flow_out.as_mut() {
-            Some(out) => out.emit(&f.to_json("kernel")),
+            Some(out) => out.emit(&record),
             None => Ok(()),
         }
     };
     let mut ticked = |stats: &EngineStats| {
         // Flow records ended at this poll leave now, not when a message fills.
         exporters.borrow_mut().flush();
+        if let Some(s) = flow_stream.borrow_mut().as_mut() {
+            if let Err(e) = s.flush() {
+                log::warn!("flow records: {e}");
+            }
+        }
         ticked(stats);
     };
     hub.interfaces(attached.clone());
@@ -1218,11 +1275,26 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
         let view = engine.status_view(now, hub.view_wanted());
         hub.viewed(view, events.iter().map(|e| &e.json));
     };
+    let checkpoint_every = flow_stream
+        .borrow()
+        .as_ref()
+        .map(|s| s.checkpoint_interval());
+    let mut write_open_flow = |f: &sensor_agent::flow::record::FlowRecord| {
+        let mut record = f.to_json("kernel");
+        // Not the flow's end: a consumer tells checkpoints of open flows from final records.
+        record["event"]["action"] = "flow_checkpoint".into();
+        match flow_stream.borrow_mut().as_mut() {
+            Some(s) => s.emit(&record),
+            None => Ok(()),
+        }
+    };
     let mut observers = Observers {
         ended_flows: Some(&mut write_flow),
         ticked: Some(&mut ticked),
         viewed: Some(&mut viewed),
         checkpoint: checkpoint.as_mut(),
+        open_flows: checkpoint_every
+            .map(|every| OpenFlows::new(every.as_nanos() as u64, &mut write_open_flow)),
     };
     interrupt_on_stop(stop_for_alarms, &alarms);
     let looped = pipeline::run(&mut live, &mut engine, &mut alarms, &mut observers).await;
@@ -1280,6 +1352,14 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
         eprintln!("{line}");
     }
     alarms.shutdown().await;
+    if let Some(stream) = flow_stream.into_inner() {
+        // Records not yet taken stay in the flow spool for the next start, as alarms do.
+        let (sinks, c) = stream.status();
+        for line in status_lines(&sinks, &c, "flow spool") {
+            eprintln!("{line}");
+        }
+        stream.shutdown().await;
+    }
     if let Some(dir) = live.pin_dir() {
         if args.detach_on_exit {
             dir.remove()?;

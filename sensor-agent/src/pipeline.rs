@@ -57,6 +57,45 @@ pub struct Observers<'a> {
     pub viewed: Option<&'a mut ViewWriter<'a>>,
     /// Writes the state file every checkpoint interval (`run` only).
     pub checkpoint: Option<&'a mut Checkpointer>,
+    /// Records of long flows while they are still open (the Kafka flow stream).
+    pub open_flows: Option<OpenFlows<'a>>,
+}
+
+/// Every `interval` of tick time, a record of each flow that has been open at least that
+/// long: a consumer rebuilding sessions sees a long flow before it ends (the flow stream's
+/// checkpoints). Ended flows go through [`Observers::ended_flows`] as always.
+pub struct OpenFlows<'a> {
+    interval_ns: u64,
+    next_ns: Option<u64>,
+    write: &'a mut FlowWriter<'a>,
+}
+
+impl<'a> OpenFlows<'a> {
+    pub fn new(interval_ns: u64, write: &'a mut FlowWriter<'a>) -> Self {
+        OpenFlows {
+            interval_ns: interval_ns.max(1),
+            next_ns: None,
+            write,
+        }
+    }
+
+    fn tick(&mut self, now: u64, engine: &Engine) -> Result<(), OutputError> {
+        let next = *self
+            .next_ns
+            .get_or_insert(now.saturating_add(self.interval_ns));
+        if now < next {
+            return Ok(());
+        }
+        self.next_ns = Some(now.saturating_add(self.interval_ns));
+        for f in engine.table.flows() {
+            if f.start_ns
+                .is_some_and(|start| now.saturating_sub(start) >= self.interval_ns)
+            {
+                (self.write)(&f)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything the state file holds (see [`crate::state`] for the format).
@@ -298,6 +337,9 @@ pub fn process<S: Source>(
     deliver(&out, alarms, observers)?;
     if let Some(viewed) = observers.viewed.as_mut() {
         viewed(engine, now, &out.alarms);
+    }
+    if let Some(open) = observers.open_flows.as_mut() {
+        open.tick(now, engine).map_err(RunError::Flow)?;
     }
     // Flows the table refused are forgotten by the source like ended ones (live: their kernel
     // entries are deleted, so a refused entry is not offered again at every poll).

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod captures;
 pub mod flowlogs;
 pub mod frames;
+pub mod kafka;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

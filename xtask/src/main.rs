@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a new user or CI needs, from a fresh Debian 12 machine.
 //!
-//! `setup` installs what is missing (Debian packages, bpf-linker built against LLVM 22) and
+//! `setup` installs what is missing (Debian packages, bpf-linker built against LLVM 22, the
+//! Tansu Kafka-protocol broker for the kafka sink's tests and `broker`) and
 //! is a no-op taking well under a second when nothing is; `build`, `run`, `test` and `bench`
 //! call it first, so the README's two commands are all a user needs. Nothing here downloads
 //! from anywhere but Debian's archive and crates.io.
@@ -33,8 +34,27 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "libpolly-22-dev",
         "needed to link bpf-linker against LLVM 22",
     ),
-    ("libzstd-dev", "needed to link bpf-linker"),
-    ("zlib1g-dev", "needed to link bpf-linker"),
+    (
+        "libzstd-dev",
+        "needed to link bpf-linker, and zstd compression in the kafka sink's librdkafka",
+    ),
+    (
+        "zlib1g-dev",
+        "needed to link bpf-linker, and gzip compression in the kafka sink's librdkafka",
+    ),
+    (
+        "libssl-dev",
+        "OpenSSL for the librdkafka the kafka sink builds (rdkafka-sys): TLS and SASL SCRAM",
+    ),
+    (
+        "pkg-config",
+        "finds OpenSSL, zlib and zstd for the librdkafka build",
+    ),
+    ("make", "runs librdkafka's build (rdkafka-sys builds it from source)"),
+    (
+        "kcat",
+        "an independent Kafka consumer (librdkafka's CLI) reading the kafka sink's topics back in tests",
+    ),
     ("tshark", "independent oracle for capture tests"),
     ("tcpdump", "captures in network-namespace tests"),
     (
@@ -82,6 +102,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The Kafka-protocol broker of `cargo xtask broker` and the kafka sink tests (crates.io
+/// `tansu`), with SQLite storage (`libsql`: the default features have no storage engine at
+/// all) so a broker restarted keeps its topics.
+const TANSU_VERSION: &str = "0.6.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 #[derive(Parser)]
@@ -118,6 +142,15 @@ enum Cmd {
     /// Check the agent's structure (no import cycle between its top-level modules, no file
     /// over 1200 lines of code) and print its layers, bottom first. `test` runs the check.
     Layers,
+    /// A local Kafka-protocol broker (Tansu) on 127.0.0.1:9092 for trying the kafka sink;
+    /// topics in SQLite under target/broker. Ctrl-C stops it.
+    Broker {
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// Topics to create when the broker is up (e.g. `--topic sensor-alarms`).
+        #[arg(long)]
+        topic: Vec<String>,
+    },
     /// Build a Debian package (.deb: binary, systemd unit, example config, state directory)
     /// with dpkg-deb, from the release build (or --binary).
     Package {
@@ -190,6 +223,10 @@ fn main() -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Cmd::Broker { port, topic } => {
+            setup(false)?;
+            broker(port, &topic)
         }
         Cmd::Package { binary, out } => {
             let binary = match binary {
@@ -305,6 +342,33 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
+/// Tansu of the right version, built with SQLite storage: `cargo install` records the
+/// features of every install in `$CARGO_HOME/.crates2.json` (a build without `libsql` runs,
+/// but refuses every storage engine the tests and `broker` use).
+fn tansu_ok() -> bool {
+    let runs = Command::new(cargo_bin_dir().join("tansu"))
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(TANSU_VERSION))
+        .unwrap_or(false);
+    let record = cargo_bin_dir().with_file_name(".crates2.json");
+    let with_sqlite = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v["installs"].as_object().map(|installs| {
+                installs.iter().any(|(k, i)| {
+                    k.starts_with(&format!("tansu {TANSU_VERSION} "))
+                        && i["features"]
+                            .as_array()
+                            .is_some_and(|f| f.iter().any(|f| f == "libsql"))
+                })
+            })
+        })
+        .unwrap_or(false);
+    runs && with_sqlite
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -316,7 +380,8 @@ fn is_root() -> bool {
 fn setup(check_only: bool) -> Result<()> {
     let missing = missing_debian_packages()?;
     let linker_ok = bpf_linker_ok();
-    if missing.is_empty() && linker_ok {
+    let tansu_installed = tansu_ok();
+    if missing.is_empty() && linker_ok && tansu_installed {
         return Ok(());
     }
     let mut report = String::from("missing:\n");
@@ -334,8 +399,14 @@ fn setup(check_only: bool) -> Result<()> {
             cargo_bin_dir().display()
         ));
     }
+    if !tansu_installed {
+        report.push_str(&format!(
+            "  tansu {TANSU_VERSION} in {} (the Kafka-protocol broker of the kafka sink tests)\n",
+            cargo_bin_dir().display()
+        ));
+    }
     let how = format!(
-        "install with:\n  apt-get update && apt-get install -y {}\n  LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker@{BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22",
+        "install with:\n  apt-get update && apt-get install -y {}\n  LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker@{BPF_LINKER_VERSION} --locked --no-default-features --features llvm-22\n  cargo install tansu@{TANSU_VERSION} --locked --features libsql",
         DEBIAN_PACKAGES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" ")
     );
     if check_only {
@@ -370,12 +441,30 @@ fn setup(check_only: bool) -> Result<()> {
             // Without it the build script finds /usr/bin/llvm-config, which is LLVM 14.
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
     }
+    if !tansu_ok() {
+        eprintln!("xtask setup: building the Tansu broker {TANSU_VERSION} (once per machine; 20-30 minutes on 2 cores)");
+        let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .args([
+                "install",
+                &format!("tansu@{TANSU_VERSION}"),
+                "--locked",
+                "--features",
+                "libsql",
+            ])
+            // A broker for tests: its build time (about 400 crates, on every fresh CI machine)
+            // matters more than its speed, so a lighter optimisation and no debug info.
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"))?;
+    }
     let still = missing_debian_packages()?;
-    if !still.is_empty() || !bpf_linker_ok() {
+    if !still.is_empty() || !bpf_linker_ok() || !tansu_ok() {
         bail!(
-            "setup finished but {:?} and bpf-linker ({}) are still not usable",
+            "setup finished but {:?}, bpf-linker ({}) and tansu ({}) are still not usable",
             still,
-            bpf_linker_ok()
+            bpf_linker_ok(),
+            tansu_ok()
         );
     }
     eprintln!("xtask setup: done");
@@ -455,6 +544,45 @@ fn test(extra: &[String]) -> Result<()> {
     }
     if !status.success() || failed > 0 {
         bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Runs Tansu on 127.0.0.1:`port` in the foreground, storing in `target/broker/tansu.db`, and
+/// creates `topics` once it accepts connections.
+fn broker(port: u16, topics: &[String]) -> Result<()> {
+    let dir = root().join("target/broker");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tansu = cargo_bin_dir().join("tansu");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut child = Command::new(&tansu)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(&dir)
+        .spawn()
+        .with_context(|| format!("cannot run {}", tansu.display()))?;
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("the broker exited ({status}) before accepting connections");
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            bail!("the broker did not accept connections on 127.0.0.1:{port} within 30s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for t in topics {
+        run(Command::new(&tansu).args(["topic", "create", t, "--broker", &url]))?;
+    }
+    eprintln!(
+        "broker on 127.0.0.1:{port} (data in {}); sinks: kind = \"kafka\", brokers = \"127.0.0.1:{port}\"; read a topic with: kcat -C -b 127.0.0.1:{port} -t TOPIC -o beginning",
+        dir.display()
+    );
+    let status = child.wait().context("wait for the broker")?;
+    if !status.success() {
+        bail!("the broker exited ({status})");
     }
     Ok(())
 }

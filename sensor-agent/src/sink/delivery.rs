@@ -589,7 +589,7 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
     loop {
         let batch = {
             let spool = shared.lock();
-            match spool.peek(&id, 256) {
+            match spool.peek(&id, transport.max_batch()) {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => {
                     if shared.stop.load(Ordering::SeqCst) {
@@ -608,14 +608,21 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
                 }
             }
         };
+        let mut keys: Vec<Option<Vec<u8>>> = Vec::with_capacity(batch.len());
         let rendered: Vec<Vec<u8>> = batch
             .iter()
             .map(|r| match serde_json::from_slice::<Value>(&r.payload) {
-                Ok(v) => renderer.render(&v),
-                Err(_) => r.payload.clone(),
+                Ok(v) => {
+                    keys.push(transport.key(&v));
+                    renderer.render(&v)
+                }
+                Err(_) => {
+                    keys.push(None);
+                    r.payload.clone()
+                }
             })
             .collect();
-        match transport.send(&rendered) {
+        match transport.send_keyed(&rendered, &keys) {
             Ok(n) if n > 0 => {
                 let n = n.min(batch.len());
                 if let Err(e) = shared.lock().ack(&id, batch[n - 1].seq) {

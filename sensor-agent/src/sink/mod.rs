@@ -25,8 +25,85 @@ use self::{
     delivery::{Delivery, DeliveryError, SinkStatus, SpoolSection},
     format::{Format, Renderer},
     spool::SpoolCounters,
-    transport::{FileConfig, SinkConfig, StdoutConfig, Transport, TransportError},
+    transport::{FileConfig, SinkConfig, StdoutConfig, Stream, Transport, TransportError},
 };
+
+fn of_stream(sinks: &[SinkConfig], stream: Stream) -> Vec<SinkConfig> {
+    sinks
+        .iter()
+        .filter(|s| s.stream() == stream)
+        .cloned()
+        .collect()
+}
+
+/// The flow-record stream: `[[sinks]]` with `stream = "flows"` (Kafka), fed the flow table's
+/// records as they end, through a spool of its own (`<spool.dir>/flows`) with the same
+/// at-least-once delivery as alarms. Flow records never reach the alarm sinks, nor alarms
+/// the flow sinks.
+pub struct FlowStream {
+    delivery: Delivery,
+    checkpoint: std::time::Duration,
+}
+
+impl FlowStream {
+    /// `None` when no sink takes flow records.
+    pub fn open(sinks: &[SinkConfig], spool: &SpoolSection) -> Result<Option<Self>, OutputError> {
+        let sinks = of_stream(sinks, Stream::Flows);
+        let section = SpoolSection {
+            dir: spool.dir.join("flows"),
+            ..spool.clone()
+        };
+        // One stream feeds every flow sink: the shortest checkpoint interval asked for.
+        let checkpoint = sinks
+            .iter()
+            .filter_map(|s| match s {
+                SinkConfig::Kafka(k) => Some(
+                    k.checkpoint
+                        .map_or(transport::kafka::DEFAULT_CHECKPOINT, |c| c.0),
+                ),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(transport::kafka::DEFAULT_CHECKPOINT);
+        Ok(
+            Delivery::start(&sinks, &section)?.map(|delivery| FlowStream {
+                delivery,
+                checkpoint,
+            }),
+        )
+    }
+
+    /// How often long flows still open are recorded (`checkpoint`).
+    pub fn checkpoint_interval(&self) -> std::time::Duration {
+        self.checkpoint
+    }
+
+    /// Spools one flow record (the JSON `--flows` writes).
+    pub fn emit(&mut self, record: &Value) -> Result<(), OutputError> {
+        Ok(self.delivery.submit(record)?)
+    }
+
+    pub fn limit_blocking(&mut self, limit: std::time::Duration) {
+        self.delivery.limit_blocking(limit);
+    }
+
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        Ok(self.delivery.flush()?)
+    }
+
+    /// Waits up to `timeout` for the sinks to take what is spooled; whether they did.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.delivery.drain(timeout).await
+    }
+
+    pub fn status(&self) -> (Vec<SinkStatus>, SpoolCounters) {
+        (self.delivery.status(), self.delivery.spool_counters())
+    }
+
+    pub async fn shutdown(self) {
+        self.delivery.shutdown().await;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -159,7 +236,8 @@ impl AlarmOutput {
         output: &OutputConfig,
     ) -> Result<Self, OutputError> {
         if cli.is_none() {
-            if let Some(d) = Delivery::start(sinks, spool)? {
+            let sinks = of_stream(sinks, Stream::Alarms);
+            if let Some(d) = Delivery::start(&sinks, spool)? {
                 return Ok(AlarmOutput::Delivered(d));
             }
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench sinks`: alarms per second through the durable spool to a loopback TCP
-//! syslog receiver (octet-counted, CEF inside RFC 5424) and to a file sink (JSON lines), with
+//! syslog receiver (octet-counted, CEF inside RFC 5424), to a file sink (JSON lines) and to a
+//! local Kafka-protocol broker (Tansu, started here on a free port), with
 //! the spool's fsync once per batch; and the spool's write amplification (bytes the process
 //! wrote, from /proc/self/io, per byte of alarm). Prints figures; never fails on time.
 
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sensor_agent::sink::{delivery::Delivery, transport::SinkConfig};
+use sensor_tests::kafka::{self, Broker};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -174,6 +176,24 @@ fn main() -> Result<()> {
             &dir.join("spool-file"),
             &args,
             || std::fs::read_to_string(&file).map_or(0, |t| t.lines().count() as u64),
+        )?;
+        // A real broker (Tansu, SQLite storage) on a free loopback port; kcat counts what
+        // the topic holds afterwards.
+        let broker_dir = dir.join("broker");
+        std::fs::create_dir_all(&broker_dir)?;
+        let broker = Broker::start(&broker_dir).map_err(anyhow::Error::msg)?;
+        broker
+            .create_topic("bench-alarms", 3)
+            .map_err(anyhow::Error::msg)?;
+        let address = broker.address();
+        run(
+            "kafka (JSON, lz4)",
+            &format!(
+                "kind = \"kafka\"\nbrokers = \"{address}\"\ntopic = \"bench-alarms\"\nformat = \"json\""
+            ),
+            &dir.join("spool-kafka"),
+            &args,
+            || kafka::count(&address, "bench-alarms").unwrap_or(0),
         )
     })();
     let _ = std::fs::remove_dir_all(&dir);
