@@ -948,6 +948,26 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
         cfg.sensor.poll_interval.0,
         cfg.sensor.pin_root(),
     )?;
+    // Attached while privileged; the links live with `live` and are dropped (detached) with it.
+    let mut attributes = false;
+    if cfg.sensor.process_attribution {
+        use sensor_agent::source::process::{HostView, ProcessHooks};
+        let hooks = match ProcessHooks::attach_root() {
+            Ok(h) => {
+                eprintln!(
+                    "sensor-agent: process attribution on (cgroup hooks at {})",
+                    h.cgroup.display()
+                );
+                attributes = true;
+                Some(h)
+            }
+            Err(e) => {
+                log::warn!("process attribution is off: {e}");
+                None
+            }
+        };
+        live.set_host_view(HostView::new(hooks));
+    }
     // Bound before privileges go (a port below 1024 needs them), after the interfaces are
     // known to exist (a mistyped one is the error to report, not a port in use).
     let metrics = cfg
@@ -971,6 +991,10 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
     }
     if detaches && !sensor_agent::source::live::tcx_available() {
         keep.push(Capability::CAP_NET_ADMIN);
+    }
+    // /proc/PID/exe of a process that is not the agent's own needs ptrace access.
+    if attributes && cfg.sensor.process_executables {
+        keep.push(Capability::CAP_SYS_PTRACE);
     }
     privilege::drop_to(user.as_ref(), &keep)?;
     let kept = privilege::effective();
