@@ -34,11 +34,11 @@ use core::{
 use aya_ebpf::{
     bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::LruHashMap,
+    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
-    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
@@ -222,7 +222,10 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
                     local = src;
                 }
             }
-            (v4(local), v4(read_volatile(addr_of!((*ctx.sock_addr).user_ip4))))
+            (
+                v4(local),
+                v4(read_volatile(addr_of!((*ctx.sock_addr).user_ip4))),
+            )
         };
         let local_port = read_volatile(addr_of!((*sk).src_port)) as u16;
         let remote_port = u16::from_be(read_volatile(addr_of!((*ctx.sock_addr).user_port)) as u16);
