@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::Write,
-    net::TcpListener,
+    net::{TcpListener, UdpSocket},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -30,6 +30,11 @@ use sensor_tests::{
 use serde_json::Value;
 
 const POOL_PORT: u16 = 3333;
+/// A pool the sensor's host itself runs (the accepting side).
+const HOST_POOL_PORT: u16 = 3334;
+/// UDP peers in b: one for datagrams sent with an address, one for a connected socket.
+const UDP_SENDTO_PORT: u16 = 5353;
+const UDP_CONNECTED_PORT: u16 = 5354;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -230,12 +235,37 @@ fn alarms_in(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn mining_alarm<'a>(alarms: &'a [Value], client: &str) -> Option<&'a Value> {
+fn mining_alarm<'a>(alarms: &'a [Value], client: &str, port: u16) -> Option<&'a Value> {
     alarms.iter().find(|a| {
         a["rule"]["id"] == "mining_protocol"
             && a["source"]["ip"] == client
-            && a["destination"]["port"] == POOL_PORT
+            && a["destination"]["port"] == port
     })
+}
+
+fn flow_to<'a>(flows: &'a [Value], port: u16, transport: &str) -> Option<&'a Value> {
+    flows
+        .iter()
+        .find(|f| f["destination"]["port"] == port && f["network"]["transport"] == transport)
+}
+
+/// Accepts stratum sessions on `l` (one thread each) until `stop`.
+fn serve_pool(l: TcpListener, stop: &AtomicBool) -> Result<(), String> {
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                std::thread::spawn(move || pool(s));
+            }
+            // Nothing waiting: look again shortly (the stop flag ends the loop).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+    Ok(())
 }
 
 #[test]
@@ -264,30 +294,22 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
     let server_ip = pair.addr_b_str();
     let stop_pool = stop.clone();
     let listen = format!("{server_ip}:{POOL_PORT}");
-    let _pool = NetnsPair::in_ns(&pair.b, move || -> Result<(), String> {
+    let udp_listen = server_ip.clone();
+    let pool_b = NetnsPair::in_ns(&pair.b, move || -> Result<(), String> {
         let l = TcpListener::bind(&listen).map_err(|e| format!("bind {listen}: {e}"))?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Datagrams have somewhere to go (no ICMP unreachable), kept until the pool stops.
+        let _udp = [UDP_SENDTO_PORT, UDP_CONNECTED_PORT].map(|p| {
+            UdpSocket::bind((udp_listen.as_str(), p)).map_err(|e| format!("udp {p}: {e}"))
+        });
         let _ = bound_tx.send(());
-        while !stop_pool.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((s, _)) => {
-                    s.set_nonblocking(false).map_err(|e| e.to_string())?;
-                    std::thread::spawn(move || pool(s));
-                }
-                // Nothing waiting: look again shortly (the stop flag ends the loop).
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => return Err(format!("accept: {e}")),
-            }
-        }
-        Ok(())
+        serve_pool(l, &stop_pool)
     });
     bound_rx
         .recv_timeout(Duration::from_secs(10))
-        .expect("the pool bound its port");
+        .expect("the pool in b bound its ports");
 
     let alarms_path = dir.path().join("alarms.json");
+    let flows_path = dir.path().join("flows.json");
     let log_path = dir.path().join("agent.log");
     let log = fs::File::create(&log_path).expect("agent log");
     let args: Vec<String> = [
@@ -297,8 +319,15 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         "--egress",
         "--alarms",
         &alarms_path.to_string_lossy(),
+        "--flows",
+        &flows_path.to_string_lossy(),
         "--set",
         "sensor.poll_interval=500ms",
+        // Flow records soon after each flow ends.
+        "--set",
+        "flow.tcp_closed_grace=1s",
+        "--set",
+        "flow.udp_idle_timeout=1s",
         "--set",
         "sensor.pin_path=",
         "--set",
@@ -322,6 +351,21 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         agent_log()
     );
 
+    // A pool of the sensor's host: its listening socket is made by this test process (in a),
+    // so the accepted session's owner is this process. Started after the agent attached: the
+    // owner of a listener is recorded when the socket is made (sockets older than the agent
+    // are not attributed).
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let stop_host_pool = stop.clone();
+    let host_listen = format!("{}:{HOST_POOL_PORT}", pair.addr_a_str());
+    let pool_a = NetnsPair::in_ns(&pair.a, move || -> Result<(), String> {
+        let l = TcpListener::bind(&host_listen).map_err(|e| format!("bind {host_listen}: {e}"))?;
+        let _ = bound_tx.send(());
+        serve_pool(l, &stop_host_pool)
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the pool in a bound its port");
     let target = format!("{server_ip}:{POOL_PORT}");
     let host_client = spawn(&pair.a, &client_bin, &[&target, "4"], Some(&cgroup.dir))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -331,24 +375,68 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         .unwrap_or_default();
     let fwd_client =
         spawn(&routed.ns, &client_bin, &[&target, "4"], None).unwrap_or_else(|e| panic!("{e}"));
-
     let host_ip = pair.addr_a_str();
+    let remote_client = spawn(
+        &pair.b,
+        &client_bin,
+        &[&format!("{host_ip}:{HOST_POOL_PORT}"), "2"],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // UDP from this test process in a: datagrams sent with an address (the sendmsg hook), and
+    // through a connected socket (the connect hook, before the kernel picked its port).
+    let udp_peer = server_ip.clone();
+    let udp = NetnsPair::in_ns(&pair.a, move || -> std::io::Result<()> {
+        let unconnected = UdpSocket::bind("0.0.0.0:0")?;
+        unconnected.send_to(b"ping", (udp_peer.as_str(), UDP_SENDTO_PORT))?;
+        let connected = UdpSocket::bind("0.0.0.0:0")?;
+        connected.connect((udp_peer.as_str(), UDP_CONNECTED_PORT))?;
+        connected.send(b"ping")?;
+        Ok(())
+    });
+    udp.join()
+        .expect("udp thread")
+        .expect("udp netns")
+        .expect("udp exchange");
+
+    let remote_ip = pair.addr_b_str();
     let found = wait_until(
-        Duration::from_secs(30),
-        "both mining_protocol alarms",
+        Duration::from_secs(40),
+        "the alarms and flow records",
         || {
             let alarms = alarms_in(&alarms_path);
-            mining_alarm(&alarms, &host_ip).is_some()
-                && mining_alarm(&alarms, &routed.addr).is_some()
+            let flows = alarms_in(&flows_path);
+            mining_alarm(&alarms, &host_ip, POOL_PORT).is_some()
+                && mining_alarm(&alarms, &routed.addr, POOL_PORT).is_some()
+                && mining_alarm(&alarms, &remote_ip, HOST_POOL_PORT).is_some()
+                && flow_to(&flows, UDP_SENDTO_PORT, "udp").is_some()
+                && flow_to(&flows, UDP_CONNECTED_PORT, "udp").is_some()
+                && flows
+                    .iter()
+                    .filter(|f| f["destination"]["port"] == POOL_PORT)
+                    .count()
+                    >= 2
         },
     );
     pair.stop(agent_pid);
     stop.store(true, Ordering::Relaxed);
-    drop((host_client, fwd_client));
+    drop((host_client, fwd_client, remote_client));
     let alarms = alarms_in(&alarms_path);
-    found.unwrap_or_else(|e| panic!("{e}\nalarms: {alarms:#?}\nagent:\n{}", agent_log()));
+    let flows = alarms_in(&flows_path);
+    found.unwrap_or_else(|e| {
+        panic!(
+            "{e}\nalarms: {alarms:#?}\nflows: {flows:#?}\nagent:\n{}",
+            agent_log()
+        )
+    });
+    for (what, h) in [("pool in b", pool_b), ("pool in a", pool_a)] {
+        h.join()
+            .unwrap_or_else(|_| panic!("{what} panicked"))
+            .and_then(|r| r)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
 
-    let host = mining_alarm(&alarms, &host_ip).expect("host alarm");
+    let host = mining_alarm(&alarms, &host_ip, POOL_PORT).expect("host alarm");
     println!("host alarm: {host}");
     assert_eq!(host["process"]["pid"], host_pid, "{host}");
     assert_eq!(host_comm, "stratum-client");
@@ -367,7 +455,7 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
     assert_eq!(host["sensor"]["process_from"], "connect", "{host}");
     assert_eq!(host["network"]["forwarded"], false, "{host}");
 
-    let fwd = mining_alarm(&alarms, &routed.addr).expect("forwarded alarm");
+    let fwd = mining_alarm(&alarms, &routed.addr, POOL_PORT).expect("forwarded alarm");
     println!("forwarded alarm: {fwd}");
     assert_eq!(fwd["network"]["forwarded"], true, "{fwd}");
     for absent in ["process", "user", "container"] {
@@ -375,6 +463,39 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
             fwd.get(absent).is_none(),
             "forwarded flow has {absent}: {fwd}"
         );
+    }
+
+    // The session this host accepted: the listening socket's owner, copied to the accepted
+    // socket by the kernel.
+    let accepted = mining_alarm(&alarms, &remote_ip, HOST_POOL_PORT).expect("accepted alarm");
+    println!("accepted alarm: {accepted}");
+    assert_eq!(accepted["process"]["pid"], std::process::id(), "{accepted}");
+    assert_eq!(accepted["sensor"]["process_from"], "accept", "{accepted}");
+    assert_eq!(accepted["network"]["forwarded"], false, "{accepted}");
+
+    // Flow records carry the same: the host's session with its process, the forwarded one
+    // without, and both UDP flows with this test process.
+    for f in flows
+        .iter()
+        .filter(|f| f["destination"]["port"] == POOL_PORT)
+    {
+        if f["source"]["ip"] == host_ip.as_str() {
+            assert_eq!(f["process"]["pid"], host_pid, "{f}");
+            assert_eq!(f["network"]["forwarded"], false, "{f}");
+        } else {
+            assert_eq!(f["source"]["ip"], routed.addr.as_str(), "{f}");
+            assert_eq!(f["network"]["forwarded"], true, "{f}");
+            assert!(f.get("process").is_none(), "{f}");
+        }
+    }
+    for (port, hook) in [
+        (UDP_SENDTO_PORT, "udp_sendmsg"),
+        (UDP_CONNECTED_PORT, "udp_connect"),
+    ] {
+        let f = flow_to(&flows, port, "udp").expect("udp flow");
+        println!("udp flow record: {f}");
+        assert_eq!(f["process"]["pid"], std::process::id(), "{f}");
+        assert_eq!(f["sensor"]["process_from"], hook, "{f}");
     }
     // Flush what the test wrote for a human reading a failure.
     let _ = std::io::stdout().flush();

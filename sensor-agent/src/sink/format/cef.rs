@@ -579,7 +579,10 @@ mod tests {
         a["network"]["forwarded"] = json!(false);
         let text = String::from_utf8(renderer.render(&a)).unwrap();
         let cef = parse(&text).unwrap();
-        assert_eq!((cef.get("dpid"), cef.get("dproc")), (Some("7"), Some("nginx")));
+        assert_eq!(
+            (cef.get("dpid"), cef.get("dproc")),
+            (Some("7"), Some("nginx"))
+        );
         assert_eq!(cef.get("spid"), None);
         assert_eq!(cef.get("flexString2Label"), Some("cgroup"));
         assert_eq!(cef.get("flexString2"), Some("/system.slice/nginx.service"));

@@ -376,8 +376,16 @@ mod tests {
             let ev = &v["evidences"][0];
             assert_eq!(ev["process"]["pid"], 4242, "case {case}");
             assert_eq!(ev["process"]["name"], json!(h.agent), "case {case}");
-            assert_eq!(ev["process"]["file"]["path"], json!(h.nested), "case {case}");
-            assert_eq!(ev["process"]["user"]["name"], json!(h.app_name), "case {case}");
+            assert_eq!(
+                ev["process"]["file"]["path"],
+                json!(h.nested),
+                "case {case}"
+            );
+            assert_eq!(
+                ev["process"]["user"]["name"],
+                json!(h.app_name),
+                "case {case}"
+            );
             assert_eq!(ev["container"]["uid"], json!(h.signature), "case {case}");
             assert_eq!(v["unmapped"], alarm, "case {case}");
         }
