@@ -1178,6 +1178,12 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
                 ls.ring_records_dropped
             );
         }
+        if let Some(h) = live.host_stats() {
+            eprintln!(
+                "sensor-agent: host flows: {} with their process, {} local without an owner, {} forwarded; {} owners of other network namespaces ignored",
+                h.attributed, h.local_without_owner, h.forwarded, h.other_namespace
+            );
+        }
     }
     eprintln!(
         "sensor-agent: flow table: {} flows refused, {} unanswered flows evicted, {} kernel entries re-created ({} of answered flows, unobserved {:.1} s in all)",

@@ -137,9 +137,11 @@ impl Resolver {
         )
         .map(|s| s.trim_end_matches('\n').to_string());
         // The same process as the kernel saw (not a later one under a reused pid): the
-        // recording thread, or the process, still has the recorded comm.
+        // recording thread, or the process, still has the recorded comm, or the process
+        // started before the record was written (a reused pid starts after it).
         let same = thread_comm.as_deref() == Some(thread_name.as_str())
-            || process_comm.as_deref() == Some(thread_name.as_str());
+            || process_comm.as_deref() == Some(thread_name.as_str())
+            || start_ns(&proc_dir).is_some_and(|s| rec.ktime_ns != 0 && s <= rec.ktime_ns);
         let executable = if same {
             std::fs::read_link(proc_dir.join("exe"))
                 .ok()
@@ -214,6 +216,21 @@ impl Resolver {
         self.cgroups.insert(id, info.clone());
         info
     }
+}
+
+/// When the process started, in ns since boot (`/proc/PID/stat` field 22, in clock ticks).
+/// The kernel's records carry CLOCK_MONOTONIC, which equals time since boot on a host that
+/// never suspended and is behind it on one that did: then this says "later" and the check
+/// above falls back to the comm alone, never the other way.
+fn start_ns(proc_dir: &Path) -> Option<u64> {
+    let stat = read_bounded(&proc_dir.join("stat"), 1024)?;
+    // The comm (field 2) is in parentheses and may hold anything: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = rest.split_ascii_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    Some(ticks.saturating_mul(1_000_000_000 / hz))
 }
 
 /// `sensor.process_from`: the hook that recorded the owner.
@@ -382,9 +399,9 @@ mod tests {
         let c = describe_cgroup(&long);
         assert!(c.path.as_deref().is_some_and(|p| p.len() <= MAX_PATH));
         assert_eq!(unified_path(&format!("0::{long}")), None);
-        let odd = format!("/system.slice/x\n\"{{}}.service");
+        let odd = "/system.slice/x\n\"{}.service";
         assert_eq!(
-            describe_cgroup(&odd).service.as_deref(),
+            describe_cgroup(odd).service.as_deref(),
             Some("x\n\"{}.service")
         );
     }
@@ -447,5 +464,20 @@ mod tests {
             (p.name.as_str(), p.executable.as_deref()),
             ("not-this-proc", None)
         );
+        // A thread that renamed itself or exited, recorded after the process started (so not a
+        // reused pid): still this process.
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        other.ktime_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        // Another (exited) thread: not the cached owner above.
+        other.owner.tid = u32::MAX;
+        let side = r.host_side(false, Some(&other));
+        let p = side.process.as_ref().expect("process");
+        assert_eq!(p.name, comm);
+        assert!(p.executable.is_some());
     }
 }
