@@ -109,9 +109,10 @@ impl CloneSkStorage {
         (self as *const Self).cast_mut().cast()
     }
 
-    /// The owner stored on `sk`, created from `init` when `init` is given and there is none.
+    /// A copy of the owner stored on `sk`, created from `init` when `init` is given and
+    /// there is none. A copy: the stored value is never written after creation.
     #[inline(always)]
-    fn get(&self, sk: *mut c_void, init: Option<&mut SockOwner>) -> Option<&mut SockOwner> {
+    fn get(&self, sk: *mut c_void, init: Option<&mut SockOwner>) -> Option<SockOwner> {
         let (value, flags) = match init {
             Some(v) => (v as *mut SockOwner, BPF_SK_STORAGE_GET_F_CREATE as u64),
             None => (core::ptr::null_mut(), 0),
@@ -121,7 +122,8 @@ impl CloneSkStorage {
         unsafe {
             bpf_sk_storage_get(self.as_ptr(), sk, value.cast(), flags)
                 .cast::<SockOwner>()
-                .as_mut()
+                .as_ref()
+                .copied()
         }
     }
 }
@@ -161,7 +163,7 @@ fn record(key: &sensor_common::FlowKey, owner: &SockOwner, netns: u64, hook: u8,
         _pad: [0; 6],
     };
     // A full map evicts its oldest record; nothing else can fail that matters here.
-    let _ = OWNERS.insert(key, &rec, 0);
+    let _ = OWNERS.insert(key, rec, 0);
 }
 
 #[cgroup_sock(sock_create)]
@@ -191,7 +193,7 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         let sk: *mut bpf_sock = read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk));
         let mut cur = current_owner();
         let owner = match SOCK_OWNERS.get(sk.cast(), Some(&mut cur)) {
-            Some(o) => *o,
+            Some(o) => o,
             None => cur,
         };
         if read_volatile(addr_of!((*ctx.sock_addr).protocol)) != IPPROTO_UDP {
@@ -286,7 +288,6 @@ pub fn process_sock_ops(ctx: SockOpsContext) -> u32 {
         // Created before the agent attached (and never connected since): nobody to name.
         return 1;
     };
-    let owner = *owner;
     // SAFETY: as above.
     let (local, remote, local_port, remote_port) = unsafe {
         let (local, remote) = match family {
