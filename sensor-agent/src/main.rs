@@ -949,7 +949,6 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
         cfg.sensor.pin_root(),
     )?;
     // Attached while privileged; the links live with `live` and are dropped (detached) with it.
-    let mut attributes = false;
     if cfg.sensor.process_attribution {
         use sensor_agent::source::process::{HostView, ProcessHooks};
         let hooks = match ProcessHooks::attach_root() {
@@ -958,11 +957,12 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
                     "sensor-agent: process attribution on (cgroup hooks at {})",
                     h.cgroup.display()
                 );
-                attributes = true;
                 Some(h)
             }
             Err(e) => {
-                log::warn!("process attribution is off: {e}");
+                log::warn!(
+                    "process attribution without cgroup hooks ({e}): only connections found in /proc are named"
+                );
                 None
             }
         };
@@ -992,8 +992,9 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
     if detaches && !sensor_agent::source::live::tcx_available() {
         keep.push(Capability::CAP_NET_ADMIN);
     }
-    // /proc/PID/exe of a process that is not the agent's own needs ptrace access.
-    if attributes && cfg.sensor.process_executables {
+    // /proc/PID/exe and /proc/PID/fd of a process that is not the agent's own need ptrace
+    // access (the executable, and the /proc scan for sockets older than the hooks).
+    if cfg.sensor.process_attribution && cfg.sensor.process_executables {
         keep.push(Capability::CAP_SYS_PTRACE);
     }
     privilege::drop_to(user.as_ref(), &keep)?;

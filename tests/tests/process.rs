@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -250,11 +250,12 @@ fn flow_to<'a>(flows: &'a [Value], port: u16, transport: &str) -> Option<&'a Val
 }
 
 /// Accepts stratum sessions on `l` (one thread each) until `stop`.
-fn serve_pool(l: TcpListener, stop: &AtomicBool) -> Result<(), String> {
+fn serve_pool(l: TcpListener, stop: &AtomicBool, accepted: &AtomicUsize) -> Result<(), String> {
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
             Ok((s, _)) => {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 s.set_nonblocking(false).map_err(|e| e.to_string())?;
                 std::thread::spawn(move || pool(s));
             }
@@ -293,7 +294,10 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let server_ip = pair.addr_b_str();
     let stop_pool = stop.clone();
-    let listen = format!("{server_ip}:{POOL_PORT}");
+    // Every address of b: the session older than the agent goes to its second address.
+    let listen = format!("0.0.0.0:{POOL_PORT}");
+    let accepted_b = Arc::new(AtomicUsize::new(0));
+    let accepted = accepted_b.clone();
     let udp_listen = server_ip.clone();
     let pool_b = NetnsPair::in_ns(&pair.b, move || -> Result<(), String> {
         let l = TcpListener::bind(&listen).map_err(|e| format!("bind {listen}: {e}"))?;
@@ -302,7 +306,7 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
             UdpSocket::bind((udp_listen.as_str(), p)).map_err(|e| format!("udp {p}: {e}"))
         });
         let _ = bound_tx.send(());
-        serve_pool(l, &stop_pool)
+        serve_pool(l, &stop_pool, &accepted)
     });
     bound_rx
         .recv_timeout(Duration::from_secs(10))
@@ -336,6 +340,18 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // A miner older than the agent: its socket was made before the hooks were attached, so
+    // only the /proc scan can name it.
+    let old_target = format!("{}:{POOL_PORT}", pair.alt_b_str());
+    let old_client =
+        spawn(&pair.a, &client_bin, &[&old_target, "10"], None).unwrap_or_else(|e| panic!("{e}"));
+    let old_pid = old_client.0.id();
+    wait_until(
+        Duration::from_secs(10),
+        "the older session to connect",
+        || accepted_b.load(Ordering::SeqCst) >= 1,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let a = pair.a.clone();
     let agent_pid = pair
         .spawn_net_only(&a, &agent, &args, Stdio::null(), Stdio::from(log))
@@ -361,7 +377,7 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
     let pool_a = NetnsPair::in_ns(&pair.a, move || -> Result<(), String> {
         let l = TcpListener::bind(&host_listen).map_err(|e| format!("bind {host_listen}: {e}"))?;
         let _ = bound_tx.send(());
-        serve_pool(l, &stop_host_pool)
+        serve_pool(l, &stop_host_pool, &AtomicUsize::new(0))
     });
     bound_rx
         .recv_timeout(Duration::from_secs(10))
@@ -415,12 +431,12 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
                     .iter()
                     .filter(|f| f["destination"]["port"] == POOL_PORT)
                     .count()
-                    >= 2
+                    >= 3
         },
     );
     pair.stop(agent_pid);
     stop.store(true, Ordering::Relaxed);
-    drop((host_client, fwd_client, remote_client));
+    drop((host_client, fwd_client, remote_client, old_client));
     let alarms = alarms_in(&alarms_path);
     let flows = alarms_in(&flows_path);
     found.unwrap_or_else(|e| {
@@ -479,7 +495,12 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         .iter()
         .filter(|f| f["destination"]["port"] == POOL_PORT)
     {
-        if f["source"]["ip"] == host_ip.as_str() {
+        if f["destination"]["ip"] == pair.alt_b_str().as_str() {
+            println!("older session's flow record: {f}");
+            assert_eq!(f["process"]["pid"], old_pid, "{f}");
+            assert_eq!(f["process"]["name"], "stratum-client", "{f}");
+            assert_eq!(f["sensor"]["process_from"], "proc", "{f}");
+        } else if f["source"]["ip"] == host_ip.as_str() {
             assert_eq!(f["process"]["pid"], host_pid, "{f}");
             assert_eq!(f["network"]["forwarded"], false, "{f}");
         } else {

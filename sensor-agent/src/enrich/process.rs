@@ -240,6 +240,7 @@ pub fn hook_name(hook: u8) -> &'static str {
         HOOK_PASSIVE => "accept",
         HOOK_CONNECT => "udp_connect",
         HOOK_SENDMSG => "udp_sendmsg",
+        crate::source::sockets::HOOK_PROC => "proc",
         _ => "unknown",
     }
 }

@@ -39,7 +39,8 @@ pub struct ProcessInfo {
     /// The systemd unit the cgroup belongs to (`nginx.service`), when not a container.
     pub service: Option<String>,
     /// Which hook recorded the owner: `connect` (TCP client, established), `accept` (TCP
-    /// server, established), `udp_connect`, `udp_sendmsg`.
+    /// server, established), `udp_connect`, `udp_sendmsg`, or `proc` (a socket older than the
+    /// agent, found in /proc).
     pub from: &'static str,
 }
 

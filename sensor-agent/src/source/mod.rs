@@ -24,6 +24,7 @@ pub mod process;
 pub mod records;
 pub mod replay;
 pub mod settings;
+pub mod sockets;
 
 use std::{net::IpAddr, sync::Arc};
 

@@ -19,7 +19,8 @@
 //!   host routes for) is not this host's socket and is ignored;
 //! - a local flow without an owner yet (the established callback can come a moment after the
 //!   poll that first saw the flow's SYN) is looked up again for the next [`RETRY_POLLS`]
-//!   polls.
+//!   polls; one the hooks never name (its socket is older than the agent, or there are no
+//!   hooks) is looked for in /proc ([`sockets`]) at the next scan.
 //!
 //! What it must never do: read or change anything of the XDP/TC datapath (the join is all in
 //! user space), or fail the sensor: without cgroup v2, or on a kernel that refuses a hook,
@@ -41,6 +42,8 @@ use sensor_common::{
     process::{OwnerRecord, HOOK_CONNECT, HOOK_SENDMSG},
     Addr, FlowKey, FlowStats, IPV4_MAPPED_WORD,
 };
+
+use crate::source::sockets;
 
 /// The process-attribution object (cgroup socket hooks and sock_ops), built by the build
 /// script from `sensor-ebpf/src/bin/process.rs`.
@@ -279,13 +282,25 @@ pub struct HostView {
     local: HashSet<Addr>,
     /// Jiffies at the start of the previous poll: flows first seen since are new.
     since_jiffies: u64,
-    /// Local flows whose owner was not there yet, with the polls left to look again.
-    retry: HashMap<FlowKey, u8>,
+    /// Local flows whose owner was not there yet: the polls left to look again, and the local
+    /// endpoint.
+    retry: HashMap<FlowKey, (u8, (Addr, u16))>,
+    /// Local flows the hooks never named, for the next scan of /proc ([`sockets`]).
+    scan_wait: HashMap<FlowKey, (Addr, u16)>,
+    /// Polls since the last scan.
+    polls_since_scan: u32,
+    /// Owners the last scan found, handed on with the next batch.
+    found: Vec<HostFlow>,
+    cgroup_root: Option<PathBuf>,
     pub stats: HostStats,
 }
 
+/// Polls between two scans of /proc at most: a host whose older listeners keep accepting
+/// would otherwise walk every process's descriptors at every poll.
+const SCAN_EVERY_POLLS: u32 = 5;
+
 impl HostView {
-    /// A view with `hooks` (None: forwarded marking only, no processes).
+    /// A view with `hooks` (None: no cgroup hooks; owners come only from /proc scans).
     pub fn new(hooks: Option<ProcessHooks>) -> Self {
         HostView {
             hooks,
@@ -293,29 +308,49 @@ impl HostView {
             local: HashSet::new(),
             since_jiffies: 0,
             retry: HashMap::new(),
+            scan_wait: HashMap::new(),
+            polls_since_scan: SCAN_EVERY_POLLS,
+            found: Vec::new(),
+            cgroup_root: cgroup2_mount(),
             stats: HostStats::default(),
         }
     }
 
-    pub fn attributes_processes(&self) -> bool {
-        self.hooks.is_some()
-    }
-
     /// Starts a poll at kernel time `jiffies`: re-reads the interface addresses (DHCP, a new
-    /// interface) and remembers where the previous poll began.
+    /// interface), scans /proc for the owners of local flows the hooks never named (at most
+    /// every [`SCAN_EVERY_POLLS`] polls), and remembers where the previous poll began.
     pub fn begin_poll(&mut self, jiffies: u64) -> u64 {
         match local_addresses() {
             Ok(a) => self.local = a,
             Err(e) => log::warn!("cannot read this host's addresses (getifaddrs): {e}"),
         }
+        self.polls_since_scan = self.polls_since_scan.saturating_add(1);
+        if !self.scan_wait.is_empty() && self.polls_since_scan >= SCAN_EVERY_POLLS {
+            self.polls_since_scan = 0;
+            let owners = sockets::scan(
+                Path::new("/proc"),
+                self.cgroup_root.as_deref(),
+                &self.scan_wait,
+                crate::clock::monotonic_ns(),
+            );
+            self.stats.attributed += owners.len() as u64;
+            self.stats.local_without_owner += (self.scan_wait.len() - owners.len()) as u64;
+            self.scan_wait.clear();
+            self.found
+                .extend(owners.into_iter().map(|(key, rec)| HostFlow {
+                    key,
+                    forwarded: false,
+                    owner: Some(rec),
+                }));
+        }
         std::mem::replace(&mut self.since_jiffies, jiffies)
     }
 
     /// The host's view of the flows of one kernel batch: one [`HostFlow`] for each flow first
-    /// seen at or after `since` (the jiffies [`Self::begin_poll`] returned), and for each
-    /// flow still waiting for its owner that now has one.
+    /// seen at or after `since` (the jiffies [`Self::begin_poll`] returned), for each flow
+    /// still waiting for its owner that now has one, and what the last scan found.
     pub fn join(&mut self, since: u64, keys: &[FlowKey], values: &[FlowStats]) -> Vec<HostFlow> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.found);
         for (key, stats) in keys.iter().zip(values) {
             let retrying = self.retry.contains_key(key);
             if stats.first_seen < since && !retrying {
@@ -333,28 +368,29 @@ impl HostView {
                 continue;
             }
             let owner = self.find_owner(key, lo_local, hi_local);
-            match owner {
-                Some(_) => {
+            if owner.is_some() {
+                self.retry.remove(key);
+                self.stats.attributed += 1;
+            } else if let Some((left, local)) = self.retry.get_mut(key) {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    let local = *local;
                     self.retry.remove(key);
-                    self.stats.attributed += 1;
+                    self.wait_for_scan(key, local);
                 }
-                None if retrying => {
-                    let left = self.retry.get_mut(key).map_or(0, |n| {
-                        *n = n.saturating_sub(1);
-                        *n
-                    });
-                    if left == 0 {
-                        self.retry.remove(key);
-                        self.stats.local_without_owner += 1;
-                    }
-                    continue;
-                }
-                None => {
-                    if self.hooks.is_some() && self.retry.len() < MAX_RETRY {
-                        self.retry.insert(*key, RETRY_POLLS);
-                    } else if self.hooks.is_some() {
-                        self.stats.local_without_owner += 1;
-                    }
+                continue;
+            } else {
+                let local = if lo_local {
+                    (key.addr_lo, key.port_lo)
+                } else {
+                    (key.addr_hi, key.port_hi)
+                };
+                if self.hooks.is_none() {
+                    self.wait_for_scan(key, local);
+                } else if self.retry.len() < MAX_RETRY {
+                    self.retry.insert(*key, (RETRY_POLLS, local));
+                } else {
+                    self.stats.local_without_owner += 1;
                 }
             }
             out.push(HostFlow {
@@ -366,13 +402,22 @@ impl HostView {
         out
     }
 
+    fn wait_for_scan(&mut self, key: &FlowKey, local: (Addr, u16)) {
+        if self.scan_wait.len() < MAX_RETRY {
+            self.scan_wait.insert(*key, local);
+        } else {
+            self.stats.local_without_owner += 1;
+        }
+    }
+
     /// Forgets flows that ended.
     pub fn ended(&mut self, keys: &[FlowKey]) {
-        if self.retry.is_empty() {
+        if self.retry.is_empty() && self.scan_wait.is_empty() {
             return;
         }
         for k in keys {
             self.retry.remove(k);
+            self.scan_wait.remove(k);
         }
     }
 
