@@ -18,7 +18,6 @@
 
 use std::{
     collections::HashMap,
-    io::Read,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -26,7 +25,10 @@ use std::{
 
 use sensor_common::process::{OwnerRecord, HOOK_ACTIVE, HOOK_CONNECT, HOOK_PASSIVE, HOOK_SENDMSG};
 
-use crate::flow::host::{HostSide, ProcessInfo};
+use crate::{
+    flow::host::{HostSide, ProcessInfo},
+    source::sockets::read_bounded,
+};
 
 /// Most owners, cgroups or users cached; a full cache starts again empty (a host with more
 /// live processes than this pays a few more /proc reads, nothing else).
@@ -260,17 +262,6 @@ fn bounded(mut s: String) -> String {
         s.truncate(cut);
     }
     s
-}
-
-/// At most `limit` bytes of a file, as text (lossy).
-fn read_bounded(path: &Path, limit: u64) -> Option<String> {
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(limit)
-        .read_to_end(&mut buf)
-        .ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// The cgroup v2 path in the text of `/proc/PID/cgroup` (the `0::` line).

@@ -74,7 +74,9 @@ fn parse_table(text: &str, proto: u8) -> impl Iterator<Item = (Entry, (Addr, u16
     })
 }
 
-fn read_bounded(path: &Path, limit: u64) -> Option<String> {
+/// At most `limit` bytes of a file, as text (lossy): every /proc read of process
+/// attribution goes through here.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Option<String> {
     let mut buf = Vec::new();
     std::fs::File::open(path)
         .ok()?
