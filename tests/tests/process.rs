@@ -361,6 +361,13 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         agent_log().contains("watching")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent_log()));
+    // The privilege drop still happens after attaching; only reading other users'
+    // executables and descriptors is kept.
+    assert!(
+        agent_log().contains("with capabilities: CAP_SYS_PTRACE\n"),
+        "{}",
+        agent_log()
+    );
     assert!(
         agent_log().contains("process attribution on"),
         "the agent did not attach its cgroup hooks:\n{}",
