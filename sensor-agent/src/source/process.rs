@@ -62,6 +62,9 @@ pub const PROGRAMS: [&str; 6] = [
     "process_sock_ops",
 ];
 
+/// Owner lookups per poll at most (about 2 us each): a flood of new flows to this host's
+/// addresses must not stretch a poll; flows beyond it are given no owner (counted).
+const MAX_LOOKUPS_PER_POLL: u32 = 8192;
 /// Polls a local flow without an owner is looked up again.
 pub const RETRY_POLLS: u8 = 3;
 /// Most local flows waiting for their owner at once; more are given up on (counted).
@@ -291,6 +294,8 @@ pub struct HostView {
     polls_since_scan: u32,
     /// Owners the last scan found, handed on with the next batch.
     found: Vec<HostFlow>,
+    /// Flows looked up in this poll.
+    lookups: u32,
     cgroup_root: Option<PathBuf>,
     pub stats: HostStats,
 }
@@ -311,6 +316,7 @@ impl HostView {
             scan_wait: HashMap::new(),
             polls_since_scan: SCAN_EVERY_POLLS,
             found: Vec::new(),
+            lookups: 0,
             cgroup_root: cgroup2_mount(),
             stats: HostStats::default(),
         }
@@ -324,6 +330,7 @@ impl HostView {
             Ok(a) => self.local = a,
             Err(e) => log::warn!("cannot read this host's addresses (getifaddrs): {e}"),
         }
+        self.lookups = 0;
         self.polls_since_scan = self.polls_since_scan.saturating_add(1);
         if !self.scan_wait.is_empty() && self.polls_since_scan >= SCAN_EVERY_POLLS {
             self.polls_since_scan = 0;
@@ -367,6 +374,17 @@ impl HostView {
                 });
                 continue;
             }
+            if self.lookups >= MAX_LOOKUPS_PER_POLL {
+                self.stats.local_without_owner += 1;
+                self.retry.remove(key);
+                out.push(HostFlow {
+                    key: *key,
+                    forwarded: false,
+                    owner: None,
+                });
+                continue;
+            }
+            self.lookups += 1;
             let owner = self.find_owner(key, lo_local, hi_local);
             if owner.is_some() {
                 self.retry.remove(key);
