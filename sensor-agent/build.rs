@@ -96,6 +96,7 @@ fn main() {
     for (bin, var) in [
         ("sensor", "SENSOR_EBPF_OBJECT"),
         ("bench-ref", "SENSOR_EBPF_BENCH_OBJECT"),
+        ("process", "SENSOR_PROCESS_OBJECT"),
     ] {
         let built = target_dir.join(EBPF_TARGET).join("release").join(bin);
         let copy = out.join(format!("{bin}.bpf.o"));

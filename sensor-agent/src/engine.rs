@@ -58,6 +58,8 @@ pub struct Engine {
     watch: WatchSet,
     /// Alarm events handed out, by rule and action (metrics).
     alarm_events: BTreeMap<(&'static str, &'static str), u64>,
+    /// Names for socket owners; made at the first host view (live sources only).
+    processes: Option<crate::enrich::process::Resolver>,
 }
 
 /// What one evaluation produced.
@@ -197,6 +199,7 @@ impl Engine {
             skip_multicast: cfg.detect.skip_multicast,
             watch: WatchSet::new(cfg.detect.watch.clone()),
             alarm_events: BTreeMap::new(),
+            processes: None,
         }
     }
 
@@ -309,6 +312,15 @@ impl Engine {
             SourceEvent::Payload(p) => self.payload(&p.key, p.dir, p.dns, &p.data, p.ts_ns),
             SourceEvent::Message(m) => self.message(&m.key, m.dir, m.size, m.ts_ns),
             SourceEvent::Resolved(r) => self.labels.resolved(r),
+            SourceEvent::Host(flows) => {
+                let resolver = self.processes.get_or_insert_with(|| {
+                    crate::enrich::process::Resolver::new(crate::source::process::cgroup2_mount())
+                });
+                for f in flows {
+                    let side = resolver.host_side(f.forwarded, f.owner.as_ref());
+                    self.table.set_host(&f.key, side);
+                }
+            }
             SourceEvent::Tick(_) | SourceEvent::End(_) => {}
         }
     }

@@ -1101,6 +1101,26 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
         cfg.sensor.poll_interval.0,
         cfg.sensor.pin_root(),
     )?;
+    // Attached while privileged; the links live with `live` and are dropped (detached) with it.
+    if cfg.sensor.process_attribution {
+        use sensor_agent::source::process::{HostView, ProcessHooks};
+        let hooks = match ProcessHooks::attach_root() {
+            Ok(h) => {
+                eprintln!(
+                    "sensor-agent: process attribution on (cgroup hooks at {})",
+                    h.cgroup.display()
+                );
+                Some(h)
+            }
+            Err(e) => {
+                log::warn!(
+                    "process attribution without cgroup hooks ({e}): only connections found in /proc are named"
+                );
+                None
+            }
+        };
+        live.set_host_view(HostView::new(hooks));
+    }
     // Bound before privileges go (a port below 1024 needs them), after the interfaces are
     // known to exist (a mistyped one is the error to report, not a port in use).
     let metrics = cfg
@@ -1124,6 +1144,11 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
     }
     if detaches && !sensor_agent::source::live::tcx_available() {
         keep.push(Capability::CAP_NET_ADMIN);
+    }
+    // /proc/PID/exe and /proc/PID/fd of a process that is not the agent's own need ptrace
+    // access (the executable, and the /proc scan for sockets older than the hooks).
+    if cfg.sensor.process_attribution && cfg.sensor.process_executables {
+        keep.push(Capability::CAP_SYS_PTRACE);
     }
     privilege::drop_to(user.as_ref(), &keep)?;
     let kept = privilege::effective();
@@ -1337,6 +1362,12 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
             eprintln!(
                 "sensor-agent: {} ring records dropped while waiting for a poll (the agent fell behind)",
                 ls.ring_records_dropped
+            );
+        }
+        if let Some(h) = live.host_stats() {
+            eprintln!(
+                "sensor-agent: host flows: {} with their process, {} local without an owner, {} forwarded; {} owners of other network namespaces ignored",
+                h.attributed, h.local_without_owner, h.forwarded, h.other_namespace
             );
         }
     }

@@ -9,6 +9,8 @@
 //! also lives here, so the agent's own packet parser and the kernel produce identical keys.
 #![no_std]
 
+pub mod process;
+
 /// Maximum number of VLAN tags (802.1Q / 802.1ad) the datapath walks.
 pub const MAX_VLAN_TAGS: usize = 2;
 /// Maximum number of IPv6 extension headers the datapath walks before giving up.

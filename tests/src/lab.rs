@@ -253,7 +253,7 @@ fn serve(timeout: Duration, bound: std::sync::mpsc::Sender<()>) -> Result<(), St
 
 /// The pool's side of a stratum v1 session: answers subscribe and authorize, sends one job,
 /// then acknowledges every share until the miner hangs up.
-fn pool(s: TcpStream) -> Result<(), String> {
+pub fn pool(s: TcpStream) -> Result<(), String> {
     let mut out = s.try_clone().map_err(|e| e.to_string())?;
     let mut lines = BufReader::new(s);
     let mut line = String::new();

@@ -374,7 +374,18 @@ fn kernel_run_as_nobody_drops_every_capability_and_still_polls() {
     assert_eq!(unsafe { libc::chown(path.as_ptr(), uid, gid) }, 0, "chown");
     let mut pair =
         NetnsPair::create("lpv").unwrap_or_else(|e| panic!("kernel test cannot run: {e}"));
-    let (pid, log) = start_agent(&mut pair, dir.path(), &["--user", "nobody"]);
+    // Process attribution keeps CAP_SYS_PTRACE to read other users' executables
+    // (`sensor.process_executables`); this test is about what polling needs, so it is off.
+    let (pid, log) = start_agent(
+        &mut pair,
+        dir.path(),
+        &[
+            "--user",
+            "nobody",
+            "--set",
+            "sensor.process_executables=false",
+        ],
+    );
     wait_ready(&pair, &log);
     traffic(&pair);
     let mut text = String::new();

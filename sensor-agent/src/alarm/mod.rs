@@ -350,6 +350,7 @@ impl AlarmManager {
             start_ns: None,
             end_ns: None,
             tunnel: None,
+            host: None,
         };
         let mut network = json!({
             "transport": transport_name(conv.key.proto),
@@ -391,6 +392,9 @@ impl AlarmManager {
         if let Some(t) = &conv.tunnel {
             let (key, info) = &**t;
             json["tunnel"] = crate::flow::record::tunnel_json(info, key.addr_lo == conv.key.client);
+        }
+        if let Some(h) = &conv.host {
+            crate::flow::host::render(&mut json, h);
         }
         self.telemetry_json(&mut json);
         AlarmEvent {

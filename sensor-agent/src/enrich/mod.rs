@@ -10,3 +10,4 @@ pub mod classify;
 pub mod dns;
 pub mod intel;
 pub mod labels;
+pub mod process;

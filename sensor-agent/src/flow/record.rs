@@ -23,6 +23,8 @@ pub struct FlowRecord {
     pub end_ns: Option<u64>,
     /// The tunnel the flow was created in, if it came out of one.
     pub tunnel: Option<TunnelInfo>,
+    /// Forwarded or the host's own, and the owning process (live with process attribution).
+    pub host: Option<std::sync::Arc<crate::flow::host::HostSide>>,
 }
 
 /// The `tunnel` object of flow records and alarms: `type`, `id` (VNI, GRE key, PPPoE
@@ -213,6 +215,9 @@ impl FlowRecord {
         if let Some(t) = &self.tunnel {
             out["tunnel"] = tunnel_json(t, self.stats.client == CLIENT_LO);
         }
+        if let Some(h) = &self.host {
+            crate::flow::host::render(&mut out, h);
+        }
         if self.key.proto == 6 {
             out["sensor"]["tcp_flags"] = json!({
                 "source": tcp_flag_letters(client.tcp_flags),
@@ -244,6 +249,7 @@ mod tests {
             start_ns: None,
             end_ns: None,
             tunnel: None,
+            host: None,
         };
         assert_eq!(
             r.community_id().as_deref(),

@@ -33,6 +33,8 @@
 //! It never decides whether anything is suspicious: detectors read conversations from it,
 //! and it never evicts an answered flow.
 
+use std::sync::Arc;
+
 use ahash::RandomState;
 use hashbrown::HashTable;
 use sensor_common::{
@@ -42,6 +44,7 @@ use sensor_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    flow::host::HostSide,
     flow::record::FlowRecord,
     flow::roles::{self, CLIENT_BY_FAN_IN, CLIENT_BY_PAYLOAD, CLIENT_BY_PORT},
     flow::settings::FlowConfig,
@@ -117,6 +120,8 @@ pub struct Conversation {
     /// The tunnel of its most recent tunnelled flow, oriented by that flow's key (see
     /// [`Conversation::tunnel_key`]); boxed: most conversations have none.
     pub tunnel: Option<Box<(FlowKey, TunnelInfo)>>,
+    /// The host's side of its most recent flow that has one ([`HostSide`]).
+    pub host: Option<Arc<HostSide>>,
 }
 
 impl Conversation {
@@ -167,6 +172,8 @@ struct Flow {
     conv: u32,
     /// The tunnel the flow was created in (boxed: most flows have none).
     tunnel: Option<Box<TunnelInfo>>,
+    /// Forwarded or the host's own, and its process (shared: one per process).
+    host: Option<Arc<HostSide>>,
 }
 
 impl Flow {
@@ -188,6 +195,7 @@ impl Flow {
             start_ns: Some(self.first_ns),
             end_ns: Some(self.last_ns),
             tunnel: self.tunnel.as_deref().copied(),
+            host: self.host.clone(),
         }
     }
 }
@@ -597,6 +605,21 @@ impl FlowTable {
         c.dirty = true;
     }
 
+    /// Records what the host knows of a flow (live: forwarded or not, its process) on the
+    /// flow and its conversation. A later view replaces an earlier one unless it knows less
+    /// (an owner found one poll late completes the flow; nothing takes it away again).
+    pub fn set_host(&mut self, key: &FlowKey, host: Arc<HostSide>) {
+        let Some(i) = self.find_flow(key) else { return };
+        let f = &mut self.flows.items[i as usize];
+        if f.host.as_ref().is_some_and(|h| h.process.is_some()) && host.process.is_none() {
+            return;
+        }
+        f.host = Some(host.clone());
+        let c = &mut self.convs.items[f.conv as usize];
+        c.host = Some(host);
+        c.dirty = true;
+    }
+
     /// Packets counted for a flow so far (0: not in the table).
     pub fn flow_packets(&self, key: &FlowKey) -> u64 {
         self.find_flow(key).map_or(0, |i| {
@@ -800,6 +823,7 @@ impl FlowTable {
             born: 0,
             conv: conv_idx,
             tunnel: None,
+            host: None,
         };
         match found {
             Some(i) => {
@@ -807,6 +831,7 @@ impl FlowTable {
                 let first = f.first_ns.min(first_ns);
                 let last = f.last_ns.max(last_ns);
                 let tunnel = f.tunnel.take();
+                let host = f.host.take();
                 *f = Flow {
                     first_ns: first,
                     last_ns: last,
@@ -814,6 +839,7 @@ impl FlowTable {
                     counted_side: f.counted_side,
                     born: f.born,
                     tunnel,
+                    host,
                     ..flow
                 };
                 if answered && !was_answered {
@@ -823,6 +849,9 @@ impl FlowTable {
                 if joined {
                     if let Some(t) = &self.flows.items[i as usize].tunnel {
                         self.convs.items[conv_idx as usize].tunnel = Some(Box::new((*key, **t)));
+                    }
+                    if let Some(h) = &self.flows.items[i as usize].host {
+                        self.convs.items[conv_idx as usize].host = Some(h.clone());
                     }
                 }
             }
@@ -1046,6 +1075,7 @@ fn new_conversation(key: ConvKey, start: u64) -> Conversation {
         answered: false,
         connections: None,
         tunnel: None,
+        host: None,
     }
 }
 

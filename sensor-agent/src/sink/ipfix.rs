@@ -316,6 +316,7 @@ mod tests {
                 start_ns: Some(1_700_000_000_000_000_000 + i),
                 end_ns: Some(1_700_000_100_000_000_000),
                 tunnel: None,
+                host: None,
             };
             ex.push(&r, 1_700_000_100_000_000_000);
         }
@@ -340,6 +341,7 @@ mod tests {
             start_ns: None,
             end_ns: None,
             tunnel: None,
+            host: None,
         }
         .endpoints();
         for a in &out {

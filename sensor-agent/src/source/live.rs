@@ -44,6 +44,7 @@ use crate::{
     source::{
         datapath::{batch, read_ring, Datapath, DatapathError, LoadOptions},
         pins::{self, PinDir, PinError},
+        process::{HostStats, HostView},
         Feedback, FlowUpdate, MessageEvent, PayloadCopy, Source, SourceEvent,
     },
 };
@@ -147,6 +148,10 @@ pub struct LiveSource {
     /// Tunnelled flows whose `TUNNELS` entry was handed on: each is read once, not at every
     /// poll (forgotten when the flow ends).
     tunnels_sent: HashSet<FlowKey>,
+    /// The host's view of its flows (forwarded or its own, socket owners), when asked for.
+    host: Option<HostView>,
+    /// Jiffies at the start of the previous poll (flows first seen since are new to `host`).
+    host_since: u64,
 }
 
 fn check_iface(iface: &str) -> Result<(), LiveError> {
@@ -271,7 +276,20 @@ impl LiveSource {
             stop: None,
             stopped: false,
             tunnels_sent: HashSet::new(),
+            host: None,
+            host_since: 0,
         })
+    }
+
+    /// Tells the engine, for each new flow, whether it is this host's and which process owns
+    /// it ([`crate::source::process`]).
+    pub fn set_host_view(&mut self, view: HostView) {
+        self.host = Some(view);
+    }
+
+    /// The host view's counts, when there is one.
+    pub fn host_stats(&self) -> Option<HostStats> {
+        self.host.as_ref().map(|h| h.stats.clone())
     }
 
     /// Where this run pinned the datapath, if it did.
@@ -330,6 +348,9 @@ impl LiveSource {
                 self.dp.set_clock_anchor(self.clock.anchor())?;
             }
             self.poll_now_ns = self.clock.to_wall_ns(j);
+            if let Some(h) = self.host.as_mut() {
+                self.host_since = h.begin_poll(j);
+            }
             self.stats.kernel_flows = 0;
             self.stats.poll_started = Some(std::time::Instant::now());
             self.walk = Some(batch::Walk::new());
@@ -354,7 +375,14 @@ impl LiveSource {
                         tunnel,
                     });
                 }
-                return Ok(vec![SourceEvent::Flows(flows)]);
+                let mut events = vec![SourceEvent::Flows(flows)];
+                if let Some(h) = self.host.as_mut() {
+                    let host = h.join(self.host_since, keys, values);
+                    if !host.is_empty() {
+                        events.push(SourceEvent::Host(host));
+                    }
+                }
+                return Ok(events);
             }
         }
         self.walk = None;
@@ -410,6 +438,9 @@ impl LiveSource {
             self.dp.delete_flows(fb.ended)?;
             for key in fb.ended {
                 self.tunnels_sent.remove(key);
+            }
+            if let Some(h) = self.host.as_mut() {
+                h.ended(fb.ended);
             }
         }
         if self.trace_budget > 0 {

@@ -20,9 +20,11 @@ pub mod ingest;
 pub mod live;
 pub mod packet;
 pub mod pins;
+pub mod process;
 pub mod records;
 pub mod replay;
 pub mod settings;
+pub mod sockets;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -58,6 +60,9 @@ pub enum SourceEvent {
     /// A DNS resolution as a resolver logged it (cloud DNS query logs): the question and its
     /// answers, which bind names to addresses as answers seen on the wire do.
     Resolved(Arc<Resolution>),
+    /// What this host knows of flows of the poll (live only): forwarded or its own, and
+    /// which process owns the socket ([`process`]). Follows the `Flows` it is about.
+    Host(Vec<process::HostFlow>),
     /// Evaluate at this time (ns since the epoch): every poll interval, of wall time live or
     /// of capture time in replay.
     Tick(u64),

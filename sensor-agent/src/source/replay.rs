@@ -514,6 +514,7 @@ fn read_captures(
                     start_ns: t.map(|t| t.first),
                     end_ns: t.map(|t| t.last),
                     tunnel,
+                    host: None,
                 });
             }
             let mut alive = events.push(SourceEvent::Flows(updates));

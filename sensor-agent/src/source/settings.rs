@@ -29,6 +29,16 @@ pub struct SensorConfig {
     pub pin_path: String,
     /// `[sensor.decap]`: which encapsulations both engines look inside.
     pub decap: DecapConfig,
+    /// `run`: attach the cgroup socket hooks at the root of the cgroup v2 hierarchy and name
+    /// the process that owns each connection this host opens or accepts; flows the host only
+    /// forwards are marked so (`source::process`). Without cgroup v2: one warning, no
+    /// attribution.
+    pub process_attribution: bool,
+    /// With process attribution: keep CAP_SYS_PTRACE after the privilege drop, the one
+    /// capability that lets the agent read `/proc/PID/exe` of processes not its own (a
+    /// root process, another user's). False: the capability goes too, and alarms name the
+    /// process without `process.executable`.
+    pub process_executables: bool,
 }
 
 /// `[sensor.decap]`: the encapsulations the datapath (and the user engine, which parses the
@@ -87,6 +97,8 @@ impl Default for SensorConfig {
             status_interval: HumanDuration::secs(5),
             pin_path: crate::source::pins::DEFAULT_PIN_PATH.to_string(),
             decap: DecapConfig::default(),
+            process_attribution: true,
+            process_executables: true,
         }
     }
 }

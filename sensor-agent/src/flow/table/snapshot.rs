@@ -228,6 +228,8 @@ impl FlowTable {
                 conv,
                 // Not in the state file: a live agent reads it again from `TUNNELS`.
                 tunnel: None,
+                // Not in the state file either: the next poll's view of the host gives it.
+                host: None,
             });
             r.flows += 1;
         }

@@ -16,6 +16,11 @@
 //! `cs1` rule id, `cs2` the evidence object as compact JSON (lossless), `cs3` community id,
 //! `cs4` ATT&CK technique ids (comma separated), `cs5` server name (`sensor.evidence.sni`, else
 //! `sensor.evidence.domain`), `cs6` matched signature (`sensor.evidence.signature`).
+//! The host's process (alarms of flows this host opened or accepted, `process.*`): `spid`,
+//! `sproc`, `suser`, `suid` (the client's process), or `dpid`, `dproc`, `duser`, `duid` when it
+//! accepted the connection (`sensor.process_from = accept`), `flexString1` the executable,
+//! `flexString2` the container id (else the cgroup path); `cn3` = 1 when the flow was only
+//! forwarded by the host (`network.forwarded`), 0 when it is the host's.
 //! Custom fields carry their `…Label` key right before them; all keys are fixed ASCII.
 //!
 //! Values escape backslash, `=`, CR (`\r`) and LF (`\n`) as CEF requires; other control
@@ -158,7 +163,48 @@ pub(super) fn render(alarm: &Value) -> String {
             ext.put(key, &v);
         }
     }
+    process(&mut ext, alarm);
     out
+}
+
+/// The host's process and the forwarded mark (see the module docs).
+fn process(ext: &mut Extension<'_>, alarm: &Value) {
+    if let Some(pid) = u64_at(alarm, &["process", "pid"]) {
+        let accepted = str_at(alarm, &["sensor", "process_from"]) == Some("accept");
+        let keys = if accepted {
+            ["dpid", "dproc", "duser", "duid"]
+        } else {
+            ["spid", "sproc", "suser", "suid"]
+        };
+        ext.num(keys[0], pid);
+        for (key, path) in [
+            (keys[1], &["process", "name"][..]),
+            (keys[2], &["user", "name"]),
+            (keys[3], &["user", "id"]),
+        ] {
+            if let Some(s) = str_at(alarm, path) {
+                ext.put(key, s);
+            }
+        }
+    }
+    let container = str_at(alarm, &["container", "id"]).map(|id| ("containerId", id));
+    let cgroup = str_at(alarm, &["process", "cgroup", "path"]).map(|p| ("cgroup", p));
+    for (key, labelled) in [
+        (
+            "flexString1",
+            str_at(alarm, &["process", "executable"]).map(|e| ("processExecutable", e)),
+        ),
+        ("flexString2", container.or(cgroup)),
+    ] {
+        if let Some((label, value)) = labelled {
+            ext.put(&format!("{key}Label"), label);
+            ext.put(key, value);
+        }
+    }
+    if let Some(fwd) = field(alarm, &["network", "forwarded"]).and_then(Value::as_bool) {
+        ext.put("cn3Label", "forwarded");
+        ext.num("cn3", u8::from(fwd));
+    }
 }
 
 /// Header field: backslash and pipe escaped, control characters to spaces.
@@ -218,7 +264,7 @@ mod tests {
 
     use super::super::{testkit::*, Format, Renderer};
     use fastrand::Rng;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     #[derive(Debug)]
     struct Cef {
@@ -483,5 +529,62 @@ mod tests {
             let evidence: Value = serde_json::from_str(cef.get("cs2").unwrap()).unwrap();
             assert_eq!(evidence, alarm["sensor"]["evidence"], "case {case}");
         }
+    }
+
+    #[test]
+    fn process_fields_are_escaped_values() {
+        let renderer = Renderer::new(Format::Cef, None);
+        let mut rng = Rng::with_seed(0xCEF0_0015);
+        let mut expected = EXPECTED_KEYS.to_vec();
+        expected.extend([
+            "spid",
+            "sproc",
+            "suser",
+            "suid",
+            "flexString1Label",
+            "flexString1",
+            "flexString2Label",
+            "flexString2",
+            "cn3Label",
+            "cn3",
+        ]);
+        for case in 0..CASES / 10 {
+            let h = Hostile::generate(&mut rng);
+            let bytes = renderer.render(&h.process_alarm());
+            assert_no_line_breaks(&bytes, case);
+            let text = String::from_utf8(bytes).unwrap();
+            let cef = parse(&text).unwrap_or_else(|e| panic!("case {case}: {e}\n{text:?}"));
+            let keys: Vec<&str> = cef.ext.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, expected, "case {case}: {text:?}");
+            for (key, original) in [
+                ("sproc", &h.agent),
+                ("suser", &h.app_name),
+                ("flexString1", &h.nested),
+                ("flexString2", &h.signature),
+            ] {
+                assert_eq!(
+                    cef.get(key),
+                    Some(expect_value(original).as_str()),
+                    "case {case} key {key}"
+                );
+            }
+            assert_eq!(cef.get("spid"), Some("4242"));
+            assert_eq!(cef.get("flexString2Label"), Some("containerId"));
+            assert_eq!(cef.get("cn3"), Some("0"));
+        }
+        // The server's side: the process accepted the connection.
+        let mut a = example_alarm();
+        a["process"] = json!({ "pid": 7, "name": "nginx", "cgroup": { "path": "/system.slice/nginx.service" } });
+        a["sensor"]["process_from"] = json!("accept");
+        a["network"]["forwarded"] = json!(false);
+        let text = String::from_utf8(renderer.render(&a)).unwrap();
+        let cef = parse(&text).unwrap();
+        assert_eq!(
+            (cef.get("dpid"), cef.get("dproc")),
+            (Some("7"), Some("nginx"))
+        );
+        assert_eq!(cef.get("spid"), None);
+        assert_eq!(cef.get("flexString2Label"), Some("cgroup"));
+        assert_eq!(cef.get("flexString2"), Some("/system.slice/nginx.service"));
     }
 }

@@ -18,7 +18,10 @@
 //! `srcPort`, `dst`, `dstPort`, `srcBytes`, `dstBytes`, `srcPackets`, `dstPackets` (source = the
 //! client, as in ECS). Custom keys: `alarmId` (`event.id`), `ruleName`, `reason`, `hits`,
 //! `durationSeconds` (rounded), `start`, `end` (RFC 3339, as in the alarm), `communityId`,
-//! `technique` (ATT&CK ids, comma separated), `observerHostname`, `observerInterface`, and one
+//! `technique` (ATT&CK ids, comma separated), `observerHostname`, `observerInterface`; the
+//! host's side of the flow: `forwarded` (`network.forwarded`), and when the host's process is
+//! known `processId`, `processName`, `processExecutable`, `processFrom`, `usrName` (predefined),
+//! `userId`, `cgroup`, `containerId`, `containerRuntime`, `serviceName`; and one
 //! `evidence_<key>` per evidence entry whose key is `[A-Za-z0-9_]+` (strings as text, other
 //! values as compact JSON with every control character escaped, so nested evidence arrives
 //! exactly; other keys are left out, and no detector makes such keys).
@@ -108,6 +111,22 @@ pub(super) fn render(alarm: &Value) -> String {
         "observerInterface",
         field(alarm, &["observer", "ingress", "interface", "name"]),
     );
+    // The host's process (flows this host opened or accepted) and the forwarded mark.
+    for (key, path) in [
+        ("forwarded", &["network", "forwarded"][..]),
+        ("processId", &["process", "pid"]),
+        ("processName", &["process", "name"]),
+        ("processExecutable", &["process", "executable"]),
+        ("processFrom", &["sensor", "process_from"]),
+        ("usrName", &["user", "name"]),
+        ("userId", &["user", "id"]),
+        ("cgroup", &["process", "cgroup", "path"]),
+        ("containerId", &["container", "id"]),
+        ("containerRuntime", &["container", "runtime"]),
+        ("serviceName", &["service", "name"]),
+    ] {
+        attrs.scalar(key, field(alarm, path));
+    }
     if let Some(Value::Object(evidence)) = field(alarm, &["sensor", "evidence"]) {
         for (key, value) in evidence {
             let plain_key =
@@ -352,6 +371,57 @@ mod tests {
             let nested: Value = serde_json::from_str(leef.get("evidence_nested").unwrap())
                 .unwrap_or_else(|e| panic!("case {case}: {e}"));
             assert_eq!(nested, alarm["sensor"]["evidence"]["nested"], "case {case}");
+        }
+    }
+
+    #[test]
+    fn process_fields_are_escaped_values() {
+        let renderer = Renderer::new(Format::Leef, None);
+        let mut expected_keys: Vec<String> = FIXED_KEYS.iter().map(|k| k.to_string()).collect();
+        expected_keys.extend(
+            [
+                "forwarded",
+                "processId",
+                "processName",
+                "processExecutable",
+                "processFrom",
+                "usrName",
+                "userId",
+                "cgroup",
+                "containerId",
+                "containerRuntime",
+            ]
+            .map(String::from),
+        );
+        expected_keys.extend(
+            HOSTILE_EVIDENCE_KEYS
+                .iter()
+                .map(|k| format!("evidence_{k}")),
+        );
+        let mut rng = Rng::with_seed(0x1EEF_0015);
+        for case in 0..CASES / 10 {
+            let h = Hostile::generate(&mut rng);
+            let bytes = renderer.render(&h.process_alarm());
+            assert_no_line_breaks(&bytes, case);
+            let text = String::from_utf8(bytes).unwrap();
+            let leef = parse(&text).unwrap_or_else(|e| panic!("case {case}: {e}\n{text:?}"));
+            let keys: Vec<&str> = leef.attrs.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(keys, expected_keys, "case {case}: {text:?}");
+            for (key, original) in [
+                ("processName", &h.agent),
+                ("processExecutable", &h.nested),
+                ("usrName", &h.app_name),
+                ("cgroup", &h.domain),
+                ("containerId", &h.signature),
+            ] {
+                assert_eq!(
+                    leef.get(key),
+                    Some(expect_value(original).as_str()),
+                    "case {case} key {key}"
+                );
+            }
+            assert_eq!(leef.get("processId"), Some("4242"));
+            assert_eq!(leef.get("forwarded"), Some("false"));
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - `evidences[0]`: `src_endpoint` (the client) and `dst_endpoint` with ip and port,
 //!   `connection_info` (protocol name and number, community id, direction 0 Unknown: the sensor
 //!   does not know which side is inside), `data` = `sensor.evidence` exactly.
+//!   The host's process, when the alarm names it: `process` {pid, name, file {path, name},
+//!   user {name, uid}} and `container` {uid, runtime}.
 //! - `observables`: the two IP addresses (type 2).
 //! - `metadata`: `version` 1.1.0, `product` {name, vendor_name, version}, `original_time`.
 //! - `unmapped`: the whole ECS alarm, so nothing is lost (byte counts, observer, conversation).
@@ -168,12 +170,47 @@ fn finding(alarm: &Value) -> Value {
     if let Some(data) = field(alarm, &["sensor", "evidence"]) {
         evidence.insert("data".into(), data.clone());
     }
+    if let Some(p) = process(alarm) {
+        evidence.insert("process".into(), p);
+    }
+    if let Some(id) = str_at(alarm, &["container", "id"]) {
+        let mut c = json!({ "uid": id });
+        if let Some(rt) = str_at(alarm, &["container", "runtime"]) {
+            c["runtime"] = json!(rt);
+        }
+        evidence.insert("container".into(), c);
+    }
     put("evidences", json!([evidence]));
     if !observables.is_empty() {
         put("observables", Value::Array(observables));
     }
     put("unmapped", alarm.clone());
     Value::Object(out)
+}
+
+/// The host's process as an OCSF Process object: `pid`, `name`, `file` (the executable's
+/// path and name), `user` (`name`, `uid`).
+fn process(alarm: &Value) -> Option<Value> {
+    let pid = u64_at(alarm, &["process", "pid"])?;
+    let mut p = json!({ "pid": pid });
+    if let Some(name) = str_at(alarm, &["process", "name"]) {
+        p["name"] = json!(name);
+    }
+    if let Some(exe) = str_at(alarm, &["process", "executable"]) {
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        p["file"] = json!({ "path": exe, "name": name, "type_id": 1, "type": "Regular File" });
+    }
+    let mut user = Map::new();
+    if let Some(n) = str_at(alarm, &["user", "name"]) {
+        user.insert("name".into(), json!(n));
+    }
+    if let Some(uid) = str_at(alarm, &["user", "id"]) {
+        user.insert("uid".into(), json!(uid));
+    }
+    if !user.is_empty() {
+        p["user"] = Value::Object(user);
+    }
+    Some(p)
 }
 
 /// ATT&CK techniques from the parallel ECS arrays `threat.technique.id` and `.name`.
@@ -324,5 +361,36 @@ mod tests {
                 format!("{}: {}", h.rule_name, h.reason).as_str()
             );
         }
+    }
+
+    #[test]
+    fn process_goes_to_the_evidence_as_values() {
+        let renderer = Renderer::new(Format::Ocsf, None);
+        let mut rng = Rng::with_seed(0x0C5F_0015);
+        for case in 0..CASES / 10 {
+            let h = Hostile::generate(&mut rng);
+            let alarm = h.process_alarm();
+            let bytes = renderer.render(&alarm);
+            assert_no_line_breaks(&bytes, case);
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            let ev = &v["evidences"][0];
+            assert_eq!(ev["process"]["pid"], 4242, "case {case}");
+            assert_eq!(ev["process"]["name"], json!(h.agent), "case {case}");
+            assert_eq!(
+                ev["process"]["file"]["path"],
+                json!(h.nested),
+                "case {case}"
+            );
+            assert_eq!(
+                ev["process"]["user"]["name"],
+                json!(h.app_name),
+                "case {case}"
+            );
+            assert_eq!(ev["container"]["uid"], json!(h.signature), "case {case}");
+            assert_eq!(v["unmapped"], alarm, "case {case}");
+        }
+        // No process, no process object.
+        let v: Value = serde_json::from_slice(&renderer.render(&example_alarm())).unwrap();
+        assert!(v["evidences"][0].get("process").is_none());
     }
 }

@@ -160,6 +160,28 @@ impl Hostile {
     }
 }
 
+impl Hostile {
+    /// [`Hostile::alarm`] with the host's process (`flow::host::render`'s fields): name,
+    /// executable, user and cgroup made of hostile strings (comms, paths and container names
+    /// are chosen by whoever runs the process).
+    pub(super) fn process_alarm(&self) -> Value {
+        let mut a = self.alarm();
+        a["network"]["forwarded"] = json!(false);
+        a["process"] = json!({
+            "pid": 4242,
+            "name": self.agent,
+            "executable": self.nested,
+            "thread": { "id": 4243, "name": self.agent },
+            "cgroup": { "id": 77, "path": self.domain },
+        });
+        a["user"] = json!({ "id": "1000", "name": self.app_name });
+        a["group"] = json!({ "id": "1000" });
+        a["container"] = json!({ "id": self.signature, "runtime": "docker" });
+        a["sensor"]["process_from"] = json!("connect");
+        a
+    }
+}
+
 /// The evidence keys of [`Hostile::alarm`], in the order serde_json iterates them.
 pub(super) const HOSTILE_EVIDENCE_KEYS: &[&str] = &[
     "agent",
