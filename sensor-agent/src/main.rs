@@ -1148,7 +1148,14 @@ fn prepare_run(args: RunArgs) -> Result<Prepared> {
     // /proc/PID/exe and /proc/PID/fd of a process that is not the agent's own need ptrace
     // access (the executable, and the /proc scan for sockets older than the hooks).
     if cfg.sensor.process_attribution && cfg.sensor.process_executables {
-        keep.push(Capability::CAP_SYS_PTRACE);
+        if privilege::permitted(Capability::CAP_SYS_PTRACE) {
+            keep.push(Capability::CAP_SYS_PTRACE);
+        } else {
+            // A unit or container that does not grant it: run on, and say what is missing.
+            eprintln!(
+                "sensor-agent: sensor.process_executables is on but CAP_SYS_PTRACE is not permitted (add it to the unit's AmbientCapabilities and CapabilityBoundingSet): alarms name other users' processes without process.executable"
+            );
+        }
     }
     privilege::drop_to(user.as_ref(), &keep)?;
     let kept = privilege::effective();

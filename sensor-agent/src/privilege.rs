@@ -159,6 +159,11 @@ pub fn unprivileged<T>(probe: impl FnOnce() -> T) -> Result<T, PrivilegeError> {
 }
 
 /// The real user id of this process.
+/// Whether `cap` is in this thread's permitted set (so it can be kept through [`drop_to`]).
+pub fn permitted(cap: Capability) -> bool {
+    caps::has_cap(None, CapSet::Permitted, cap).unwrap_or(false)
+}
+
 pub fn uid() -> u32 {
     // SAFETY: getuid cannot fail and touches no memory.
     unsafe { libc::getuid() }

@@ -334,6 +334,9 @@ fn kernel_live_mining_alarm_names_the_host_process_and_not_a_forwarded_one() {
         "flow.udp_idle_timeout=1s",
         "--set",
         "sensor.pin_path=",
+        // Off by default (least privilege); on here, so the alarm names the executable.
+        "--set",
+        "sensor.process_executables=true",
         "--set",
         &format!("state.path={}", dir.path().join("state.bin").display()),
     ]

@@ -36,8 +36,10 @@ pub struct SensorConfig {
     pub process_attribution: bool,
     /// With process attribution: keep CAP_SYS_PTRACE after the privilege drop, the one
     /// capability that lets the agent read `/proc/PID/exe` of processes not its own (a
-    /// root process, another user's). False: the capability goes too, and alarms name the
-    /// process without `process.executable`.
+    /// root process, another user's). Off by default: CAP_SYS_PTRACE lets its holder read and
+    /// control every process, which a process parsing hostile traffic should not hold unless
+    /// the operator chose it. Off, alarms name the process without `process.executable` when
+    /// the process is another user's.
     pub process_executables: bool,
 }
 
@@ -98,7 +100,7 @@ impl Default for SensorConfig {
             pin_path: crate::source::pins::DEFAULT_PIN_PATH.to_string(),
             decap: DecapConfig::default(),
             process_attribution: true,
-            process_executables: true,
+            process_executables: false,
         }
     }
 }
