@@ -54,7 +54,13 @@ pub struct Report {
 /// The charts of one alarm: the one its rule is best read with, then bytes per direction.
 fn charts(a: &Alarm, flows: Option<&[FlowPoint]>) -> Vec<Chart> {
     if a.rule == "mining_host" {
-        return Vec::new();
+        return a
+            .evidence()
+            .and_then(|e| e.get("pools"))
+            .and_then(Value::as_array)
+            .and_then(|p| chart::pools::chart(p))
+            .into_iter()
+            .collect();
     }
     let v = &a.latest;
     let start = v["event"]["start"].as_str().and_then(parse_time);
@@ -106,7 +112,7 @@ pub fn build(
                 .as_ref()
                 .and_then(|k| inputs.flows.get(k))
                 .map(Vec::as_slice);
-            // Host alarms have no charts and are always shown; the rest up to the bound.
+            // Host alarms are always shown in full; the rest up to the bound.
             let full = alarm.rule == "mining_host" || detailed < limits.max_detailed;
             if full && alarm.rule != "mining_host" {
                 detailed += 1;

@@ -265,6 +265,7 @@ fn hosts(entries: &[Entry], links: &HashMap<&str, String>) -> Markup {
                         span class=(sev_class(e.alarm.severity())) { "severity " (e.alarm.severity()) }
                     }
                     p.muted { "Alarm id " code { (clip(&e.alarm.id)) } ", " (clip(e.alarm.action())) ". Ids of alarms on this page link to them." }
+                    @for c in &e.charts { (chart(c)) }
                     @match e.alarm.evidence() {
                         Some(_) => (value(&e.alarm.latest["sensor"]["evidence"], links, 0)),
                         None => p.muted { "No evidence fields." },

@@ -8,6 +8,7 @@
 pub mod bytes;
 pub mod contributions;
 pub mod intervals;
+pub mod pools;
 pub mod timeline;
 
 use plotters::{coord::Shift, prelude::*};
