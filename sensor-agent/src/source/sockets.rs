@@ -96,7 +96,8 @@ pub fn scan(
     wanted: &HashMap<FlowKey, (Addr, u16)>,
     now_ns: u64,
 ) -> HashMap<FlowKey, OwnerRecord> {
-    let mut found: HashMap<FlowKey, Entry> = HashMap::new();
+    // With the rank of the entry kept (see below).
+    let mut found: HashMap<FlowKey, (Entry, u8)> = HashMap::new();
     // UDP sockets not connected, by (local address, local port).
     let mut udp_bound: HashMap<(Addr, u16), Entry> = HashMap::new();
     for (name, proto) in [("tcp", 6), ("tcp6", 6), ("udp", 17), ("udp6", 17)] {
@@ -104,8 +105,16 @@ pub fn scan(
             continue;
         };
         for (entry, local) in parse_table(&text, proto) {
-            if wanted.contains_key(&entry.key) {
-                found.insert(entry.key, entry);
+            if let Some(want_local) = wanted.get(&entry.key) {
+                // Both ends of a connection inside this host have the same key: prefer the
+                // end on the wanted local side, and never a socket not yet accepted (inode
+                // 0, held by no process) over one a process holds.
+                let rank = |e: &Entry, local: bool| u8::from(e.inode != 0) * (1 + u8::from(local));
+                let new_rank = rank(&entry, local == *want_local);
+                let better = found.get(&entry.key).is_none_or(|(_, old)| new_rank > *old);
+                if better {
+                    found.insert(entry.key, (entry, new_rank));
+                }
             } else if proto == 17 {
                 udp_bound.entry(local).or_insert(entry);
             }
@@ -125,12 +134,13 @@ pub fn scan(
             .or_else(|| udp_bound.get(&(unspec, *port)))
             .or_else(|| udp_bound.get(&([0; 4], *port)))
         {
-            found.insert(*key, *e);
+            found.insert(*key, (*e, 0));
         }
     }
     if found.is_empty() {
         return HashMap::new();
     }
+    let found: HashMap<FlowKey, Entry> = found.into_iter().map(|(k, (e, _))| (k, e)).collect();
     let inodes: HashSet<u64> = found
         .values()
         .map(|e| e.inode)
@@ -286,5 +296,36 @@ mod tests {
         let rec = found.get(&key).expect("the socket's owner");
         assert_eq!(rec.owner.pid, std::process::id());
         assert_eq!(rec.hook, HOOK_PROC);
+    }
+
+    /// A connection inside the host is in the table twice under one key; the end not yet
+    /// accepted (inode 0) must not hide the end a process holds, whatever the table's order.
+    #[test]
+    fn the_held_end_of_a_local_connection_wins_over_one_not_yet_accepted() {
+        let root = std::env::temp_dir().join(format!("sensor-sockets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("net")).expect("net");
+        std::fs::create_dir_all(root.join("4242/fd")).expect("fd");
+        std::os::unix::fs::symlink("socket:[777]", root.join("4242/fd/3")).expect("symlink");
+        // 127.0.0.1:40000 -> 127.0.0.1:3333 held as inode 777, and the server's end of
+        // the same connection still in the accept queue (inode 0), listed after it.
+        let client = "   0: 0100007F:9C40 0100007F:0D05 01 00000000:00000000 00:00000000 00000000  1000        0 777 1";
+        let queued = "   1: 0100007F:0D05 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 0 1";
+        for order in [[client, queued], [queued, client]] {
+            let table = format!(
+                "  sl  local_address rem_address   st\n{}\n{}\n",
+                order[0], order[1]
+            );
+            std::fs::write(root.join("net/tcp"), table).expect("tcp");
+            let local = ipv4_mapped([127, 0, 0, 1]);
+            let key = FlowKey::canonical(&local, 40000, &local, 3333, 6).0;
+            let found = scan(&root, None, &HashMap::from([(key, (local, 40000))]), 1);
+            assert_eq!(
+                found.get(&key).map(|r| r.owner.pid),
+                Some(4242),
+                "{order:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
