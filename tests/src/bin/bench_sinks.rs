@@ -193,7 +193,13 @@ fn main() -> Result<()> {
             ),
             &dir.join("spool-kafka"),
             &args,
-            || kafka::count(&address, "bench-alarms").unwrap_or(0),
+            || match kafka::count(&address, "bench-alarms") {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("kafka: cannot count the topic's messages: {e}");
+                    0
+                }
+            },
         )
     })();
     let _ = std::fs::remove_dir_all(&dir);
