@@ -475,6 +475,12 @@ fn status_lines(
             if s.truncated > 0 {
                 line.push_str(&format!(", {} sent cut to max_datagram", s.truncated));
             }
+            if s.resent > 0 {
+                line.push_str(&format!(
+                    ", {} written again after a connection reset",
+                    s.resent
+                ));
+            }
             if let Some(age) = s.oldest_undelivered {
                 line.push_str(&format!(", oldest undelivered {}s", age.as_secs()));
             }

@@ -482,6 +482,12 @@ fn export_sinks(s: &StatusHandle, out: &mut Exposition) {
             &l,
             st.retries as f64,
         );
+        out.counter(
+            "sensor_sink_resent_total",
+            "Alarms written to the sink again because the connection that carried them was reset (possible duplicates, never losses).",
+            &l,
+            st.resent as f64,
+        );
         out.gauge(
             "sensor_sink_pending",
             "Alarms in the spool the sink has not taken yet.",

@@ -257,6 +257,7 @@ fn kernel_metrics_endpoint_serves_every_family_and_readyz_turns_ready() {
         ("sensor_sink_sent_total", "counter"),
         ("sensor_sink_errors_total", "counter"),
         ("sensor_sink_retries_total", "counter"),
+        ("sensor_sink_resent_total", "counter"),
         ("sensor_sink_pending", "gauge"),
         ("sensor_sink_oldest_undelivered_age_seconds", "gauge"),
         ("sensor_spool_bytes", "gauge"),

@@ -117,6 +117,9 @@ pub struct SinkMetrics {
     pub retries: AtomicU64,
     /// Messages the transport cut to fit (UDP syslog `max_datagram`): sent, but not whole.
     pub truncated: AtomicU64,
+    /// Messages written again because the connection that carried them was reset (syslog
+    /// TCP/TLS): possible duplicates at the receiver, never losses.
+    pub resent: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -133,6 +136,8 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     /// Messages sent cut (UDP syslog over `max_datagram`).
     pub truncated: u64,
+    /// Messages written again after a connection reset (syslog TCP/TLS).
+    pub resent: u64,
 }
 
 struct Shared {
@@ -476,6 +481,7 @@ impl StatusHandle {
                 errors: m.errors.load(Ordering::Relaxed),
                 retries: m.retries.load(Ordering::Relaxed),
                 truncated: m.truncated.load(Ordering::Relaxed),
+                resent: m.resent.load(Ordering::Relaxed),
                 pending: spool.pending(id),
                 oldest_undelivered: spool.oldest_unacked_age(id, now),
                 last_error: m
@@ -629,7 +635,9 @@ fn worker(shared: Arc<Shared>, i: usize, mut transport: Box<dyn Transport>, rend
                     log::error!("sink {name}: cannot record delivery: {e}");
                 }
                 metrics.sent.fetch_add(n as u64, Ordering::Relaxed);
-                let cut = transport.counters().truncated;
+                let counters = transport.counters();
+                metrics.resent.store(counters.resent, Ordering::Relaxed);
+                let cut = counters.truncated;
                 if metrics.truncated.swap(cut, Ordering::Relaxed) == 0 && cut > 0 {
                     // Once: every later cut is only counted (the summary and status say how many).
                     log::warn!(

@@ -101,6 +101,9 @@ pub struct Counters {
     pub escaped: u64,
     /// Connections established (TCP/TLS); more than one means reconnects happened.
     pub connects: u64,
+    /// Messages written again on a new connection because the one that carried them ended in
+    /// a way that may have lost them (a reset, a failed write, or a close with bytes in flight).
+    pub resent: u64,
     /// File rotations.
     pub rotations: u64,
 }
@@ -197,6 +200,18 @@ pub(crate) fn write_all_by(
         }
     }
     Ok(())
+}
+
+/// What a non-blocking look at a stream connection found, before writing into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// Nothing from the receiver: the connection is usable.
+    Open,
+    /// The receiver closed in order (FIN, or TLS close_notify): it read everything that had
+    /// arrived, so only bytes still unacknowledged by its kernel can be lost.
+    Closed,
+    /// The connection was reset or failed: the receiver may have dropped bytes it had not read.
+    Reset,
 }
 
 /// A socket timeout surfaces as `WouldBlock` (EAGAIN) on Linux and `TimedOut` elsewhere.
@@ -301,8 +316,8 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "truncated={} escaped={} connects={} rotations={}",
-            self.truncated, self.escaped, self.connects, self.rotations
+            "truncated={} escaped={} connects={} resent={} rotations={}",
+            self.truncated, self.escaped, self.connects, self.resent, self.rotations
         )
     }
 }

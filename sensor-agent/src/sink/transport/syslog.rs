@@ -19,13 +19,21 @@
 //! every write share one deadline); a connection the receiver closed being written into (it is
 //! checked, without blocking, before each batch and replaced); a message reported taken that was
 //! not written and flushed; anything bound or listened on — TCP/TLS only connect out, UDP binds
-//! an ephemeral port and connects it to the receiver. TCP has no application-level
-//! acknowledgement: bytes the kernel accepted just before the receiver died are lost, the same
-//! limit every RFC 6587 sender has.
+//! an ephemeral port and connects it to the receiver.
+//!
+//! TCP has no application-level acknowledgement: a receiver that stops (rsyslog on SIGTERM)
+//! resets the connection and drops what sat unread in its socket. So the last 256 frames
+//! written on a connection (within 1 MiB) are kept, and written again first on the next one when the
+//! one that carried them was reset, failed a write, or was closed with bytes its peer had not
+//! acknowledged (`SIOCOUTQ`). An orderly close with nothing in flight means the receiver read
+//! everything: nothing is repeated. What a receiver read and then lost inside itself, no
+//! RFC 6587 sender can know; RELP or an HTTP sink with acknowledgements covers that.
 
 use std::{
+    collections::VecDeque,
     io::{self, Read},
     net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
+    os::fd::AsRawFd,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -34,12 +42,18 @@ use rustls::{pki_types::ServerName, ClientConfig, ClientConnection};
 
 use super::{
     config::DEFAULT_MAX_DATAGRAM, push_line, rfc3339_utc, strip_terminator, tls, truncate_utf8,
-    write_all_by, Counters, Deadline, Facility, Framing, Scheme, Severity, SyslogAddress,
-    SyslogConfig, SyslogHeader, Transport, TransportError, DEFAULT_TIMEOUT,
+    write_all_by, Counters, Deadline, Facility, Framing, PeerState, Scheme, Severity,
+    SyslogAddress, SyslogConfig, SyslogHeader, Transport, TransportError, DEFAULT_TIMEOUT,
 };
 
 /// Frames are coalesced into writes of about this size (one TLS record).
 const CHUNK: usize = 16 * 1024;
+
+/// How much of what was written on a connection is kept to be sent again if the connection
+/// ends in a way that may have lost it: as many frames as the delivery worker hands over in
+/// one batch (256), within 1 MiB. A receiver that reads at all has taken everything older.
+const RESEND_MESSAGES: usize = 256;
+const RESEND_BYTES: usize = 1 << 20;
 
 /// Builds the UDP or TCP/TLS transport for a validated config.
 pub(crate) fn build(name: String, c: &SyslogConfig) -> Result<Box<dyn Transport>, TransportError> {
@@ -85,6 +99,9 @@ pub(crate) fn build(name: String, c: &SyslogConfig) -> Result<Box<dyn Transport>
                 header,
                 timeout,
                 conn: None,
+                written: VecDeque::new(),
+                written_bytes: 0,
+                resend: false,
                 counters: Counters::default(),
             })
         }
@@ -245,26 +262,46 @@ enum Conn {
 }
 
 impl Conn {
-    /// Non-blocking check that the receiver has not closed (or reset) the connection.
-    fn still_open(&mut self) -> bool {
+    /// Non-blocking look at whether the receiver closed (or reset) the connection.
+    fn peer_state(&mut self) -> PeerState {
         match self {
             Conn::Tcp(sock) => {
                 if sock.set_nonblocking(true).is_err() {
-                    return false;
+                    return PeerState::Reset;
                 }
                 let mut buf = [0u8; 4096];
-                let open = loop {
+                let state = loop {
                     match sock.read(&mut buf) {
-                        Ok(0) => break false,
+                        Ok(0) => break PeerState::Closed,
                         Ok(_) => {} // a syslog receiver has nothing to say: drop it
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break PeerState::Open,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break false,
+                        Err(_) => break PeerState::Reset,
                     }
                 };
-                sock.set_nonblocking(false).is_ok() && open
+                if sock.set_nonblocking(false).is_err() {
+                    return PeerState::Reset;
+                }
+                state
             }
-            Conn::Tls(conn, sock) => tls::still_open(conn, sock),
+            Conn::Tls(conn, sock) => tls::peer_state(conn, sock),
+        }
+    }
+
+    /// Bytes written that the receiver's kernel has not acknowledged yet (`SIOCOUTQ`); after
+    /// the receiver closed, those can only be refused.
+    fn unacknowledged(&self) -> usize {
+        let sock = match self {
+            Conn::Tcp(sock) | Conn::Tls(_, sock) => sock,
+        };
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int for a TCP socket we own.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if rc == 0 {
+            usize::try_from(n).unwrap_or(0)
+        } else {
+            // Unknown: assume the worst, which costs duplicates and never an alarm.
+            usize::MAX
         }
     }
 
@@ -308,6 +345,13 @@ pub struct StreamSyslog {
     header: Header,
     timeout: Duration,
     conn: Option<Conn>,
+    /// Frames written on the current connection, oldest first, bounded by `RESEND_MESSAGES`
+    /// and `RESEND_BYTES`.
+    written: VecDeque<Vec<u8>>,
+    written_bytes: usize,
+    /// The last connection ended in a way that may have lost some of `written`: they go out
+    /// again, first, on the next one.
+    resend: bool,
     counters: Counters,
 }
 
@@ -372,53 +416,129 @@ impl StreamSyslog {
         }
     }
 
-    /// Writes the batch in chunks; on failure returns how many messages were completely written
-    /// before it.
-    fn write_batch(
+    /// Keeps a frame written on the current connection, dropping the oldest beyond the bounds.
+    fn remember(&mut self, frame: Vec<u8>) {
+        self.written_bytes += frame.len();
+        self.written.push_back(frame);
+        while self.written.len() > RESEND_MESSAGES || self.written_bytes > RESEND_BYTES {
+            match self.written.pop_front() {
+                Some(f) => self.written_bytes -= f.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Writes frames in chunks, remembering each one written; on failure returns how many
+    /// frames were completely written before it.
+    fn write_frames(
         &mut self,
-        batch: &[Vec<u8>],
+        frames: Vec<Vec<u8>>,
         deadline: &Deadline,
     ) -> Result<(), (usize, io::Error)> {
-        let now = SystemTime::now();
+        let total = frames.len();
         let mut chunk = Vec::with_capacity(CHUNK + 1024);
-        let (mut done, mut pending) = (0, 0);
-        for (i, msg) in batch.iter().enumerate() {
-            if self.frame(&mut chunk, msg, now) {
-                self.counters.escaped += 1;
-            }
-            pending += 1;
-            if chunk.len() >= CHUNK || i + 1 == batch.len() {
+        let mut in_chunk = Vec::new();
+        let mut done = 0;
+        for (i, frame) in frames.into_iter().enumerate() {
+            chunk.extend_from_slice(&frame);
+            in_chunk.push(frame);
+            if chunk.len() >= CHUNK || i + 1 == total {
                 let conn = self
                     .conn
                     .as_mut()
                     .ok_or((done, io::ErrorKind::NotConnected.into()))?;
                 conn.write_all(&chunk, deadline).map_err(|e| (done, e))?;
-                done += pending;
-                pending = 0;
+                done += in_chunk.len();
+                for f in in_chunk.drain(..) {
+                    self.remember(f);
+                }
                 chunk.clear();
             }
         }
         Ok(())
     }
+
+    /// Looks at the current connection before writing: one the receiver closed is dropped, and
+    /// whether that may have lost what was written on it decides `resend`.
+    fn check_connection(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let lost = match conn.peer_state() {
+            PeerState::Open => return,
+            // An orderly close means the receiver read what had reached it; bytes its kernel
+            // had not acknowledged yet will be refused.
+            PeerState::Closed => conn.unacknowledged() > 0,
+            PeerState::Reset => true,
+        };
+        self.conn = None;
+        if lost {
+            self.resend = true;
+        } else if !self.resend {
+            self.written.clear();
+            self.written_bytes = 0;
+        }
+    }
+
+    /// Sends what the last connection may have lost, first, on the new one.
+    fn resend_written(&mut self, deadline: &Deadline) -> Result<(), TransportError> {
+        if !self.resend {
+            return Ok(());
+        }
+        let again: Vec<Vec<u8>> = self.written.drain(..).collect();
+        self.written_bytes = 0;
+        let n = again.len() as u64;
+        match self.write_frames(again.clone(), deadline) {
+            Ok(()) => {
+                self.resend = false;
+                self.counters.resent += n;
+                Ok(())
+            }
+            Err((_, e)) => {
+                // Still owed: keep all of it for the next connection.
+                self.conn = None;
+                self.written = again.into();
+                self.written_bytes = self.written.iter().map(Vec::len).sum();
+                Err(TransportError::Io(format!(
+                    "{}: write failed: {}",
+                    self.addr,
+                    tls::describe(&e)
+                )))
+            }
+        }
+    }
 }
 
 impl Transport for StreamSyslog {
+    /// TCP has no acknowledgement a receiver's application sends back, so the last frames
+    /// written are kept and written again on the next connection when the one that carried
+    /// them was reset, failed, or closed with bytes still unacknowledged: duplicates (of
+    /// alarms that carry their `event.id`) only then, and never a loss that the kernel reports.
     fn send(&mut self, batch: &[Vec<u8>]) -> Result<usize, TransportError> {
         if batch.is_empty() {
             return Ok(0);
         }
         let deadline = Deadline::after(self.timeout);
-        if self.conn.as_mut().is_some_and(|c| !c.still_open()) {
-            self.conn = None;
-        }
+        self.check_connection();
         if self.conn.is_none() {
             self.conn = Some(self.connect(&deadline)?);
             self.counters.connects += 1;
         }
-        match self.write_batch(batch, &deadline) {
+        self.resend_written(&deadline)?;
+        let now = SystemTime::now();
+        let mut frames = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let mut frame = Vec::with_capacity(msg.len() + 80);
+            if self.frame(&mut frame, msg, now) {
+                self.counters.escaped += 1;
+            }
+            frames.push(frame);
+        }
+        match self.write_frames(frames, &deadline) {
             Ok(()) => Ok(batch.len()),
             Err((done, e)) => {
                 self.conn = None;
+                self.resend = true;
                 if done > 0 {
                     Ok(done)
                 } else {

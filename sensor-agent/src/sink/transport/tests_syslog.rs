@@ -183,6 +183,64 @@ fn tcp_reconnects_after_the_receiver_closes_and_comes_back() {
 }
 
 #[test]
+fn tcp_resends_what_a_receiver_that_reset_left_unread_and_nothing_after_an_orderly_close() {
+    use std::io::Read;
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    let mut t = sink(&format!(
+        "kind = \"syslog\"\naddress = \"tcp://{addr}\"\nheader = \"none\"\ntimeout = \"2s\"\n"
+    ));
+    // 1. The receiver reads the first batch, lets the second arrive unread and closes: the
+    //    kernel resets the connection, and the second batch is gone with the socket.
+    let (got_first, unread_arrived) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let (first_tx, first_rx) = got_first;
+    let (arrived_tx, arrived_rx) = unread_arrived;
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let first = b"2 m12 m2";
+        let mut buf = vec![0u8; first.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, first);
+        first_tx.send(()).unwrap();
+        let mut peek = [0u8; 64];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while s.peek(&mut peek).unwrap_or(0) < b"2 m32 m4".len() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        arrived_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(Duration::from_secs(5));
+        drop(s); // unread bytes: a reset, not an orderly close
+        l
+    });
+    assert_eq!(t.send(&msgs(&["m1", "m2"])).unwrap(), 2);
+    first_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(t.send(&msgs(&["m3", "m4"])).unwrap(), 2);
+    arrived_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    release_tx.send(()).unwrap();
+    let l = rx.join().unwrap();
+    // 2. The next send finds the reset, reconnects and writes what the lost connection carried
+    //    (its last 256 frames: here all four) again before m5.
+    let rx = receive(l, Wire::OctetCounted, None, 5);
+    assert_eq!(t.send(&msgs(&["m5"])).unwrap(), 1);
+    let (l, got) = rx.join().unwrap();
+    assert_eq!(got.unwrap(), msgs(&["m1", "m2", "m3", "m4", "m5"]));
+    assert_eq!(t.counters().resent, 4);
+    assert_eq!(t.counters().connects, 2);
+    // 3. That receiver read everything and closed in order: nothing is repeated.
+    let rx = receive(l, Wire::OctetCounted, None, 1);
+    assert_eq!(t.send(&msgs(&["m6"])).unwrap(), 1);
+    let (_, got) = rx.join().unwrap();
+    assert_eq!(got.unwrap(), msgs(&["m6"]));
+    assert_eq!(t.counters().resent, 4);
+    assert_eq!(t.counters().connects, 3);
+}
+
+#[test]
 fn slow_receiver_never_blocks_past_the_timeout() {
     // A receiver that accepts and never reads: the socket buffers fill up.
     let (addr, _hold) = silent_receiver();

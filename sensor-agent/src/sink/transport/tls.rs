@@ -25,7 +25,7 @@ use rustls::{
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
-use super::{is_timeout, Deadline};
+use super::{is_timeout, Deadline, PeerState};
 
 /// The provider ureq is built with too (ring), named explicitly so that no process-wide default
 /// is needed.
@@ -202,30 +202,35 @@ fn timeout_or(e: io::Error, deadline: &Deadline) -> io::Error {
     }
 }
 
-/// Whether the connection is still usable before a write: processes whatever the server sent
-/// (session tickets, an alert, close_notify) without blocking. Syslog receivers send no data,
-/// so application data is read and dropped.
-pub(crate) fn still_open(conn: &mut ClientConnection, sock: &mut TcpStream) -> bool {
+/// Whether the connection is still usable before a write, and how it ended if not: processes
+/// whatever the server sent (session tickets, an alert, close_notify) without blocking. Syslog
+/// receivers send no data, so application data is read and dropped.
+pub(crate) fn peer_state(conn: &mut ClientConnection, sock: &mut TcpStream) -> PeerState {
     if sock.set_nonblocking(true).is_err() {
-        return false;
+        return PeerState::Reset;
     }
-    let open = loop {
+    let state = loop {
         match read_some(conn, sock) {
             Ok(true) => {
                 let mut sink = [0u8; 4096];
                 match conn.reader().read(&mut sink) {
-                    Ok(0) => break false, // close_notify
+                    Ok(0) => break PeerState::Closed, // close_notify
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break false,
+                    // EOF without close_notify: the TCP stream ended, in order.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break PeerState::Closed,
+                    Err(_) => break PeerState::Reset,
                 }
             }
-            Ok(false) => break false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
-            Err(_) => break false,
+            Ok(false) => break PeerState::Closed,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break PeerState::Open,
+            Err(_) => break PeerState::Reset,
         }
     };
-    sock.set_nonblocking(false).is_ok() && open
+    if sock.set_nonblocking(false).is_err() {
+        return PeerState::Reset;
+    }
+    state
 }
 
 /// The server name to verify: `server_name`, or the address host (a DNS name or an IP).
