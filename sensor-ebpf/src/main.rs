@@ -26,6 +26,8 @@
 // Inline BPF assembly for atomic add/or: core's atomics have no RMW operations on the BPF
 // target.
 #![feature(asm_experimental_arch)]
+// `#[inline(always)]` on the closures that count a parsed packet (see `account`).
+#![feature(stmt_expr_attributes)]
 
 mod parse;
 
@@ -199,16 +201,21 @@ pub fn sensor_tc_inner(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn account<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64, inner: &ProgramArray) {
-    match parse(data, end, &decap_on) {
-        Err(reason) => bump(reason),
-        Ok(Step::Flow(pkt)) => {
-            if pkt.tunnel.kind != 0 {
-                // PPPoE or MPLS, opened in place: the tunnel goes where an IP tunnel's inner
-                // program finds it, so that only its kind travels with the packet.
-                set_tunnel(&pkt.tunnel, 0, 0);
-            }
-            count(ctx, &pkt, len)
+    // Called from each IP version's branch of `parse`, and inlined there: as a called function
+    // the packet went through stack memory again (measured: 281 instructions per IPv4/TCP
+    // packet of a known flow instead of 196).
+    let flow = #[inline(always)]
+    |pkt: &Packet| {
+        if pkt.tunnel.kind != 0 {
+            // PPPoE or MPLS, opened in place: the tunnel goes where an IP tunnel's inner
+            // program finds it, so that only its kind travels with the packet.
+            set_tunnel(&pkt.tunnel, 0, 0);
         }
+        count(ctx, pkt, len)
+    };
+    match parse(data, end, &decap_on, &flow) {
+        Err(reason) => bump(reason),
+        Ok(Step::Flow) => {}
         Ok(Step::Tunnel { off, ethertype, tunnel }) => {
             if off > MAX_INNER_OFF {
                 bump(counter::TRUNCATED);
@@ -263,9 +270,10 @@ fn account_inner<C: LoadBytes>(ctx: &C, data: usize, end: usize, len: u64) {
         id: start.id,
         outer_off: start.outer_off,
     };
-    match parse_inner(data, end, start.off as usize, start.ethertype, tunnel) {
-        Ok(pkt) => count(ctx, &pkt, len),
-        Err(reason) => bump(reason),
+    let flow = #[inline(always)]
+    |pkt: &Packet| count(ctx, pkt, len);
+    if let Err(reason) = parse_inner(data, end, start.off as usize, start.ethertype, tunnel, &flow) {
+        bump(reason);
     }
 }
 

@@ -56,6 +56,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "an independent Kafka consumer (librdkafka's CLI) reading the kafka sink's topics back in tests",
     ),
     ("tshark", "independent oracle for capture tests"),
+    (
+        "python3-pyelftools",
+        "reads the eBPF object for tools/bpf-insn-count.py (the datapath instruction-count test)",
+    ),
     ("tcpdump", "captures in network-namespace tests"),
     (
         "softflowd",
