@@ -571,17 +571,30 @@ fn alarms_by_rule(stats: &EngineStats) -> String {
 }
 
 /// Loads the state file into a new engine before its loop (a bad file is one line, never a
-/// stop); the checkpointer that writes it back.
+/// stop); the checkpointer that writes it back. A state file another agent holds is an
+/// error: two agents would overwrite each other's checkpoints.
 fn restore_state(
     state: &sensor_agent::state::StateConfig,
     engine: &mut Engine,
     alarms: &AlarmOutput,
-) -> pipeline::Checkpointer {
+) -> Result<pipeline::Checkpointer> {
+    let lock = match sensor_agent::state::lock(&state.path) {
+        Ok(lock) => Some(lock),
+        Err(e) if matches!(e.problem, sensor_agent::state::Problem::Locked(_)) => {
+            return Err(anyhow::Error::new(e));
+        }
+        // A directory that cannot be written also fails every checkpoint, which says so:
+        // the agent runs on, as with a bad file.
+        Err(e) => {
+            eprintln!("sensor-agent: {e}; running without the state file's lock");
+            None
+        }
+    };
     match tokio::task::block_in_place(|| pipeline::restore(state, engine, alarms)) {
         Ok(line) => eprintln!("sensor-agent: {line}"),
         Err(e) => eprintln!("sensor-agent: {e}; starting without saved state"),
     }
-    pipeline::Checkpointer::new(state)
+    Ok(pipeline::Checkpointer::new(state, lock))
 }
 
 async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
@@ -603,13 +616,14 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
-    let mut checkpoint = args.state.as_ref().map(|path| {
+    let checkpoint = args.state.as_ref().map(|path| {
         let state = sensor_agent::state::StateConfig {
             path: path.clone(),
             ..cfg.state.clone()
         };
         restore_state(&state, &mut engine, &alarms)
     });
+    let mut checkpoint = checkpoint.transpose()?;
     let opts = ReplayOptions {
         engine: kind,
         load: LoadOptions {
@@ -1241,7 +1255,8 @@ async fn cmd_run(prep: Prepared) -> Result<ExitCode> {
     let mut checkpoint = cfg
         .state
         .enabled
-        .then(|| restore_state(&cfg.state, &mut engine, &alarms));
+        .then(|| restore_state(&cfg.state, &mut engine, &alarms))
+        .transpose()?;
 
     // The status line, on a terminal only, at most every status interval, after a poll.
     let show_status = std::io::stderr().is_terminal();

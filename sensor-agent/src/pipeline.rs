@@ -172,6 +172,8 @@ pub fn restore(
 /// most one write at a time, and a last time when the loop is over ([`Checkpointer::finish`]).
 pub struct Checkpointer {
     path: PathBuf,
+    /// The state file's lock, held as long as this agent may write it.
+    _lock: Option<state::StateLock>,
     interval_ns: u64,
     next_ns: Option<u64>,
     writing: Option<tokio::task::JoinHandle<()>>,
@@ -189,9 +191,11 @@ fn write_checkpoint(path: &std::path::Path, saved: &AgentState) -> Result<u64, S
 }
 
 impl Checkpointer {
-    pub fn new(cfg: &StateConfig) -> Self {
+    /// `lock`: the state file's lock ([`state::lock`]), held until the checkpointer is dropped.
+    pub fn new(cfg: &StateConfig, lock: Option<state::StateLock>) -> Self {
         Checkpointer {
             path: cfg.path.clone(),
+            _lock: lock,
             interval_ns: cfg.checkpoint_interval.as_nanos(),
             next_ns: None,
             writing: None,

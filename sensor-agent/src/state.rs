@@ -26,7 +26,10 @@
 //! - the file is exactly 24 + length bytes; shorter is truncated, longer is corrupt;
 //! - the file is only ever replaced whole: written to `PATH.tmp` in the same directory,
 //!   fsynced, renamed over `PATH`, and the directory fsynced. A crash leaves the old file or
-//!   the new one, never a mix (a stale `PATH.tmp` is overwritten by the next checkpoint).
+//!   the new one, never a mix (a stale `PATH.tmp` is overwritten by the next checkpoint);
+//! - one agent at a time uses a state file: it holds an exclusive `flock` on `PATH.lock`
+//!   ([`lock`]) from before it reads the file until it has written it a last time, and a
+//!   second agent given the same path stops with one line saying so.
 //!
 //! Why postcard: a maintained serde format with a written, stable wire specification (1.0),
 //! compact varints (a million conversations' counters stay small), and no allocation beyond
@@ -111,6 +114,8 @@ pub enum Problem {
     Crc { stored: u32, computed: u32 },
     #[error("payload does not decode: {0}")]
     Payload(String),
+    #[error("in use by another process ({} is locked): give each agent its own [state] path", .0.display())]
+    Locked(PathBuf),
 }
 
 /// A problem with the state file at `path`: one line, "state file PATH: PROBLEM".
@@ -281,6 +286,48 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, StateError> {
     Ok(bytes)
 }
 
+/// Held while an agent uses a state file: an exclusive `flock` on `PATH.lock` beside it.
+///
+/// Two agents given the same state file would each overwrite the other's checkpoints, and the
+/// next start would restore whichever wrote last: the second one is refused instead. The lock
+/// is a separate file because the state file itself is replaced by a rename at every
+/// checkpoint; the kernel releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Takes the lock of the state file at `path` (creating its directory and `PATH.lock`), or
+/// says that another process holds it ([`Problem::Locked`]).
+pub fn lock(path: &Path) -> Result<StateLock, StateError> {
+    use std::os::fd::AsRawFd;
+    let err = |problem| StateError {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| err(io("create its directory")(e)))?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| err(io("open its lock file")(e)))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(err(Problem::Locked(lock_path)));
+        }
+        return Err(err(io("lock its lock file")(e)));
+    }
+    Ok(StateLock { _file: file })
+}
+
 /// Writes `value` to `path` atomically (see the module docs); returns the bytes written.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<u64, StateError> {
     let err = |problem| StateError {
@@ -314,6 +361,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_refuses_a_second_holder_until_released() {
+        let dir = std::env::temp_dir().join(format!("state-lock-{}", std::process::id()));
+        let path = dir.join("sub").join("state.bin");
+        let first = lock(&path).expect("first lock (creates the directory)");
+        let second = lock(&path).expect_err("a second open file description is refused");
+        assert!(
+            matches!(&second.problem, Problem::Locked(p) if p.ends_with("state.bin.lock")),
+            "{second}"
+        );
+        assert!(second
+            .to_string()
+            .starts_with(&format!("state file {}: in use", path.display())));
+        drop(first);
+        let _again = lock(&path).expect("free again once the first holder is gone");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Sample {

@@ -310,3 +310,50 @@ fn a_damaged_state_file_is_one_line_and_the_replay_runs_on() {
         1
     );
 }
+
+#[test]
+fn a_state_file_another_agent_holds_is_refused_in_one_line_and_left_as_it_was() {
+    let dir = TempDir::new("mining-host-locked");
+    let state = dir.path().join("state.bin");
+    let alarms = dir.path().join("a.json");
+    // A first replay writes the state file.
+    let (first, _) = replay(&state, &alarms, &[], "stratum-getwork-gbt.pcap");
+    assert!(!hosts(&first).is_empty(), "the first replay's host alarm");
+    let before = std::fs::read(&state).expect("the first replay's state file");
+    // Another agent holds it (the lock an agent takes, taken here by this process).
+    let held = sensor_agent::state::lock(&state).expect("lock the state file");
+    let run = agent::run(&[
+        "replay".into(),
+        "--no-progress".into(),
+        "--state".into(),
+        state.clone().into_os_string(),
+        "--alarms".into(),
+        dir.path().join("b.json").into_os_string(),
+        agent::repo_pcap("cryptonote-login-stratum.pcap").into(),
+    ]);
+    assert!(!run.success, "a replay sharing a held state file ran");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("in use by another process"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains(&state.display().to_string())
+            && errors[0].contains("give each agent its own [state] path"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(&state).expect("the state file"),
+        before,
+        "the refused replay changed the state file"
+    );
+    // Released (the holder ended): the next replay continues the first one's host alarm.
+    drop(held);
+    let (second, _) = replay(&state, &alarms, &[], "cryptonote-login-stratum.pcap");
+    assert!(
+        !hosts(&second).is_empty(),
+        "the replay after the release has the host alarm"
+    );
+}
