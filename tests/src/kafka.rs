@@ -1,9 +1,16 @@
 //! A real Kafka-protocol broker (Tansu, installed by `cargo xtask setup`) and a real
-//! independent consumer (Debian's kcat, built on librdkafka) for the Kafka sink tests.
+//! independent consumer for the Kafka sink tests: `tools/kafka-read.py` on kafka-python
+//! (Debian's python3-kafka), an implementation of the protocol that shares no code with the
+//! sink's librdkafka.
 //!
 //! The broker runs as a child process on a free loopback port, storing in SQLite in the
 //! test's own directory, so it can be stopped and started again with what it had; it is
-//! killed on drop. kcat reads topics back from the beginning, as a SIEM's consumer would.
+//! killed on drop. The consumer reads topics back from the beginning to the end of every
+//! partition, as a SIEM's consumer would.
+//!
+//! Not Debian's kcat: its librdkafka 2.0.2 cannot parse Tansu 0.6's ApiVersions answer ("Read
+//! underflow"), and under `cargo test` it only worked because cargo's library path made it
+//! load the sink's own librdkafka build, which made it no independent reader at all.
 
 use std::{
     fs,
@@ -27,7 +34,13 @@ pub fn tansu_bin() -> PathBuf {
     home.join("bin/tansu")
 }
 
-/// Fails (never skips) when the broker or kcat is missing, saying how to get them.
+/// The consumer: `tools/kafka-read.py` beside the tests crate.
+const READER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/kafka-read.py");
+/// Debian's interpreter, which Debian's python3-kafka, python3-lz4 and python3-zstandard
+/// belong to.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Fails (never skips) when the broker or the consumer is missing, saying how to get them.
 fn check_tools() -> Result<PathBuf, String> {
     let tansu = tansu_bin();
     if !tansu.is_file() {
@@ -36,11 +49,15 @@ fn check_tools() -> Result<PathBuf, String> {
             tansu.display()
         ));
     }
-    if !Path::new("/usr/bin/kcat").is_file() {
-        return Err(
-            "kafka test cannot run: /usr/bin/kcat is missing (cargo xtask setup installs Debian's kcat)"
-                .into(),
-        );
+    let modules = Command::new(PYTHON)
+        .args(["-c", "import kafka, lz4, zstandard"])
+        .output()
+        .map_err(|e| format!("kafka test cannot run: {PYTHON}: {e}"))?;
+    if !modules.status.success() {
+        return Err(format!(
+            "kafka test cannot run: the consumer's modules are missing (cargo xtask setup installs python3-kafka, python3-lz4, python3-zstandard): {}",
+            String::from_utf8_lossy(&modules.stderr).trim()
+        ));
     }
     Ok(tansu)
 }
@@ -82,7 +99,7 @@ impl Broker {
         Ok(b)
     }
 
-    /// `127.0.0.1:PORT`, for `brokers` and kcat's `-b`.
+    /// `127.0.0.1:PORT`, for `brokers` and the reader's `--broker`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -171,7 +188,7 @@ impl Drop for Broker {
     }
 }
 
-/// One message as kcat read it.
+/// One message as the reader read it.
 #[derive(Clone, Debug)]
 pub struct Message {
     pub partition: i64,
@@ -180,50 +197,42 @@ pub struct Message {
     pub payload: String,
 }
 
-/// kcat reading `topic` from the beginning to the end of each partition, printing each
-/// message as `output` asks (kcat's `-J` or `-f FORMAT`): its standard output.
-fn kcat_read(broker: &str, topic: &str, output: &[&str]) -> Result<Vec<u8>, String> {
-    let out = Command::new("kcat")
-        .args(["-C", "-b", broker, "-t", topic])
-        .args(["-o", "beginning", "-e", "-q"])
-        .args(output)
+/// `tools/kafka-read.py` reading `topic` from the beginning to the end of each partition:
+/// its standard output.
+fn read_topic(broker: &str, topic: &str, extra: &[&str]) -> Result<Vec<u8>, String> {
+    let out = Command::new(PYTHON)
+        .arg(READER)
+        .args(["--broker", broker, "--topic", topic])
+        .args(extra)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run kcat: {e}"))?;
+        .map_err(|e| format!("cannot run {READER}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "kcat -C {topic} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "reading {topic}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(out.stdout)
 }
 
-/// Every message of `topic` from the beginning, read by kcat (`-J`: one JSON envelope per
-/// message, so keys and payloads of any content come back whole), to the end of each
-/// partition.
+/// Every message of `topic` from the beginning to the end of each partition (one JSON line
+/// per message from the reader, so keys and payloads of any content come back whole).
 pub fn consume(broker: &str, topic: &str) -> Result<Vec<Message>, String> {
-    consume_as(broker, topic, &[])
-}
-
-/// [`consume`] with client settings for kcat (`-X security.protocol=sasl_ssl`, ...).
-pub fn consume_as(broker: &str, topic: &str, client: &[&str]) -> Result<Vec<Message>, String> {
-    let mut output = client.to_vec();
-    output.push("-J");
-    let out = kcat_read(broker, topic, &output)?;
+    let out = read_topic(broker, topic, &[])?;
     String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: Value =
-                serde_json::from_str(l).map_err(|e| format!("kcat envelope {l:?}: {e}"))?;
+                serde_json::from_str(l).map_err(|e| format!("reader line {l:?}: {e}"))?;
             Ok(Message {
                 partition: v["partition"].as_i64().unwrap_or(-1),
                 offset: v["offset"].as_i64().unwrap_or(-1),
                 key: v["key"].as_str().map(str::to_string),
                 payload: v["payload"]
                     .as_str()
-                    .ok_or_else(|| format!("kcat envelope without a payload: {l}"))?
+                    .ok_or_else(|| format!("reader line without a payload: {l}"))?
                     .to_string(),
             })
         })
@@ -243,8 +252,13 @@ pub fn wait_for(broker: &str, topic: &str, n: usize, timeout: Duration) -> Vec<M
     last
 }
 
-/// How many messages `topic` holds, read through by kcat (offsets only, for large topics).
+/// How many messages `topic` holds, read through to the end of every partition.
 pub fn count(broker: &str, topic: &str) -> Result<u64, String> {
-    let out = kcat_read(broker, topic, &["-f", "%o\\n"])?;
-    Ok(out.iter().filter(|&&b| b == b'\n').count() as u64)
+    let out = read_topic(broker, topic, &["--count"])?;
+    String::from_utf8_lossy(&out).trim().parse().map_err(|e| {
+        format!(
+            "reading {topic}: count {:?}: {e}",
+            String::from_utf8_lossy(&out)
+        )
+    })
 }

@@ -1,6 +1,7 @@
 //! The Kafka sink end to end: a real Kafka-protocol broker (Tansu, SQLite storage) on a free
-//! loopback port, the agent replaying a capture through the durable spool, and Debian's kcat
-//! reading the topic back as an independent consumer.
+//! loopback port, the agent replaying a capture through the durable spool, and
+//! `tools/kafka-read.py` (kafka-python: no code shared with the sink's librdkafka) reading the
+//! topic back as an independent consumer.
 //!
 //! - every alarm of the replay arrives at least once, none missing, keyed by its client
 //!   address, one host's alarms on one partition in the order they were raised; in JSON and

@@ -52,8 +52,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("make", "runs librdkafka's build (rdkafka-sys builds it from source)"),
     (
-        "kcat",
-        "an independent Kafka consumer (librdkafka's CLI) reading the kafka sink's topics back in tests",
+        "python3-kafka",
+        "kafka-python, the independent consumer (tools/kafka-read.py) reading the kafka sink's topics back in tests",
+    ),
+    (
+        "python3-lz4",
+        "lz4-compressed batches for tools/kafka-read.py (the kafka sink compresses with lz4 by default)",
+    ),
+    (
+        "python3-zstandard",
+        "zstd-compressed batches for tools/kafka-read.py (a kafka sink test uses zstd)",
     ),
     ("tshark", "independent oracle for capture tests"),
     (
@@ -581,7 +589,7 @@ fn broker(port: u16, topics: &[String]) -> Result<()> {
         run(Command::new(&tansu).args(["topic", "create", t, "--broker", &url]))?;
     }
     eprintln!(
-        "broker on 127.0.0.1:{port} (data in {}); sinks: kind = \"kafka\", brokers = \"127.0.0.1:{port}\"; read a topic with: kcat -C -b 127.0.0.1:{port} -t TOPIC -o beginning",
+        "broker on 127.0.0.1:{port} (data in {}); sinks: kind = \"kafka\", brokers = \"127.0.0.1:{port}\"; read a topic with: tools/kafka-read.py --broker 127.0.0.1:{port} --topic TOPIC",
         dir.display()
     );
     let status = child.wait().context("wait for the broker")?;

@@ -177,8 +177,8 @@ fn main() -> Result<()> {
             &args,
             || std::fs::read_to_string(&file).map_or(0, |t| t.lines().count() as u64),
         )?;
-        // A real broker (Tansu, SQLite storage) on a free loopback port; kcat counts what
-        // the topic holds afterwards.
+        // A real broker (Tansu, SQLite storage) on a free loopback port; tools/kafka-read.py
+        // (kafka-python) counts what the topic holds afterwards.
         let broker_dir = dir.join("broker");
         std::fs::create_dir_all(&broker_dir)?;
         let broker = Broker::start(&broker_dir).map_err(anyhow::Error::msg)?;
