@@ -176,6 +176,11 @@ struct CollectArgs {
     /// Write a flow record (JSON line) for every stitched flow, to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     flows: Option<PathBuf>,
+    /// Continue from the state file FILE (if it exists), write it every
+    /// state.checkpoint_interval and at the stop: a restarted collector continues its
+    /// conversations and open alarms instead of opening them again.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -597,6 +602,24 @@ fn restore_state(
     Ok(pipeline::Checkpointer::new(state, lock))
 }
 
+/// [`restore_state`] for a `--state FILE` option (`replay`, `collect`): the file given, with
+/// the rest of `[state]` from the configuration; nothing without the option.
+fn restore_state_from(
+    path: Option<&std::path::Path>,
+    cfg: &Config,
+    engine: &mut Engine,
+    alarms: &AlarmOutput,
+) -> Result<Option<pipeline::Checkpointer>> {
+    path.map(|path| {
+        let state = sensor_agent::state::StateConfig {
+            path: path.to_path_buf(),
+            ..cfg.state.clone()
+        };
+        restore_state(&state, engine, alarms)
+    })
+    .transpose()
+}
+
 async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let cfg = load_config(&args.config)?;
     let kind = match args.engine {
@@ -616,14 +639,7 @@ async fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     alarms.limit_blocking(cfg.spool.drain_timeout.0);
     let mut engine = Engine::with_intel(&cfg, Observer::local(None), load_intel(&cfg).await?);
-    let checkpoint = args.state.as_ref().map(|path| {
-        let state = sensor_agent::state::StateConfig {
-            path: path.clone(),
-            ..cfg.state.clone()
-        };
-        restore_state(&state, &mut engine, &alarms)
-    });
-    let mut checkpoint = checkpoint.transpose()?;
+    let mut checkpoint = restore_state_from(args.state.as_deref(), &cfg, &mut engine, &alarms)?;
     let opts = ReplayOptions {
         engine: kind,
         load: LoadOptions {
@@ -893,6 +909,7 @@ async fn cmd_ingest(args: IngestArgs) -> Result<ExitCode> {
         &mut alarms,
         flow_out.as_mut(),
         telemetry,
+        None,
     )
     .await?;
     close_alarms(alarms, &cfg).await?;
@@ -962,6 +979,7 @@ async fn run_records<S: sensor_agent::source::Source>(
     alarms: &mut AlarmOutput,
     mut flow_out: Option<&mut JsonLines>,
     telemetry: &str,
+    checkpoint: Option<&mut pipeline::Checkpointer>,
 ) -> Result<()> {
     {
         let mut write_flow = |f: &sensor_agent::flow::record::FlowRecord| match flow_out.as_mut() {
@@ -970,6 +988,7 @@ async fn run_records<S: sensor_agent::source::Source>(
         };
         let mut observers = Observers {
             ended_flows: Some(&mut write_flow),
+            checkpoint,
             ..Observers::default()
         };
         pipeline::run(source, engine, alarms, &mut observers).await?;
@@ -1021,6 +1040,7 @@ async fn cmd_collect(args: CollectArgs) -> Result<ExitCode> {
     });
     let mut alarms = open_alarms(args.alarms.as_deref(), &cfg)?;
     let mut engine = Engine::with_intel(&cfg, observer, load_intel(&cfg).await?);
+    let mut checkpoint = restore_state_from(args.state.as_deref(), &cfg, &mut engine, &alarms)?;
     let mut flow_out = open_flow_output(args.flows.as_deref())?;
     run_records(
         &mut source,
@@ -1028,8 +1048,12 @@ async fn cmd_collect(args: CollectArgs) -> Result<ExitCode> {
         &mut alarms,
         flow_out.as_mut(),
         telemetry,
+        checkpoint.as_mut(),
     )
     .await?;
+    if let Some(c) = checkpoint.as_mut() {
+        eprintln!("sensor-agent: {}", c.finish(&engine, &alarms).await);
+    }
     close_alarms(alarms, &cfg).await?;
     let stats = engine.stats();
     let (d, st) = (&source.decoder.counters, &source.stitcher.counters);

@@ -55,7 +55,7 @@ pub struct Observers<'a> {
     /// After every tick, with the engine, the tick's time and its alarm events (the
     /// `/status.json` view of `run`).
     pub viewed: Option<&'a mut ViewWriter<'a>>,
-    /// Writes the state file every checkpoint interval (`run` only).
+    /// Writes the state file every checkpoint interval (`run`, and `collect --state`).
     pub checkpoint: Option<&'a mut Checkpointer>,
     /// Records of long flows while they are still open (the Kafka flow stream).
     pub open_flows: Option<OpenFlows<'a>>,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use sensor_tests::{
-    agent,
+    agent::{self, TempDir},
     flowlogs::{self, opened},
 };
 use serde_json::Value;
@@ -180,5 +180,77 @@ fn an_address_in_use_is_one_error_line() {
         errors[0].contains(&format!("cannot listen on UDP {addr}")),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn a_collector_restarted_with_its_state_file_continues_its_alarms_instead_of_opening_them_again() {
+    let capture = agent::repo_pcap("quiet-long-tcp.pcap");
+    let rules = ["long_flow", "quiet_long_flow"];
+    let dir = TempDir::new("collect-state");
+    let state = dir.path().join("state.bin").display().to_string();
+    let with_state: Vec<&str> = THRESHOLDS
+        .iter()
+        .copied()
+        .chain(["--state", state.as_str()])
+        .collect();
+    let ids = |alarms: &[Value]| -> std::collections::BTreeSet<String> {
+        alarms
+            .iter()
+            .filter(|a| rules.contains(&a["rule"]["id"].as_str().unwrap_or("")))
+            .filter_map(|a| a["event"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+
+    // The first collector opens both alarms and writes the state file at its stop.
+    let c = Collector::start(&with_state);
+    softflowd(&capture, c.port, "10", &[]);
+    let (first, err) = c.finish();
+    assert_eq!(
+        opened(&first, &rules).len(),
+        2,
+        "first collector: {first:#?}\n{err}"
+    );
+    assert!(err.contains(&format!("state file {state}: saved")), "{err}");
+
+    // Restarted with it, the same session's records (the exporter sends them again) continue
+    // those alarms: nothing is opened again, and whatever it says is under the first ids.
+    let c = Collector::start(&with_state);
+    softflowd(&capture, c.port, "10", &[]);
+    let (second, err) = c.finish();
+    assert!(
+        err.contains(&format!("state file {state}: restored")),
+        "{err}"
+    );
+    println!(
+        "first: {} events, ids {:?}; restarted: {} events, ids {:?}\n{}",
+        first.len(),
+        ids(&first),
+        second.len(),
+        ids(&second),
+        err.lines()
+            .filter(|l| l.contains("state file"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        opened(&second, &rules).is_empty(),
+        "the restarted collector opened again: {second:#?}\n{err}"
+    );
+    assert!(
+        ids(&second).is_subset(&ids(&first)),
+        "events under new ids after the restart: {:?} vs {:?}",
+        ids(&second),
+        ids(&first)
+    );
+
+    // Control: without the state file the same records open both alarms again.
+    let c = Collector::start(&THRESHOLDS);
+    softflowd(&capture, c.port, "10", &[]);
+    let (control, err) = c.finish();
+    assert_eq!(
+        opened(&control, &rules).len(),
+        2,
+        "control: {control:#?}\n{err}"
     );
 }
