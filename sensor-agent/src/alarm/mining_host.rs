@@ -431,14 +431,22 @@ impl AlarmManager {
             };
             let host = ip_of(&f.key.client);
             let confirmed = confirms(e.rule);
-            // A conversation last active a quiet gap ago (the last word on one from before a
-            // restart) belongs to an episode that ended, never to a new one.
-            if now.saturating_sub(f.last_ns) >= quiet
-                || self
-                    .hosts
-                    .episodes
-                    .get(&host)
-                    .is_some_and(|ep| ep.first_ns.saturating_sub(f.last_ns) >= quiet)
+            // The last word on a conversation of the host's open episode (no quiet gap between
+            // them) still counts there, however late it comes: its final counts are the
+            // episode's, which closes after it if `now` is a quiet gap past both.
+            let of_open_episode = self.hosts.episodes.get(&host).is_some_and(|ep| {
+                f.last_ns.saturating_sub(ep.last_ns) < quiet
+                    && ep.first_ns.saturating_sub(f.last_ns) < quiet
+            });
+            // Any other conversation last active a quiet gap ago (the last word on one from
+            // before a restart) belongs to an episode that ended, never to a new one.
+            if !of_open_episode
+                && (now.saturating_sub(f.last_ns) >= quiet
+                    || self
+                        .hosts
+                        .episodes
+                        .get(&host)
+                        .is_some_and(|ep| ep.first_ns.saturating_sub(f.last_ns) >= quiet))
             {
                 continue;
             }
@@ -831,6 +839,47 @@ mod tests {
             json!({}),
         );
         assert!(m.mining_hosts(&[stale], later, false).is_empty());
+    }
+
+    #[test]
+    fn a_late_last_word_on_an_open_episode_counts_before_it_closes() {
+        let mut m = manager();
+        let a = [192, 0, 2, 1];
+        let opened = member(
+            "mining_protocol",
+            Action::Opened,
+            a,
+            3333,
+            (0, H),
+            json!({}),
+        );
+        let first = m.mining_hosts(&[opened], H, false).remove(0);
+        // The conversation's last word arrives with the tick that comes long after it (a
+        // replay whose next capture is years later): it ran until 2H, and the episode closes
+        // with that, under its id.
+        let later = 1000 * H;
+        let last_word = member(
+            "mining_protocol",
+            Action::Closed,
+            a,
+            3333,
+            (0, 2 * H),
+            json!({}),
+        );
+        let out = m.mining_hosts(&[last_word], later, false);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].action, &out[0].id), (Action::Closed, &first.id));
+        let last_seen = ev(&out[0])["pools"][0]["last_seen"].clone();
+        assert_eq!(
+            last_seen,
+            ev(&out[0])["last_seen"],
+            "the pool and the episode end with the last word"
+        );
+        assert_ne!(
+            last_seen,
+            ev(&first)["last_seen"],
+            "the last word moved the end"
+        );
     }
 
     #[test]
