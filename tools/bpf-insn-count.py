@@ -386,10 +386,8 @@ class Run:
                     regs[6:10] = saved
                     regs[10] = r10
                     continue
-                if code == 0x00:
-                    pc = (s, i + 1 + (off if cls == 5 else off))
-                    if cls == 6 and op == 0x06:  # gotol
-                        pc = (s, i + 1 + imm)
+                if code == 0x00:  # ja; gotol (JMP32 class) jumps by imm
+                    pc = (s, i + 1 + (imm if cls == 6 else off))
                     continue
                 a = regs[dst]
                 b = regs[src] if op & 8 else imm

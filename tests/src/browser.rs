@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::agent::TempDir;
+use crate::{agent::TempDir, wait::wait_until};
 
 /// The browser binary (Debian package `chromium`, installed by `cargo xtask setup`).
 pub const CHROMIUM: &str = "chromium";
@@ -46,12 +46,10 @@ fn run(args: &[String]) -> Result<(String, Duration), String> {
     let pid = child.id();
     let out = std::thread::scope(|s| {
         let waiter = s.spawn(|| child.wait_with_output());
-        while !waiter.is_finished() {
-            if started.elapsed() > DEADLINE {
-                // SAFETY: kill on the pid of the child we started and have not reaped.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        if wait_until(left, "the browser to exit", || waiter.is_finished()).is_err() {
+            // SAFETY: kill on the pid of the child we started and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         waiter.join()
     });
