@@ -304,8 +304,8 @@ impl Engine {
             SourceEvent::Flows(flows) => {
                 for f in flows {
                     self.update_flow(&f.key, &f.stats, f.first_ns, f.last_ns);
-                    if let Some(t) = f.tunnel {
-                        self.table.set_tunnel(&f.key, t);
+                    if let Some(t) = &f.tunnel {
+                        self.table.set_tunnel(&f.key, **t);
                     }
                 }
             }

@@ -363,7 +363,7 @@ impl LiveSource {
                 for (key, stats) in keys.iter().zip(values) {
                     // One lookup per tunnelled flow, at the first poll that sees it.
                     let tunnel = if stats.tunnel != 0 && self.tunnels_sent.insert(*key) {
-                        self.dp.tunnel(key)?
+                        self.dp.tunnel(key)?.map(Box::new)
                     } else {
                         None
                     };

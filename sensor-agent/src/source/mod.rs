@@ -92,15 +92,17 @@ pub struct PacketEvent {
 }
 
 /// A flow as the kernel counted it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FlowUpdate {
     pub key: FlowKey,
     pub stats: FlowStats,
     pub first_ns: u64,
     pub last_ns: u64,
     /// The flow's `TUNNELS` entry, for a flow created from a decapsulated packet (sent once
-    /// per flow by the live source; every time by replay).
-    pub tunnel: Option<TunnelInfo>,
+    /// per flow by the live source; every time by replay). Boxed: every poll carries an
+    /// update for each kernel flow, and almost none has a tunnel (inline it made each
+    /// update 40 bytes larger).
+    pub tunnel: Option<Box<TunnelInfo>>,
 }
 
 #[derive(Clone, Debug)]

@@ -499,7 +499,7 @@ fn read_captures(
                         stats,
                         first_ns: t.first,
                         last_ns: t.last,
-                        tunnel,
+                        tunnel: tunnel.map(Box::new),
                     }),
                     None => out.unstamped_flows += 1,
                 }
